@@ -1,0 +1,64 @@
+"""The Federated Core: placed values, intrinsics, computations and runtimes.
+
+An algorithm written with these intrinsics runs unchanged on every runtime::
+
+    from fedloom.core import CLIENTS, computation, mean
+
+    @computation(CLIENTS, CLIENTS)
+    def mean_temperature(readings, counts):
+        return mean(readings, weight=counts)
+
+    mean_temperature([20.5, 21.0, 19.8], [3, 1, 2])   # on the LocalRuntime
+"""
+
+from ._computation import Computation as Computation
+from ._computation import computation as computation
+from ._intrinsics import PlacementError as PlacementError
+from ._intrinsics import aggregate as aggregate
+from ._intrinsics import apply as apply
+from ._intrinsics import broadcast as broadcast
+from ._intrinsics import map as map
+from ._intrinsics import mean as mean
+from ._intrinsics import sum as sum
+from ._local import LocalRuntime as LocalRuntime
+from ._placements import CLIENTS as CLIENTS
+from ._placements import SERVER as SERVER
+from ._placements import Placement as Placement
+from ._reduce import Mean as Mean
+from ._reduce import Sum as Sum
+from ._reduce import weight_value as weight_value
+from ._runtime import Aggregator as Aggregator
+from ._runtime import Runtime as Runtime
+from ._tree import tree_flatten as tree_flatten
+from ._tree import tree_leaves as tree_leaves
+from ._tree import tree_map as tree_map
+from ._tree import tree_unflatten as tree_unflatten
+from ._values import Execution as Execution
+from ._values import Placed as Placed
+
+__all__ = [
+    "CLIENTS",
+    "SERVER",
+    "Aggregator",
+    "Computation",
+    "Execution",
+    "LocalRuntime",
+    "Mean",
+    "Placed",
+    "Placement",
+    "PlacementError",
+    "Runtime",
+    "Sum",
+    "aggregate",
+    "apply",
+    "broadcast",
+    "computation",
+    "map",
+    "mean",
+    "sum",
+    "tree_flatten",
+    "tree_leaves",
+    "tree_map",
+    "tree_unflatten",
+    "weight_value",
+]

@@ -1,0 +1,169 @@
+"""The experiment runner: configuration -> rounds -> metrics, checkpoints, curves."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedloom.learning import ClientInput, ServerState, evaluate, tree_bytes
+from fedloom.runtimes import get_runtime
+
+from ._checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from ._config import ExperimentConfig, config_from_dict, config_to_dict
+from ._display import RoundDisplay, print_summary
+from ._metrics_log import MetricsLog
+from ._plots import plot_curves
+from ._sampling import client_seed, sample_cohort
+from ._setup import Setup, setup
+
+__all__ = ["RunResult", "run_experiment"]
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished (or stopped) run leaves: its records and final state."""
+
+    out_dir: Path
+    records: list[dict[str, Any]]
+    state: ServerState
+    target_reached: bool
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _check_resume_config(out_dir: Path, config: ExperimentConfig) -> None:
+    path = out_dir / CONFIG_FILE
+    if not path.exists():
+        raise ValueError(f"--resume {out_dir}: no {CONFIG_FILE}; not a fedloom run")
+    saved = config_to_dict(config_from_dict(json.loads(path.read_text())))
+    given = config_to_dict(config)
+    if saved != given:
+        changed = sorted(k for k in {*saved, *given} if saved.get(k) != given.get(k))
+        raise ValueError(
+            f"--resume {out_dir}: the configuration differs from the run's "
+            f"{CONFIG_FILE} in {changed}; a resumed run must use the same one"
+        )
+
+
+def _restore(out_dir: Path, run: Setup) -> tuple[ServerState, bool]:
+    directory = out_dir / CHECKPOINT_DIR
+    if not has_checkpoint(directory):
+        return run.process.init(), False
+    tensors, meta = load_checkpoint(directory)
+    state = run.process.state_from_tensors(tensors, int(meta["round"]))
+    return state, bool(meta.get("target_reached", False))
+
+
+def _round_record(
+    config: ExperimentConfig, run: Setup, state: ServerState, round: int
+) -> tuple[ServerState, dict[str, Any]]:
+    started = time.perf_counter()
+    cohort_ids = sample_cohort(
+        len(run.clients), run.cohort_size, seed=config.seed, round=round
+    )
+    cohort = [
+        ClientInput(run.clients.client(int(i)), client_seed(config.seed, round, int(i)))
+        for i in cohort_ids
+    ]
+    model_bytes = tree_bytes(state.params)
+    state, metrics = run.process.next(
+        state, cohort, runtime=get_runtime(config.runtime)
+    )
+    record: dict[str, Any] = {
+        "round": round + 1,
+        "clients": len(cohort),
+        "train_loss": metrics["train_loss"],
+        "test_loss": None,
+        "test_accuracy": None,
+    }
+    last = round + 1 == config.rounds
+    if (round + 1) % config.eval_every == 0 or last:
+        result = evaluate(run.model, state.params, run.dataset.test)
+        record.update(test_loss=result["loss"], test_accuracy=result["accuracy"])
+    record.update(
+        seconds=time.perf_counter() - started,
+        bytes_up=len(cohort) * model_bytes,
+        bytes_down=len(cohort) * model_bytes,
+    )
+    return state, record
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    *,
+    out_dir: str | Path,
+    resume: bool = False,
+    quiet: bool = False,
+    config_path: str | None = None,
+) -> RunResult:
+    """Run (or, with ``resume``, continue) the experiment ``config`` into ``out_dir``.
+
+    After every round ``out_dir`` holds ``metrics.jsonl`` (one JSON object per round)
+    and a checkpoint (safetensors + JSON, written atomically); a run resumed from it
+    follows the same trajectory, bit for bit, as one never stopped. At the end it
+    writes ``curves.png`` and prints a summary.
+    """
+    out_dir = Path(out_dir)
+    if resume:
+        _check_resume_config(out_dir, config)
+    elif (out_dir / METRICS_FILE).exists() or has_checkpoint(out_dir / CHECKPOINT_DIR):
+        raise ValueError(
+            f"{out_dir} already holds a run; continue it with --resume or pick "
+            "another --out"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / CONFIG_FILE, config_to_dict(config))
+    run = setup(config)
+    state, reached = _restore(out_dir, run) if resume else (run.process.init(), False)
+    log = MetricsLog(out_dir / METRICS_FILE)
+    log.truncate_after(state.round)
+    with RoundDisplay(config.rounds, state.round, enabled=not quiet) as display:
+        while not reached and state.round < config.rounds:
+            state, record = _round_record(config, run, state, state.round)
+            accuracy = record["test_accuracy"]
+            reached = (
+                config.target_accuracy is not None
+                and accuracy is not None
+                and accuracy >= config.target_accuracy
+            )
+            log.append(record)
+            save_checkpoint(
+                out_dir / CHECKPOINT_DIR,
+                state.to_tensors(),
+                {"round": state.round, "target_reached": reached},
+            )
+            display.update(record)
+    records = log.read()
+    plot_curves(records, out_dir / CURVES_FILE, title=config_path or str(out_dir))
+    if not quiet:
+        print_summary(records, _summary(config, config_path, out_dir))
+    return RunResult(out_dir, records, state, reached)
+
+
+def _summary(
+    config: ExperimentConfig, config_path: str | None, out_dir: Path
+) -> dict[str, Any]:
+    algorithm = config.algorithm
+    return {
+        "config": config_path or "",
+        "output": str(out_dir),
+        "dataset": f"{config.data.dataset} ({config.data.partition}, "
+        f"{config.data.num_clients} clients)",
+        "model": config.model.name,
+        "algorithm": f"{algorithm.name} E={algorithm.local_epochs} "
+        f"B={algorithm.batch_size or 'all'} lr={algorithm.client_learning_rate}",
+        "target_accuracy": config.target_accuracy,
+    }

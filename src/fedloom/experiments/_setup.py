@@ -1,0 +1,105 @@
+"""From a validated configuration to the objects of a run: data, model, process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fedloom.data import ClientData, Dataset, load_dataset
+from fedloom.learning import (
+    FunctionalModel,
+    LearningProcess,
+    Optimizer,
+    adam,
+    build_model,
+    fed_avg,
+    fed_sgd,
+    momentum,
+    sgd,
+)
+
+from ._config import AlgorithmConfig, ExperimentConfig
+
+__all__ = ["Setup", "build_process", "build_server_optimizer", "setup"]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything a run needs besides its state."""
+
+    dataset: Dataset
+    clients: ClientData
+    model: FunctionalModel
+    process: LearningProcess
+    cohort_size: int
+
+
+def build_server_optimizer(algorithm: AlgorithmConfig, lr: float) -> Optimizer:
+    """The server optimizer a configuration names, at learning rate ``lr``."""
+    if algorithm.server_optimizer == "momentum":
+        return momentum(lr, beta=algorithm.server_momentum)
+    if algorithm.server_optimizer == "adam":
+        return adam(
+            lr,
+            beta1=algorithm.server_momentum,
+            beta2=algorithm.server_beta2,
+            epsilon=algorithm.server_epsilon,
+        )
+    return sgd(lr)
+
+
+def build_process(
+    algorithm: AlgorithmConfig, model: FunctionalModel
+) -> LearningProcess:
+    """The learning process a configuration names."""
+    if algorithm.name == "fedsgd":
+        # FedSGD's step size eta is ``client_learning_rate``, the key FedAvg uses for
+        # its local steps, so one learning-rate grid sweeps both (McMahan et al. 2017
+        # tune eta for both the same way). The server optimizer takes the step.
+        eta = algorithm.client_learning_rate
+        return fed_sgd(
+            model,
+            learning_rate=eta,
+            server_optimizer=build_server_optimizer(algorithm, eta),
+        )
+    server_optimizer = build_server_optimizer(algorithm, algorithm.server_learning_rate)
+    return fed_avg(
+        model,
+        client_learning_rate=algorithm.client_learning_rate,
+        local_epochs=algorithm.local_epochs,
+        batch_size=algorithm.batch_size,
+        server_optimizer=server_optimizer,
+    )
+
+
+def _partition_options(config: ExperimentConfig) -> dict[str, Any]:
+    data = config.data
+    if data.partition == "dirichlet":
+        return {"alpha": data.alpha}
+    if data.partition == "shards":
+        return {"shards_per_client": data.shards_per_client}
+    if data.partition == "quantity_skew":
+        return {"sigma": data.sigma}
+    return {}
+
+
+def setup(config: ExperimentConfig) -> Setup:
+    """Load the data, partition it, build the model and the process."""
+    dataset = load_dataset(config.data.dataset, seed=config.seed, **config.data.options)
+    clients = ClientData.from_dataset(
+        dataset,
+        config.data.partition,
+        config.data.num_clients,
+        seed=config.seed,
+        **_partition_options(config),
+    )
+    model = build_model(
+        config.model.name, dataset.input_shape, dataset.num_classes, seed=config.seed
+    )
+    return Setup(
+        dataset=dataset,
+        clients=clients,
+        model=model,
+        process=build_process(config.algorithm, model),
+        cohort_size=config.algorithm.cohort_size(len(clients)),
+    )

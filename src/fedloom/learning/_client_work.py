@@ -1,0 +1,116 @@
+"""Client work: what a client does with the model it receives.
+
+Each is a pure function ``(params, client input) -> ClientResult``; the same function
+runs in simulation and on a device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import final
+
+import torch
+from torch.func import grad, grad_and_value
+
+from fedloom.data import Examples
+
+from ._functional import FunctionalModel
+from ._optimizers import Optimizer
+from ._types import Params
+
+__all__ = ["ClientInput", "ClientResult", "FullBatchGradient", "LocalTraining"]
+
+
+@dataclass(frozen=True)
+class ClientInput:
+    """One client's examples and the seed of its randomness for this round."""
+
+    examples: Examples
+    seed: int
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    """What a client sends back: its ``update``, its ``weight`` and its ``metrics``."""
+
+    update: Params
+    weight: torch.Tensor
+    metrics: dict[str, torch.Tensor]
+
+
+def _zero_result(params: Params) -> ClientResult:
+    zero = torch.zeros((), dtype=torch.float64)
+    return ClientResult(
+        {k: torch.zeros_like(v) for k, v in params.items()}, zero, {"train_loss": zero}
+    )
+
+
+@final
+@dataclass(frozen=True, eq=False)
+class LocalTraining:
+    """``epochs`` passes of minibatch training over the client's examples.
+
+    FedAvg's ClientUpdate (McMahan et al. 2017, Algorithm 1): each epoch shuffles the
+    client's examples (from the client's own seed) and takes one optimizer step per
+    batch of ``batch_size``; ``batch_size=None`` is the full batch, one step per epoch.
+    The update is the change of the parameters, ``w_local - w``; the weight is the
+    number of examples; ``train_loss`` averages the minibatch losses over all examples
+    seen.
+    """
+
+    model: FunctionalModel
+    optimizer: Optimizer
+    epochs: int
+    batch_size: int | None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
+
+    def __call__(self, params: Params, data: ClientInput) -> ClientResult:
+        x, y = data.examples.x, data.examples.y
+        n = len(y)
+        if n == 0:
+            return _zero_result(params)
+        batch = n if self.batch_size is None else min(self.batch_size, n)
+        generator = torch.Generator().manual_seed(data.seed)
+        step = grad_and_value(self.model.loss)
+        local, state = params, self.optimizer.init(params)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for _ in range(self.epochs):
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, batch):
+                index = order[start : start + batch]
+                grads, loss = step(local, x[index], y[index])
+                local, state = self.optimizer.update(grads, state, local)
+                loss_sum = loss_sum + loss.detach().to(torch.float64) * len(index)
+        update = {k: (local[k] - params[k]).detach() for k in params}
+        metrics = {"train_loss": loss_sum / (self.epochs * n)}
+        return ClientResult(
+            update, torch.tensor(float(n), dtype=torch.float64), metrics
+        )
+
+
+@final
+@dataclass(frozen=True, eq=False)
+class FullBatchGradient:
+    """FedSGD's client work: the gradient of the mean loss on all the client's data.
+
+    The update is the gradient itself (McMahan et al. 2017, Section 2: each client
+    computes ``g_k = grad F_k(w)``); the weight is the number of examples.
+    """
+
+    model: FunctionalModel
+
+    def __call__(self, params: Params, data: ClientInput) -> ClientResult:
+        x, y = data.examples.x, data.examples.y
+        if len(y) == 0:
+            return _zero_result(params)
+        gradient = grad(self.model.loss)(params, x, y)
+        with torch.no_grad():
+            loss = self.model.loss(params, x, y).to(torch.float64)
+        weight = torch.tensor(float(len(y)), dtype=torch.float64)
+        detached = {k: v.detach() for k, v in gradient.items()}
+        return ClientResult(detached, weight, {"train_loss": loss})

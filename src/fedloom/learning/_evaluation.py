@@ -1,0 +1,84 @@
+"""Evaluation: centrally on a server test set, or federated on clients' data."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from fedloom.core import (
+    CLIENTS,
+    SERVER,
+    Placed,
+    Runtime,
+    broadcast,
+    computation,
+    map,
+    mean,
+)
+from fedloom.data import Examples
+
+from ._functional import FunctionalModel
+from ._types import Params
+
+__all__ = ["evaluate", "federated_evaluate"]
+
+
+def _sums(
+    model: FunctionalModel, params: Params, examples: Examples, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    loss = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.float64)
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            x = examples.x[start : start + batch_size]
+            y = examples.y[start : start + batch_size]
+            logits = model.apply(params, x)
+            loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").to(
+                torch.float64
+            )
+            correct += (logits.argmax(dim=1) == y).sum().to(torch.float64)
+    return loss, correct
+
+
+def evaluate(
+    model: FunctionalModel,
+    params: Params,
+    examples: Examples,
+    *,
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """Mean cross-entropy ``loss`` and ``accuracy`` of ``params`` on ``examples``."""
+    if len(examples) == 0:
+        raise ValueError("cannot evaluate on an empty set of examples")
+    loss, correct = _sums(model, params, examples, batch_size)
+    n = len(examples)
+    return {"loss": float(loss) / n, "accuracy": float(correct) / n}
+
+
+@computation(None, SERVER, CLIENTS)
+def _federated_evaluation(
+    model: FunctionalModel, params: Placed, cohort: Placed
+) -> Placed:
+    def client_eval(p: Params, examples: Examples) -> dict[str, torch.Tensor]:
+        n = max(len(examples), 1)
+        loss, correct = _sums(model, p, examples, 1024)
+        return {"loss": loss / n, "accuracy": correct / n}
+
+    def size(examples: Examples) -> torch.Tensor:
+        return torch.tensor(float(len(examples)), dtype=torch.float64)
+
+    return mean(map(client_eval, broadcast(params), cohort), map(size, cohort))
+
+
+def federated_evaluate(
+    model: FunctionalModel,
+    params: Params,
+    cohort: Sequence[Examples],
+    *,
+    runtime: Runtime | None = None,
+) -> dict[str, float]:
+    """Evaluate on each client's own data; the server sees only the example-weighted
+    mean ``loss`` and ``accuracy``, never an example."""
+    result = _federated_evaluation(model, params, list(cohort), runtime=runtime)
+    return {k: float(v) for k, v in result.items()}

@@ -1,0 +1,61 @@
+"""A functional view of an ``nn.Module``: parameters in, predictions out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import final
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ._models import build_module
+from ._types import Params
+
+__all__ = ["FunctionalModel", "build_model"]
+
+
+@final
+@dataclass(frozen=True, eq=False)
+class FunctionalModel:
+    """An ``nn.Module`` used as a pure function of its parameters.
+
+    The module is only a template: training never mutates it, and
+    ``apply(params, x)`` runs it with ``params`` in place of its own.
+
+    >>> import torch
+    >>> model = build_model("logistic", (4,), 3, seed=0)
+    >>> params = model.init()
+    >>> model.apply(params, torch.zeros(2, 4)).shape
+    torch.Size([2, 3])
+    """
+
+    module: nn.Module
+
+    def __post_init__(self) -> None:
+        buffers = [name for name, _ in self.module.named_buffers()]
+        if buffers:
+            raise ValueError(
+                "models with buffers (e.g. BatchNorm running statistics: "
+                f"{buffers[:3]}) are not supported: their state would not be "
+                "federated; use GroupNorm or LayerNorm instead"
+            )
+
+    def init(self) -> Params:
+        """A copy of the module's initial parameters."""
+        return {name: p.detach().clone() for name, p in self.module.named_parameters()}
+
+    def apply(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits for inputs ``x`` under ``params``."""
+        return functional_call(self.module, params, (x,))
+
+    def loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of ``params`` on the batch ``(x, y)``."""
+        return nn.functional.cross_entropy(self.apply(params, x), y)
+
+
+def build_model(
+    name: str, input_shape: tuple[int, ...], num_classes: int, *, seed: int = 0
+) -> FunctionalModel:
+    """A built-in model ("2nn", "cnn", "logistic") as a :class:`FunctionalModel`."""
+    return FunctionalModel(build_module(name, input_shape, num_classes, seed=seed))

@@ -1,0 +1,128 @@
+"""Functional optimizers: ``init(params)`` and ``update(grads, state, params)``.
+
+``torch.optim`` mutates parameters in place and cannot be vmapped or checkpointed as
+plain tensors; these are pure functions of tensors, used on clients and at the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from ._types import OptState, Params
+
+__all__ = ["Optimizer", "adam", "momentum", "sgd"]
+
+Step = tuple[Params, OptState]
+"""What ``update`` returns: the new parameters and the new optimizer state."""
+
+
+class Optimizer(NamedTuple):
+    """A pair of pure functions: ``init(params)`` and ``update(grads, state, params)``.
+
+    ``update`` returns the new parameters and the new state; nothing is mutated.
+
+    >>> import torch
+    >>> opt = sgd(0.5)
+    >>> params = {"w": torch.tensor([1.0])}
+    >>> new, state = opt.update({"w": torch.tensor([2.0])}, opt.init(params), params)
+    >>> new["w"]
+    tensor([0.])
+    """
+
+    init: Callable[[Params], OptState]
+    update: Callable[[Params, OptState, Params], Step]
+
+
+def _positive(name: str, value: float) -> float:
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return float(value)
+
+
+def _fraction(name: str, value: float) -> float:
+    if not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return float(value)
+
+
+def sgd(learning_rate: float) -> Optimizer:
+    """Plain gradient descent: ``w <- w - learning_rate * g``."""
+    lr = _positive("learning_rate", learning_rate)
+
+    def init(params: Params) -> OptState:
+        return {}
+
+    def update(
+        grads: Params, state: OptState, params: Params
+    ) -> tuple[Params, OptState]:
+        return {k: params[k] - lr * grads[k] for k in params}, state
+
+    return Optimizer(init, update)
+
+
+def momentum(learning_rate: float, beta: float = 0.9) -> Optimizer:
+    """Heavy-ball momentum: ``v <- beta v + g``, ``w <- w - learning_rate * v``.
+
+    At the server this makes FedAvgM (Hsu, Qi and Brown 2019).
+    """
+    lr = _positive("learning_rate", learning_rate)
+    beta = _fraction("beta", beta)
+
+    def init(params: Params) -> OptState:
+        return {"velocity": {k: torch.zeros_like(v) for k, v in params.items()}}
+
+    def update(
+        grads: Params, state: OptState, params: Params
+    ) -> tuple[Params, OptState]:
+        velocity = {k: beta * state["velocity"][k] + grads[k] for k in params}
+        new = {k: params[k] - lr * velocity[k] for k in params}
+        return new, {"velocity": velocity}
+
+    return Optimizer(init, update)
+
+
+def adam(
+    learning_rate: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    epsilon: float = 1e-8,
+) -> Optimizer:
+    """Adam (Kingma and Ba 2015) with bias correction.
+
+    At the server this makes FedAdam (Reddi et al. 2021, "Adaptive Federated
+    Optimization"), who recommend ``beta2 = 0.99`` and ``epsilon = 1e-3``.
+    """
+    lr = _positive("learning_rate", learning_rate)
+    beta1 = _fraction("beta1", beta1)
+    beta2 = _fraction("beta2", beta2)
+    eps = _positive("epsilon", epsilon)
+
+    def init(params: Params) -> OptState:
+        zeros = {k: torch.zeros_like(v) for k, v in params.items()}
+        return {
+            "step": torch.zeros((), dtype=torch.int64),
+            "m": zeros,
+            "v": {k: torch.zeros_like(v) for k, v in params.items()},
+        }
+
+    def update(
+        grads: Params, state: OptState, params: Params
+    ) -> tuple[Params, OptState]:
+        step = state["step"] + 1
+        m = {k: beta1 * state["m"][k] + (1 - beta1) * grads[k] for k in params}
+        v = {k: beta2 * state["v"][k] + (1 - beta2) * grads[k] ** 2 for k in params}
+        correction1 = 1 - beta1 ** step.to(torch.float64)
+        correction2 = 1 - beta2 ** step.to(torch.float64)
+        new = {
+            k: params[k]
+            - (lr * (m[k] / correction1) / ((v[k] / correction2).sqrt() + eps)).to(
+                params[k].dtype
+            )
+            for k in params
+        }
+        return new, {"step": step, "m": m, "v": v}
+
+    return Optimizer(init, update)

@@ -1,0 +1,14 @@
+"""Runtimes: where client work runs.
+
+``local`` runs clients one after another and is the reference semantics (it lives in
+:mod:`fedloom.core` beside the intrinsics it defines). Every runtime is chosen by name
+here or passed explicitly as ``runtime=`` to a computation.
+"""
+
+from fedloom.core import LocalRuntime as LocalRuntime
+from fedloom.core import Runtime as Runtime
+
+from ._registry import RUNTIMES as RUNTIMES
+from ._registry import get_runtime as get_runtime
+
+__all__ = ["RUNTIMES", "LocalRuntime", "Runtime", "get_runtime"]

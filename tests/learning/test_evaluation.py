@@ -1,0 +1,49 @@
+"""Centralized and federated evaluation against a direct computation."""
+
+import pytest
+import torch
+
+from fedloom.data import Examples
+from fedloom.learning import build_model, evaluate, federated_evaluate
+
+
+def _examples(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return Examples(
+        torch.randn(n, 5, generator=g), torch.randint(0, 4, (n,), generator=g)
+    )
+
+
+def test_evaluate_matches_direct_computation_across_batches():
+    model = build_model("logistic", (5,), 4, seed=1)
+    params = model.init()
+    data = _examples(37, seed=2)
+    result = evaluate(model, params, data, batch_size=8)
+    logits = model.apply(params, data.x).double()
+    expected_loss = torch.nn.functional.cross_entropy(logits, data.y).item()
+    expected_accuracy = (logits.argmax(1) == data.y).double().mean().item()
+    assert result["loss"] == pytest.approx(expected_loss, rel=1e-6)
+    assert result["accuracy"] == pytest.approx(expected_accuracy)
+
+
+def test_federated_evaluation_is_the_example_weighted_mean():
+    model = build_model("logistic", (5,), 4, seed=1)
+    params = model.init()
+    clients = [_examples(n, seed=n) for n in (3, 10, 21)]
+    federated = federated_evaluate(model, params, clients)
+    union = Examples(
+        torch.cat([c.x for c in clients]), torch.cat([c.y for c in clients])
+    )
+    central = evaluate(model, params, union)
+    assert federated["loss"] == pytest.approx(central["loss"], rel=1e-6)
+    assert federated["accuracy"] == pytest.approx(central["accuracy"])
+
+
+def test_evaluate_on_nothing_is_an_error():
+    model = build_model("logistic", (5,), 4)
+    with pytest.raises(ValueError, match="empty"):
+        evaluate(
+            model,
+            model.init(),
+            Examples(torch.zeros(0, 5), torch.zeros(0, dtype=torch.int64)),
+        )

@@ -1,0 +1,69 @@
+"""Functional optimizers against hand-computed float64 values."""
+
+import math
+
+import pytest
+import torch
+
+from fedloom.learning import adam, momentum, sgd
+
+
+def _run(optimizer, grads):
+    params = {"w": torch.tensor([1.0, -2.0], dtype=torch.float64)}
+    state = optimizer.init(params)
+    for g in grads:
+        params, state = optimizer.update(
+            {"w": torch.tensor(g, dtype=torch.float64)}, state, params
+        )
+    return params["w"].tolist(), state
+
+
+def test_sgd():
+    w, _ = _run(sgd(0.5), [[1.0, 2.0], [2.0, -2.0]])
+    assert w == pytest.approx([1.0 - 0.5 - 1.0, -2.0 - 1.0 + 1.0])
+
+
+def test_momentum():
+    w, state = _run(momentum(0.1, beta=0.9), [[1.0, 0.0], [1.0, 0.0]])
+    # v1 = 1, w1 = 0.9; v2 = 1.9, w2 = 0.71
+    assert w == pytest.approx([0.71, -2.0])
+    assert state["velocity"]["w"].tolist() == pytest.approx([1.9, 0.0])
+
+
+def test_adam_first_steps():
+    lr, b1, b2, eps = 0.01, 0.9, 0.99, 1e-3
+    w, state = _run(adam(lr, b1, b2, eps), [[0.5, -1.0], [0.25, -1.0]])
+    expected = [1.0, -2.0]
+    m = [0.0, 0.0]
+    v = [0.0, 0.0]
+    for t, g in enumerate([[0.5, -1.0], [0.25, -1.0]], start=1):
+        for i in range(2):
+            m[i] = b1 * m[i] + (1 - b1) * g[i]
+            v[i] = b2 * v[i] + (1 - b2) * g[i] ** 2
+            m_hat = m[i] / (1 - b1**t)
+            v_hat = v[i] / (1 - b2**t)
+            expected[i] -= lr * m_hat / (math.sqrt(v_hat) + eps)
+    assert w == pytest.approx(expected, rel=1e-12)
+    assert int(state["step"]) == 2
+
+
+def test_optimizers_do_not_mutate_inputs():
+    params = {"w": torch.ones(3)}
+    grads = {"w": torch.ones(3)}
+    for optimizer in (sgd(0.1), momentum(0.1), adam(0.1)):
+        state = optimizer.init(params)
+        optimizer.update(grads, state, params)
+        assert torch.equal(params["w"], torch.ones(3))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: sgd(-1.0),
+        lambda: momentum(0.1, beta=1.0),
+        lambda: adam(0.1, epsilon=0.0),
+    ],
+)
+def test_bad_hyperparameters(make):
+    with pytest.raises(ValueError):
+        make()
