@@ -241,7 +241,7 @@ def test_dirichlet_requires_alpha(tmp_path: Path) -> None:
         ("eval_every=0", "eval_every"),
         ("target_accuracy=1.5", "target_accuracy"),
         ("target_accuracy=0", "target_accuracy"),
-        ("runtime=vectorized", "runtime"),
+        ("runtime=ray", "runtime"),
         ("data.num_clients=0", "data.num_clients"),
         ("data.sigma=0", "data.sigma"),
         ("data.shards_per_client=0", "data.shards_per_client"),

@@ -174,3 +174,17 @@ def test_cohort_larger_than_population_is_a_clear_error():
     with pytest.raises(ValueError, match="clients_per_round"):
         _config(algorithm={"name": "fedavg", "clients_per_round": 21})
     assert isinstance(_config(), ExperimentConfig)
+
+
+def test_runtime_is_one_config_key(tmp_path):
+    local = run_experiment(_config(rounds=2), out_dir=tmp_path / "local", quiet=True)
+    vectorized = run_experiment(
+        _config(rounds=2, runtime="vectorized"), out_dir=tmp_path / "vec", quiet=True
+    )
+    for name, value in local.state.params.items():
+        torch.testing.assert_close(
+            vectorized.state.params[name], value, rtol=1e-4, atol=1e-5
+        )
+    assert vectorized.records[-1]["test_accuracy"] == pytest.approx(
+        local.records[-1]["test_accuracy"], abs=0.02
+    )

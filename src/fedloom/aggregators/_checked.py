@@ -8,7 +8,7 @@ from typing import Any, final
 
 import torch
 
-from fedloom.core import Aggregator, tree_flatten
+from fedloom.core import Aggregator, Stacked, StackedAggregator, tree_flatten, unstack
 
 __all__ = ["Checked", "InvalidUpdateError", "checked"]
 
@@ -88,6 +88,43 @@ class Checked:
                 )
         inner = self.inner.accumulate(accumulator.inner, value, weight)
         return _Accumulator(inner, spec, signature, client + 1)
+
+    def accumulate_stacked(
+        self, accumulator: _Accumulator, values: Stacked, weights: Stacked | None
+    ) -> _Accumulator:
+        """Validate and fold in a chunk of clients stacked along a leading axis."""
+        leaves, spec = tree_flatten(values.tree)
+        signature = tuple((tuple(leaf.shape[1:]), leaf.dtype) for leaf in leaves)
+        first = accumulator.count
+        expected = accumulator.shapes if accumulator.spec is not None else signature
+        if accumulator.spec is not None and spec != accumulator.spec:
+            raise InvalidUpdateError(
+                f"clients {first}..{first + values.size - 1}: values have structure "
+                f"{spec}, expected {accumulator.spec}"
+            )
+        for i, (got, want) in enumerate(zip(signature, expected or (), strict=True)):
+            if got != want:
+                raise InvalidUpdateError(
+                    f"clients {first}..{first + values.size - 1}: entry {i} has "
+                    f"shape/dtype {got}, expected {want}"
+                )
+        for i, leaf in enumerate(leaves):
+            if leaf.is_floating_point():
+                finite = torch.isfinite(leaf.reshape(values.size, -1)).all(dim=1)
+                if not bool(finite.all()):
+                    client = first + int((~finite).nonzero()[0])
+                    raise InvalidUpdateError(
+                        f"client {client}: entry {i} (shape {signature[i][0]}) "
+                        "contains NaN or infinity"
+                    )
+        if isinstance(self.inner, StackedAggregator):
+            inner = self.inner.accumulate_stacked(accumulator.inner, values, weights)
+        else:
+            inner = accumulator.inner
+            members = [None] * values.size if weights is None else unstack(weights)
+            for value, weight in zip(unstack(values), members, strict=True):
+                inner = self.inner.accumulate(inner, value, weight)
+        return _Accumulator(inner, spec, signature, first + values.size)
 
     def finalize(self, accumulator: _Accumulator) -> Any:
         return self.inner.finalize(accumulator.inner)

@@ -11,6 +11,12 @@ An algorithm written with these intrinsics runs unchanged on every runtime::
     mean_temperature([20.5, 21.0, 19.8], [3, 1, 2])   # on the LocalRuntime
 """
 
+from ._cohort import CohortFunction as CohortFunction
+from ._cohort import Replicated as Replicated
+from ._cohort import Stacked as Stacked
+from ._cohort import StackedAggregator as StackedAggregator
+from ._cohort import stack as stack
+from ._cohort import unstack as unstack
 from ._computation import Computation as Computation
 from ._computation import computation as computation
 from ._intrinsics import PlacementError as PlacementError
@@ -29,6 +35,7 @@ from ._reduce import Sum as Sum
 from ._reduce import weight_value as weight_value
 from ._runtime import Aggregator as Aggregator
 from ._runtime import Runtime as Runtime
+from ._tree import register_dataclass as register_dataclass
 from ._tree import tree_flatten as tree_flatten
 from ._tree import tree_leaves as tree_leaves
 from ._tree import tree_map as tree_map
@@ -40,6 +47,7 @@ __all__ = [
     "CLIENTS",
     "SERVER",
     "Aggregator",
+    "CohortFunction",
     "Computation",
     "Execution",
     "LocalRuntime",
@@ -47,7 +55,10 @@ __all__ = [
     "Placed",
     "Placement",
     "PlacementError",
+    "Replicated",
     "Runtime",
+    "Stacked",
+    "StackedAggregator",
     "Sum",
     "aggregate",
     "apply",
@@ -55,10 +66,13 @@ __all__ = [
     "computation",
     "map",
     "mean",
+    "register_dataclass",
+    "stack",
     "sum",
     "tree_flatten",
     "tree_leaves",
     "tree_map",
     "tree_unflatten",
+    "unstack",
     "weight_value",
 ]

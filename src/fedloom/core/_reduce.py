@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._cohort import Stacked
 from ._tree import tree_flatten, tree_unflatten
 
-__all__ = ["SumAccumulator", "Sum", "Mean", "weight_value"]
+__all__ = ["Mean", "Sum", "SumAccumulator", "stacked_weights", "weight_value"]
 
 
 def weight_value(weight: Any) -> float:
@@ -30,6 +31,21 @@ def weight_value(weight: Any) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"a weight must be finite and >= 0, got {value}")
     return value
+
+
+def stacked_weights(weights: Stacked | None, size: int) -> torch.Tensor:
+    """A chunk's weights as a float64 vector; rejects negative and non-finite ones."""
+    if weights is None:
+        return torch.ones(size, dtype=torch.float64)
+    w = torch.as_tensor(weights.tree).reshape(size).to(torch.float64)
+    bad = ~torch.isfinite(w) | (w < 0)
+    if bool(bad.any()):
+        client = int(bad.nonzero()[0])
+        raise ValueError(
+            f"a weight must be finite and >= 0, got {float(w[client])} "
+            f"(client {client} of the chunk)"
+        )
+    return w
 
 
 def _to_float64(leaf: Any) -> Any:
@@ -82,6 +98,27 @@ class SumAccumulator:
             summed, self.like, spec, self.total_weight + weight, self.count + 1
         )
 
+    def add_stacked(self, values: Any, weights: torch.Tensor) -> SumAccumulator:
+        """Fold in a chunk of clients at once: leaves with a leading client axis."""
+        leaves, spec = tree_flatten(values)
+        w = weights.to(torch.float64)
+        scaled = tuple(
+            torch.tensordot(w.to(leaf.device), leaf.to(torch.float64), dims=1)
+            for leaf in leaves
+        )
+        total = float(w.sum())
+        if self.leaves is None:
+            like = tuple(leaf[0] for leaf in leaves)
+            return SumAccumulator(scaled, like, spec, total, len(w))
+        if spec != self.spec:
+            raise ValueError(
+                f"clients sent values of structure {spec}, expected {self.spec}"
+            )
+        summed = tuple(a + b for a, b in zip(self.leaves, scaled, strict=True))
+        return SumAccumulator(
+            summed, self.like, spec, self.total_weight + total, self.count + len(w)
+        )
+
     def result(self, scale: float = 1.0) -> Any:
         if self.leaves is None or self.like is None:
             raise ValueError("cannot reduce an empty cohort: no client values")
@@ -102,6 +139,13 @@ class Sum:
     def accumulate(self, accumulator: SumAccumulator, value: Any, weight: Any) -> Any:
         return accumulator.add(value, 1.0 if weight is None else weight_value(weight))
 
+    def accumulate_stacked(
+        self, accumulator: SumAccumulator, values: Stacked, weights: Stacked | None
+    ) -> SumAccumulator:
+        return accumulator.add_stacked(
+            values.tree, stacked_weights(weights, values.size)
+        )
+
     def finalize(self, accumulator: SumAccumulator) -> Any:
         return accumulator.result()
 
@@ -118,6 +162,13 @@ class Mean:
 
     def accumulate(self, accumulator: SumAccumulator, value: Any, weight: Any) -> Any:
         return accumulator.add(value, 1.0 if weight is None else weight_value(weight))
+
+    def accumulate_stacked(
+        self, accumulator: SumAccumulator, values: Stacked, weights: Stacked | None
+    ) -> SumAccumulator:
+        return accumulator.add_stacked(
+            values.tree, stacked_weights(weights, values.size)
+        )
 
     def finalize(self, accumulator: SumAccumulator) -> Any:
         if accumulator.count and accumulator.total_weight <= 0:

@@ -12,6 +12,7 @@ from typing import Any
 import torch.utils._pytree as _pytree
 
 __all__ = [
+    "register_dataclass",
     "tree_flatten",
     "tree_leaves",
     "tree_map",
@@ -46,3 +47,9 @@ def tree_unflatten(leaves: list[Any], spec: TreeSpec) -> Any:
 def tree_structure(tree: Any) -> TreeSpec:
     """The structure of ``tree`` without its leaves."""
     return _pytree.tree_structure(tree)
+
+
+def register_dataclass(cls: type) -> type:
+    """Make a dataclass a tree node (its fields are children), e.g. for ``vmap``."""
+    _pytree.register_dataclass(cls)
+    return cls

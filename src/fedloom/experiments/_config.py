@@ -60,7 +60,7 @@ PartitionName = Literal["iid", "shards", "dirichlet", "quantity_skew", "natural"
 ModelName = Literal["2nn", "cnn", "logistic"]
 AlgorithmName = Literal["fedavg", "fedsgd"]
 ServerOptimizerName = Literal["sgd", "momentum", "adam"]
-RuntimeName = Literal["local"]
+RuntimeName = Literal["local", "vectorized"]
 
 DATASETS: tuple[str, ...] = typing.get_args(DatasetName)
 PARTITIONS: tuple[str, ...] = typing.get_args(PartitionName)
@@ -238,6 +238,9 @@ class ExperimentConfig(BaseModel):
     runtime: RuntimeName = "local"
     target_accuracy: float | None = Field(default=None, gt=0, le=1)
     eval_every: int = Field(default=1, ge=1)
+    threads: int = Field(default=1, ge=1)
+    """PyTorch intra-op threads during the run. Clients train on small batches, for
+    which one thread is fastest: see ``benchmarks/threads.py``."""
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fedloom.learning import ClientInput, ServerState, evaluate, tree_bytes
 from fedloom.runtimes import get_runtime
 
@@ -126,6 +128,21 @@ def run_experiment(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / CONFIG_FILE, config_to_dict(config))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _run(config, out_dir, resume, quiet, config_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(
+    config: ExperimentConfig,
+    out_dir: Path,
+    resume: bool,
+    quiet: bool,
+    config_path: str | None,
+) -> RunResult:
     run = setup(config)
     state, reached = _restore(out_dir, run) if resume else (run.process.init(), False)
     log = MetricsLog(out_dir / METRICS_FILE)

@@ -6,14 +6,17 @@ runs in simulation and on a device.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import final
+from typing import Any, final
 
 import torch
 from torch.func import grad, grad_and_value
 
+from fedloom.core import Stacked, register_dataclass
 from fedloom.data import Examples
 
+from ._cohort_work import cohort_gradient, cohort_local_training
 from ._functional import FunctionalModel
 from ._optimizers import Optimizer
 from ._types import Params
@@ -29,6 +32,7 @@ class ClientInput:
     seed: int
 
 
+@register_dataclass  # a tree node, so a cohort's results stack and vmap
 @dataclass(frozen=True)
 class ClientResult:
     """What a client sends back: its ``update``, its ``weight`` and its ``metrics``."""
@@ -36,6 +40,14 @@ class ClientResult:
     update: Params
     weight: torch.Tensor
     metrics: dict[str, torch.Tensor]
+
+
+def _inputs(payload: Any) -> tuple[list[Examples], list[int]]:
+    if not isinstance(payload, list) or not all(
+        isinstance(i, ClientInput) for i in payload
+    ):
+        raise TypeError(f"expected a list of ClientInput, got {type(payload).__name__}")
+    return [i.examples for i in payload], [i.seed for i in payload]
 
 
 def _zero_result(params: Params) -> ClientResult:
@@ -88,9 +100,25 @@ class LocalTraining:
                 loss_sum = loss_sum + loss.detach().to(torch.float64) * len(index)
         update = {k: (local[k] - params[k]).detach() for k in params}
         metrics = {"train_loss": loss_sum / (self.epochs * n)}
-        return ClientResult(
-            update, torch.tensor(float(n), dtype=torch.float64), metrics
+        weight = torch.tensor(float(n), dtype=torch.float64)
+        return ClientResult(update, weight, metrics)
+
+    def map_cohort(self, args: Sequence[Any], device: torch.device) -> Stacked:
+        """The same training for a whole cohort at once (vectorized runtime)."""
+        params, inputs = args
+        examples, seeds = _inputs(inputs)
+        deltas, weights, losses = cohort_local_training(
+            self.model,
+            self.optimizer,
+            self.epochs,
+            self.batch_size,
+            params,
+            examples,
+            seeds,
+            device,
         )
+        result = ClientResult(deltas, weights, {"train_loss": losses})
+        return Stacked(result, len(seeds))
 
 
 @final
@@ -114,3 +142,11 @@ class FullBatchGradient:
         weight = torch.tensor(float(len(y)), dtype=torch.float64)
         detached = {k: v.detach() for k, v in gradient.items()}
         return ClientResult(detached, weight, {"train_loss": loss})
+
+    def map_cohort(self, args: Sequence[Any], device: torch.device) -> Stacked:
+        """The same gradients for a whole cohort at once (vectorized runtime)."""
+        params, inputs = args
+        examples, seeds = _inputs(inputs)
+        grads, weights, losses = cohort_gradient(self.model, params, examples, device)
+        result = ClientResult(grads, weights, {"train_loss": losses})
+        return Stacked(result, len(seeds))

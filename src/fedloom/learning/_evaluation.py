@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, final
 
 import torch
 
@@ -11,6 +13,7 @@ from fedloom.core import (
     SERVER,
     Placed,
     Runtime,
+    Stacked,
     broadcast,
     computation,
     map,
@@ -18,10 +21,11 @@ from fedloom.core import (
 )
 from fedloom.data import Examples
 
+from ._cohort_work import cohort_evaluation
 from ._functional import FunctionalModel
 from ._types import Params
 
-__all__ = ["evaluate", "federated_evaluate"]
+__all__ = ["ClientEvaluation", "evaluate", "federated_evaluate"]
 
 
 def _sums(
@@ -56,19 +60,37 @@ def evaluate(
     return {"loss": float(loss) / n, "accuracy": float(correct) / n}
 
 
-@computation(None, SERVER, CLIENTS)
-def _federated_evaluation(
-    model: FunctionalModel, params: Placed, cohort: Placed
-) -> Placed:
-    def client_eval(p: Params, examples: Examples) -> dict[str, torch.Tensor]:
+@final
+@dataclass(frozen=True, eq=False)
+class ClientEvaluation:
+    """A client's mean ``loss`` and ``accuracy`` on its own examples."""
+
+    model: FunctionalModel
+    batch_size: int = 1024
+
+    def __call__(self, params: Params, examples: Examples) -> dict[str, torch.Tensor]:
         n = max(len(examples), 1)
-        loss, correct = _sums(model, p, examples, 1024)
+        loss, correct = _sums(self.model, params, examples, self.batch_size)
         return {"loss": loss / n, "accuracy": correct / n}
 
-    def size(examples: Examples) -> torch.Tensor:
-        return torch.tensor(float(len(examples)), dtype=torch.float64)
+    def map_cohort(self, args: Sequence[Any], device: torch.device) -> Stacked:
+        """The same evaluation for a whole cohort at once (vectorized runtime)."""
+        params, examples = args
+        metrics = cohort_evaluation(
+            self.model, params, list(examples), self.batch_size, device
+        )
+        return Stacked(metrics, len(examples))
 
-    return mean(map(client_eval, broadcast(params), cohort), map(size, cohort))
+
+def _size(examples: Examples) -> torch.Tensor:
+    return torch.tensor(float(len(examples)), dtype=torch.float64)
+
+
+@computation(None, SERVER, CLIENTS)
+def _federated_evaluation(
+    evaluation: ClientEvaluation, params: Placed, cohort: Placed
+) -> Placed:
+    return mean(map(evaluation, broadcast(params), cohort), map(_size, cohort))
 
 
 def federated_evaluate(
@@ -80,5 +102,7 @@ def federated_evaluate(
 ) -> dict[str, float]:
     """Evaluate on each client's own data; the server sees only the example-weighted
     mean ``loss`` and ``accuracy``, never an example."""
-    result = _federated_evaluation(model, params, list(cohort), runtime=runtime)
+    result = _federated_evaluation(
+        ClientEvaluation(model), params, list(cohort), runtime=runtime
+    )
     return {k: float(v) for k, v in result.items()}

@@ -10,5 +10,6 @@ from fedloom.core import Runtime as Runtime
 
 from ._registry import RUNTIMES as RUNTIMES
 from ._registry import get_runtime as get_runtime
+from ._vectorized import VectorizedRuntime as VectorizedRuntime
 
-__all__ = ["RUNTIMES", "LocalRuntime", "Runtime", "get_runtime"]
+__all__ = ["RUNTIMES", "LocalRuntime", "Runtime", "VectorizedRuntime", "get_runtime"]

@@ -6,13 +6,18 @@ from collections.abc import Callable
 
 from fedloom.core import LocalRuntime, Runtime
 
+from ._vectorized import VectorizedRuntime
+
 __all__ = ["RUNTIMES", "get_runtime"]
 
-RUNTIMES: dict[str, Callable[[], Runtime]] = {"local": LocalRuntime}
+RUNTIMES: dict[str, Callable[[], Runtime]] = {
+    "local": LocalRuntime,
+    "vectorized": VectorizedRuntime,
+}
 
 
 def get_runtime(name: str) -> Runtime:
-    """A new runtime by name ("local").
+    """A new runtime by name ("local", "vectorized").
 
     >>> get_runtime("local").name
     'local'

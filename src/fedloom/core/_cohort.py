@@ -1,0 +1,96 @@
+"""How a batched runtime holds a cohort's values, and the protocol of functions that
+can run on a whole cohort at once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from ._tree import tree_flatten, tree_map, tree_unflatten
+
+__all__ = [
+    "CohortFunction",
+    "Replicated",
+    "Stacked",
+    "StackedAggregator",
+    "stack",
+    "unstack",
+]
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """One value per client, every leaf stacked along a leading client axis."""
+
+    tree: Any
+    size: int
+
+
+@dataclass(frozen=True)
+class Replicated:
+    """The same value at every client (a broadcast), held once."""
+
+    value: Any
+    size: int
+
+
+@runtime_checkable
+class CohortFunction(Protocol):
+    """A client function that can also run on a whole cohort in one computation.
+
+    ``map_cohort`` receives, for each argument, a :class:`Stacked`, a
+    :class:`Replicated` or a list of per-client members (values that cannot be
+    stacked, such as datasets of unequal size), all on the same clients, and returns
+    a :class:`Stacked` of what calling the function at every client would return.
+    The sequential call remains the reference: both must agree up to floating-point
+    rounding.
+    """
+
+    def map_cohort(self, args: Sequence[Any], device: torch.device) -> Stacked:
+        """The stacked results of the function at every client of the cohort."""
+        ...
+
+
+@runtime_checkable
+class StackedAggregator(Protocol):
+    """An aggregator that can also fold in a whole :class:`Stacked` chunk at once."""
+
+    def accumulate_stacked(
+        self, accumulator: Any, values: Stacked, weights: Stacked | None
+    ) -> Any:
+        """Fold in every client of the chunk (weights stacked the same way)."""
+        ...
+
+
+def stack(members: Sequence[Any]) -> Stacked | None:
+    """Stack per-client trees of tensors and numbers; ``None`` if they cannot be
+    (other leaf types, other structures, or other shapes)."""
+    if not members:
+        return None
+    flat = [tree_flatten(member) for member in members]
+    spec = flat[0][1]
+    if any(other != spec for _, other in flat):
+        return None
+    columns = []
+    for column in zip(*(leaves for leaves, _ in flat), strict=True):
+        if all(isinstance(v, torch.Tensor) for v in column):
+            if len({(v.shape, v.dtype, v.device) for v in column}) != 1:
+                return None
+            columns.append(torch.stack(column))
+        elif all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in column
+        ):
+            columns.append(torch.tensor(column, dtype=torch.float64))
+        else:
+            return None
+    return Stacked(tree_unflatten(columns, spec), len(members))
+
+
+def unstack(stacked: Stacked) -> list[Any]:
+    """The per-client trees of a :class:`Stacked`."""
+    return [
+        tree_map(lambda leaf, i=i: leaf[i], stacked.tree) for i in range(stacked.size)
+    ]

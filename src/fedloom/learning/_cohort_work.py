@@ -1,0 +1,198 @@
+"""Client work on a whole cohort at once: padded data, masks and ``vmap``.
+
+The batched twins of the sequential client work in ``_client_work.py``, for the
+vectorized runtime. Clients of unequal size are padded to the largest; a mask marks
+real examples, so a padded example adds nothing to a loss or a gradient, and a client
+whose batches have run out keeps its parameters (and optimizer state) unchanged, as
+in fedjax's padded ``for_each_client``. Each client shuffles with its own seed exactly
+as the sequential code does, so both visit the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.func import grad_and_value, vmap
+
+from fedloom.core import Replicated, Stacked, tree_map
+from fedloom.data import Examples
+
+from ._functional import FunctionalModel
+from ._optimizers import Optimizer
+from ._types import Params
+
+__all__ = [
+    "PaddedCohort",
+    "batch_schedule",
+    "cohort_gradient",
+    "cohort_evaluation",
+    "cohort_local_training",
+    "stacked_params",
+]
+
+
+class PaddedCohort:
+    """A cohort's examples padded to one shape: ``x[c, i]``, ``y[c, i]``, sizes."""
+
+    def __init__(self, examples: Sequence[Examples], device: torch.device) -> None:
+        self.sizes = torch.tensor([len(e) for e in examples], dtype=torch.int64)
+        self.size = len(examples)
+        longest = max(int(self.sizes.max()), 1)
+        first = examples[0]
+        self.x = torch.zeros(
+            (self.size, longest, *first.x.shape[1:]), dtype=first.x.dtype
+        )
+        self.y = torch.zeros((self.size, longest), dtype=first.y.dtype)
+        for c, e in enumerate(examples):
+            self.x[c, : len(e)] = e.x
+            self.y[c, : len(e)] = e.y
+        self.x, self.y = self.x.to(device), self.y.to(device)
+        positions = torch.arange(longest)
+        self.mask = (positions[None, :] < self.sizes[:, None]).to(device)
+
+    def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each client's examples at ``index[c, :]`` (positions in its own data)."""
+        rows = torch.arange(self.size, device=index.device)[:, None]
+        return self.x[rows, index], self.y[rows, index]
+
+
+def stacked_params(payload: Any, size: int, device: torch.device) -> Params:
+    """Parameters with a leading client axis, from a broadcast or a stacked value."""
+    if isinstance(payload, Replicated):
+        return {
+            k: v.to(device).expand(size, *v.shape) for k, v in payload.value.items()
+        }
+    if isinstance(payload, Stacked):
+        return {k: v.to(device) for k, v in payload.tree.items()}
+    raise TypeError(f"expected broadcast or stacked parameters, got {type(payload)}")
+
+
+def batch_schedule(
+    sizes: Sequence[int],
+    seeds: Sequence[int],
+    epochs: int,
+    batch_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every client's minibatches, padded: ``index[c, e, s, j]`` and its mask.
+
+    Client c in epoch e takes, at step s, the examples ``order[s*B : (s+1)*B]`` of a
+    permutation drawn from its own generator, as the sequential client work does.
+    """
+    longest = max(max(sizes), 1)
+    batch = longest if batch_size is None else min(batch_size, longest)
+    steps = math.ceil(longest / batch)
+    index = torch.zeros((len(sizes), epochs, steps * batch), dtype=torch.int64)
+    mask = torch.zeros((len(sizes), epochs, steps * batch), dtype=torch.bool)
+    for c, (n, seed) in enumerate(zip(sizes, seeds, strict=True)):
+        generator = torch.Generator().manual_seed(seed)
+        for e in range(epochs):
+            if n:
+                index[c, e, :n] = torch.randperm(n, generator=generator)
+                mask[c, e, :n] = True
+    shape = (len(sizes), epochs, steps, batch)
+    return index.reshape(shape), mask.reshape(shape)
+
+
+def _keep_where(active: torch.Tensor, new: Any, old: Any) -> Any:
+    def pick(n: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        return torch.where(active.view(-1, *[1] * (n.dim() - 1)), n, o)
+
+    return tree_map(pick, new, old)
+
+
+def _masked_loss(model: FunctionalModel) -> Any:
+    def loss(
+        params: Params, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        per_example = torch.nn.functional.cross_entropy(
+            model.apply(params, x), y, reduction="none"
+        )
+        weights = mask.to(per_example.dtype)
+        return (per_example * weights).sum() / weights.sum().clamp(min=1)
+
+    return loss
+
+
+def cohort_local_training(
+    model: FunctionalModel,
+    optimizer: Optimizer,
+    epochs: int,
+    batch_size: int | None,
+    params: Any,
+    examples: Sequence[Examples],
+    seeds: Sequence[int],
+    device: torch.device,
+) -> tuple[Params, torch.Tensor, torch.Tensor]:
+    """FedAvg's local training for every client at once: (deltas, weights, losses)."""
+    data = PaddedCohort(examples, device)
+    start = stacked_params(params, data.size, device)
+    index, mask = batch_schedule(data.sizes.tolist(), seeds, epochs, batch_size)
+    index, mask = index.to(device), mask.to(device)
+    step = vmap(grad_and_value(_masked_loss(model)))
+    update = vmap(optimizer.update)
+    local, state = start, vmap(optimizer.init)(start)
+    loss_sum = torch.zeros(data.size, dtype=torch.float64, device=device)
+    for e in range(index.shape[1]):
+        for s in range(index.shape[2]):
+            batch_mask = mask[:, e, s]
+            x, y = data.gather(index[:, e, s])
+            grads, loss = step(local, x, y, batch_mask)
+            new_local, new_state = update(grads, state, local)
+            active = batch_mask.any(dim=1)
+            local = _keep_where(active, new_local, local)
+            state = _keep_where(active, new_state, state)
+            loss_sum += loss.detach().double() * batch_mask.sum(dim=1)
+    deltas = {k: (local[k] - start[k]).detach() for k in start}
+    sizes = data.sizes.to(device=device, dtype=torch.float64)
+    return deltas, sizes, loss_sum / (epochs * sizes).clamp(min=1)
+
+
+def cohort_gradient(
+    model: FunctionalModel,
+    params: Any,
+    examples: Sequence[Examples],
+    device: torch.device,
+) -> tuple[Params, torch.Tensor, torch.Tensor]:
+    """FedSGD's full-batch gradient for every client at once.
+
+    Returns (gradients, weights, losses), each with a leading client axis.
+    """
+    data = PaddedCohort(examples, device)
+    start = stacked_params(params, data.size, device)
+    grads, loss = vmap(grad_and_value(_masked_loss(model)))(
+        start, data.x, data.y, data.mask
+    )
+    detached = {k: v.detach() for k, v in grads.items()}
+    sizes = data.sizes.to(device=device, dtype=torch.float64)
+    return detached, sizes, loss.detach().double()
+
+
+def cohort_evaluation(
+    model: FunctionalModel,
+    params: Any,
+    examples: Sequence[Examples],
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """Every client's mean loss and accuracy on its own examples, at once."""
+    data = PaddedCohort(examples, device)
+    start = stacked_params(params, data.size, device)
+    apply = vmap(model.apply)
+    loss = torch.zeros(data.size, dtype=torch.float64, device=device)
+    correct = torch.zeros(data.size, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for begin in range(0, data.x.shape[1], batch_size):
+            x = data.x[:, begin : begin + batch_size]
+            y = data.y[:, begin : begin + batch_size]
+            valid = data.mask[:, begin : begin + batch_size].double()
+            logits = apply(start, x)
+            per_example = torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1), y.flatten(), reduction="none"
+            ).view_as(valid)
+            loss += (per_example.double() * valid).sum(dim=1)
+            correct += ((logits.argmax(dim=-1) == y).double() * valid).sum(dim=1)
+    n = data.sizes.to(device=device, dtype=torch.float64).clamp(min=1)
+    return {"loss": loss / n, "accuracy": correct / n}

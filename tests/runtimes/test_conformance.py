@@ -1,0 +1,139 @@
+"""Every runtime computes what the local (reference) runtime computes.
+
+FedAvg, FedSGD and evaluation run on each runtime and must agree with ``local`` to
+float32 tolerances, for IID clients of equal size and for clients of unequal size.
+"""
+
+import pytest
+import torch
+
+from fedloom.aggregators import weighted_mean
+from fedloom.core import CLIENTS, SERVER, aggregate, broadcast, computation, map
+from fedloom.data import ClientData, Examples, load_dataset
+from fedloom.learning import (
+    ClientInput,
+    adam,
+    build_model,
+    fed_avg,
+    fed_sgd,
+    federated_evaluate,
+    momentum,
+)
+from fedloom.runtimes import LocalRuntime, VectorizedRuntime
+
+RUNTIMES = {
+    "vectorized": lambda: VectorizedRuntime(),
+    "vectorized-chunked": lambda: VectorizedRuntime(chunk_size=3),
+}
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _cohort(digits, partition, count=7):
+    clients = ClientData.from_dataset(digits, partition, 40, seed=1)
+    return [ClientInput(clients.client(i), seed=100 + i) for i in range(count)]
+
+
+def _assert_same_round(process, cohort, runtime):
+    state = process.init()
+    expected_state, expected = process.next(state, cohort, runtime=LocalRuntime())
+    got_state, got = process.next(state, cohort, runtime=runtime)
+    for name, value in expected_state.params.items():
+        torch.testing.assert_close(got_state.params[name], value, **TOLERANCE)
+    assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5)
+    assert got["num_examples"] == expected["num_examples"]
+    return got_state
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("partition", ["iid", "quantity_skew"])
+def test_fedavg(digits, runtime, partition):
+    model = build_model("cnn", digits.input_shape, digits.num_classes, seed=0)
+    process = fed_avg(model, client_learning_rate=0.1, local_epochs=2, batch_size=8)
+    vectorized = RUNTIMES[runtime]()
+    _assert_same_round(process, _cohort(digits, partition), vectorized)
+    assert vectorized.fallbacks == 0  # the whole round ran batched
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_fedavg_stateful_client_and_server_optimizers(digits, runtime):
+    # Momentum on the client: a client whose batches ran out must keep its
+    # optimizer state as well as its parameters.
+    model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
+    process = fed_avg(
+        model,
+        client_learning_rate=0.05,
+        local_epochs=3,
+        batch_size=16,
+        client_optimizer=momentum(0.05, beta=0.9),
+        server_optimizer=adam(0.01),
+    )
+    _assert_same_round(process, _cohort(digits, "quantity_skew"), RUNTIMES[runtime]())
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("partition", ["iid", "quantity_skew"])
+def test_fedsgd(digits, runtime, partition):
+    model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
+    process = fed_sgd(model, learning_rate=0.5)
+    _assert_same_round(process, _cohort(digits, partition), RUNTIMES[runtime]())
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_full_batch_fedavg_and_a_client_without_examples(digits, runtime):
+    model = build_model("logistic", digits.input_shape, digits.num_classes, seed=0)
+    process = fed_avg(model, client_learning_rate=0.3, local_epochs=2, batch_size=None)
+    empty = Examples(
+        torch.zeros(0, *digits.input_shape), torch.zeros(0, dtype=torch.int64)
+    )
+    cohort = [*_cohort(digits, "quantity_skew", 4), ClientInput(empty, seed=5)]
+    _assert_same_round(process, cohort, RUNTIMES[runtime]())
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_federated_evaluation(digits, runtime):
+    model = build_model("cnn", digits.input_shape, digits.num_classes, seed=0)
+    params = model.init()
+    cohort = [c.examples for c in _cohort(digits, "quantity_skew", 9)]
+    expected = federated_evaluate(model, params, cohort, runtime=LocalRuntime())
+    got = federated_evaluate(model, params, cohort, runtime=RUNTIMES[runtime]())
+    assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert got["accuracy"] == pytest.approx(expected["accuracy"])
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_generic_functions_are_vmapped_or_run_in_sequence(runtime):
+    @computation(SERVER, CLIENTS, SERVER)
+    def weighted(scale, xs, template):
+        scaled = map(lambda s, x: s * x, broadcast(scale), xs)
+        # .item() cannot be vmapped: this map falls back to the sequential meaning.
+        weights = map(lambda x: float(x.sum().item()) + 1.0, xs)
+        return aggregate(weighted_mean(), scaled, weights, template=template)
+
+    xs = [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.5, 0.0, -1.0])]
+    args = (torch.tensor(2.0), xs, torch.zeros(3))
+    expected = weighted(*args, runtime=LocalRuntime())
+    vectorized = RUNTIMES[runtime]()
+    got = weighted(*args, runtime=vectorized)
+    torch.testing.assert_close(got, expected)
+    assert vectorized.fallbacks == 1  # the .item() map, and only that one
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_poisoned_update_is_rejected_on_every_runtime(runtime):
+    @computation(CLIENTS, SERVER)
+    def average(xs, template):
+        return aggregate(weighted_mean(), xs, template=template)
+
+    xs = [torch.zeros(2), torch.tensor([1.0, float("nan")])]
+    with pytest.raises(ValueError, match=r"client 1: .*NaN or infinity"):
+        average(xs, torch.zeros(2), runtime=RUNTIMES[runtime]())
+
+
+def test_chunk_size_must_be_positive():
+    with pytest.raises(ValueError, match="chunk_size"):
+        VectorizedRuntime(chunk_size=0)
