@@ -105,6 +105,7 @@ def measure(
     rows = []
     for name, step in runners.items():
         state: Any = model.init() if name == "torch loop" else process.init()
+        step(state, rounds)  # warm-up round, not timed and not kept
         started = time.perf_counter()
         for r in range(rounds):
             state = step(state, r)

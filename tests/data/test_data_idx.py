@@ -309,3 +309,18 @@ def test_corrupt_local_file_is_an_error_not_a_fallback(
     monkeypatch.setenv("FEDLOOM_DATA", str(tmp_path / "data"))
     with pytest.raises(ChecksumError, match="t10k-labels-idx1-ubyte: MD5"):
         load_dataset("mnist")
+
+
+def test_incomplete_fedloom_data_folder_is_an_error_not_a_download(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    cache: Path,
+    release: dict[str, bytes],
+) -> None:
+    _point_mnist_at(monkeypatch, "http://127.0.0.1:9/", release)  # never contacted
+    _write_release(tmp_path / "data" / "mnist", release, gz=False)
+    (tmp_path / "data" / "mnist" / "t10k-labels-idx1-ubyte").unlink()
+    monkeypatch.setenv("FEDLOOM_DATA", str(tmp_path / "data"))
+    with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte"):
+        load_dataset("mnist")
+    assert _files_under(cache) == []

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+import fedloom.experiments._runner as runner_module
 from fedloom.experiments import (
     CheckpointError,
     ExperimentConfig,
@@ -61,21 +62,42 @@ def test_run_writes_metrics_checkpoint_and_curves(tmp_path):
     assert torch.equal(tensors["params/1.weight"], result.state.params["1.weight"])
 
 
+def _strip_seconds(records):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def _assert_same_run(got, expected):
+    for name, value in expected.state.params.items():
+        assert torch.equal(got.state.params[name], value), name
+    assert _strip_seconds(got.records) == _strip_seconds(expected.records)
+
+
 def test_stop_after_three_and_resume_equals_uninterrupted_run(tmp_path):
     whole = run_experiment(_config(), out_dir=tmp_path / "whole", quiet=True)
     run_experiment(_config(rounds=3), out_dir=tmp_path / "split", quiet=True)
-    # The stopped run was configured for 3 rounds; continue it to 6.
-    saved = json.loads((tmp_path / "split" / "config.json").read_text())
-    saved["rounds"] = 6
-    (tmp_path / "split" / "config.json").write_text(json.dumps(saved))
     resumed = run_experiment(
-        _config(), out_dir=tmp_path / "split", resume=True, quiet=True
+        _config(rounds=6), out_dir=tmp_path / "split", resume=True, quiet=True
     )
-    for name, value in whole.state.params.items():
-        assert torch.equal(resumed.state.params[name], value), name
-    drop = {"seconds"}
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in drop} for r in rs]  # noqa: E731
-    assert strip(resumed.records) == strip(whole.records)
+    _assert_same_run(resumed, whole)
+
+
+def test_killed_run_resumes_to_the_same_trajectory(tmp_path, monkeypatch):
+    whole = run_experiment(_config(), out_dir=tmp_path / "whole", quiet=True)
+    real_round = runner_module._round_record
+
+    def dies_in_round_four(config, run, state, round):
+        if round == 3:
+            raise KeyboardInterrupt  # killed mid-round, after round 3's checkpoint
+        return real_round(config, run, state, round)
+
+    monkeypatch.setattr(runner_module, "_round_record", dies_in_round_four)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(_config(), out_dir=tmp_path / "killed", quiet=True)
+    monkeypatch.setattr(runner_module, "_round_record", real_round)
+    resumed = run_experiment(
+        _config(), out_dir=tmp_path / "killed", resume=True, quiet=True
+    )
+    _assert_same_run(resumed, whole)
 
 
 def test_resume_after_crash_mid_round_drops_the_unfinished_record(tmp_path):
@@ -188,3 +210,48 @@ def test_runtime_is_one_config_key(tmp_path):
     assert vectorized.records[-1]["test_accuracy"] == pytest.approx(
         local.records[-1]["test_accuracy"], abs=0.02
     )
+
+
+def test_tampered_checkpoint_round_is_refused(tmp_path):
+    run_experiment(_config(rounds=2), out_dir=tmp_path, quiet=True)
+    index = tmp_path / "checkpoint" / "checkpoint.json"
+    data = json.loads(index.read_text())
+    data["meta"]["round"] = 1
+    index.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="round"):
+        run_experiment(_config(rounds=4), out_dir=tmp_path, resume=True, quiet=True)
+
+
+def test_missing_checkpoint_with_recorded_rounds_is_refused(tmp_path):
+    run_experiment(_config(rounds=2), out_dir=tmp_path, quiet=True)
+    (tmp_path / "checkpoint" / "checkpoint.json").unlink()
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        run_experiment(_config(rounds=4), out_dir=tmp_path, resume=True, quiet=True)
+
+
+def test_resume_may_raise_the_target(tmp_path):
+    first = run_experiment(
+        _config(rounds=30, target_accuracy=0.5), out_dir=tmp_path, quiet=True
+    )
+    higher = run_experiment(
+        _config(rounds=30, target_accuracy=0.8),
+        out_dir=tmp_path,
+        resume=True,
+        quiet=True,
+    )
+    assert len(higher.records) > len(first.records)
+    assert higher.records[-1]["test_accuracy"] >= 0.8
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"data": {"dataset": "digits", "partition": "natural"}}, "data.partition"),
+        ({"data": {"dataset": "digits", "num_clients": 5000}}, "data.num_clients"),
+        ({"data": {"dataset": "digits", "options": {"foo": 1}}}, "data.options"),
+        ({"model": {"name": "cnn"}, "data": {"dataset": "synthetic"}}, "model.name"),
+    ],
+)
+def test_setup_errors_name_the_field(tmp_path, changes, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        run_experiment(_config(**changes), out_dir=tmp_path, quiet=True)

@@ -67,3 +67,11 @@ def test_optimizers_do_not_mutate_inputs():
 def test_bad_hyperparameters(make):
     with pytest.raises(ValueError):
         make()
+
+
+def test_adam_without_bias_correction_is_fedadam():
+    lr, b1, b2, eps = 0.1, 0.9, 0.99, 1e-3
+    w, _ = _run(adam(lr, b1, b2, eps, bias_correction=False), [[0.5, -1.0]])
+    # m = 0.1 g, v = 0.01 g^2: w - lr * m / (sqrt(v) + eps)
+    expected = [1.0 - lr * 0.05 / (0.05 + eps), -2.0 + lr * 0.1 / (0.1 + eps)]
+    assert w == pytest.approx(expected, rel=1e-12)

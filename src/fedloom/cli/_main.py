@@ -13,9 +13,6 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
-from fedloom.experiments._checkpoint import CheckpointError
-from fedloom.experiments._config import ConfigError, load_config
-
 __all__ = ["build_parser", "default_out_dir", "main"]
 
 EXIT_OK = 0
@@ -97,6 +94,8 @@ def _error(message: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from fedloom.experiments import ConfigError, load_config, run_experiment
+
     config_path: Path = args.config
     try:
         config = load_config(config_path, args.overrides)
@@ -111,8 +110,6 @@ def _run(args: argparse.Namespace) -> int:
     else:
         out_dir = args.out if args.out is not None else default_out_dir(config_path)
         resume = False
-
-    from fedloom.experiments import run_experiment
 
     run_experiment(
         config,
@@ -161,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _error("interrupted")
         return EXIT_INTERRUPTED
-    except (ValueError, CheckpointError) as exc:
+    except ValueError as exc:  # ConfigError and CheckpointError among them
         if args.traceback:
             raise
         _error(str(exc) or type(exc).__name__)

@@ -66,8 +66,8 @@ class StackedAggregator(Protocol):
 
 
 def stack(members: Sequence[Any]) -> Stacked | None:
-    """Stack per-client trees of tensors and numbers; ``None`` if they cannot be
-    (other leaf types, other structures, or other shapes)."""
+    """Stack per-client trees of tensors; ``None`` if they cannot be stacked (other
+    leaf types, such as Python numbers, other structures, or other shapes)."""
     if not members:
         return None
     flat = [tree_flatten(member) for member in members]
@@ -76,16 +76,11 @@ def stack(members: Sequence[Any]) -> Stacked | None:
         return None
     columns = []
     for column in zip(*(leaves for leaves, _ in flat), strict=True):
-        if all(isinstance(v, torch.Tensor) for v in column):
-            if len({(v.shape, v.dtype, v.device) for v in column}) != 1:
-                return None
-            columns.append(torch.stack(column))
-        elif all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in column
-        ):
-            columns.append(torch.tensor(column, dtype=torch.float64))
-        else:
+        if not all(isinstance(v, torch.Tensor) for v in column):
             return None
+        if len({(v.shape, v.dtype, v.device) for v in column}) != 1:
+            return None
+        columns.append(torch.stack(column))
     return Stacked(tree_unflatten(columns, spec), len(members))
 
 

@@ -63,7 +63,7 @@ class Computation(Generic[R]):
         if any(isinstance(a, Placed) for a in args):
             return self._compose(args)
         runtime = LocalRuntime() if runtime is None else runtime
-        execution = Execution(runtime, self._cardinality(args, runtime, num_clients))
+        execution = Execution(runtime, self._cardinality(args, num_clients))
         placed = [
             self._place(arg, placement, execution)
             for arg, placement in zip(args, self.placements, strict=True)
@@ -71,12 +71,12 @@ class Computation(Generic[R]):
         return _unwrap(self.fn(*placed), runtime)
 
     def _cardinality(
-        self, args: tuple[Any, ...], runtime: Runtime, num_clients: int | None
+        self, args: tuple[Any, ...], num_clients: int | None
     ) -> int | None:
         sizes = {
             len(arg)
             for arg, p in zip(args, self.placements, strict=True)
-            if p is CLIENTS
+            if p == CLIENTS
         }
         if num_clients is not None:
             sizes.add(num_clients)
@@ -95,14 +95,14 @@ class Computation(Generic[R]):
     def _place(self, arg: Any, placement: Placement | None, ex: Execution) -> Any:
         if placement is None:
             return arg
-        if placement is SERVER:
+        if placement == SERVER:
             return Placed(arg, SERVER, ex)
         return Placed(ex.runtime.from_members(list(arg)), CLIENTS, ex)
 
     def _compose(self, args: tuple[Any, ...]) -> Any:
         for i, (arg, placement) in enumerate(zip(args, self.placements, strict=True)):
             if placement is not None and (
-                not isinstance(arg, Placed) or arg.placement is not placement
+                not isinstance(arg, Placed) or arg.placement != placement
             ):
                 got = arg.placement if isinstance(arg, Placed) else "an unplaced value"
                 raise TypeError(
@@ -114,7 +114,7 @@ class Computation(Generic[R]):
 
 def _unwrap(result: Any, runtime: Runtime) -> Any:
     if isinstance(result, Placed):
-        if result.placement is SERVER:
+        if result.placement == SERVER:
             return result.payload
         return runtime.to_members(result.payload)
     if isinstance(result, tuple):

@@ -29,7 +29,7 @@ def _check(intrinsic: str, value: Any, expected: Placement, what: str = "") -> P
             f"{label} expects a value placed at {expected}, got an unplaced "
             f"{type(value).__name__}; place it by passing it to a @computation"
         )
-    if value.placement is not expected:
+    if value.placement != expected:
         raise PlacementError(
             f"{label} expects a value placed at {expected}, "
             f"got a value placed at {value.placement}"

@@ -31,9 +31,6 @@ class LocalRuntime:
     def to_members(self, payload: list[Any]) -> list[Any]:
         return list(payload)
 
-    def cardinality(self, payload: list[Any]) -> int:
-        return len(payload)
-
     def broadcast(self, value: Any, num_clients: int) -> list[Any]:
         return [value] * num_clients
 

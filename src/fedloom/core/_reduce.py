@@ -151,24 +151,12 @@ class Sum:
 
 
 @dataclass(frozen=True)
-class Mean:
+class Mean(Sum):
     """Aggregator: the mean of the clients' values, weighted if weights are given.
 
-    ``sum_i w_i x_i / sum_i w_i``; with no weights every client counts once.
+    ``sum_i w_i x_i / sum_i w_i``; with no weights every client counts once. It
+    accumulates exactly as :class:`Sum` does and only divides at the end.
     """
-
-    def init(self, template: Any) -> SumAccumulator:
-        return SumAccumulator.empty()
-
-    def accumulate(self, accumulator: SumAccumulator, value: Any, weight: Any) -> Any:
-        return accumulator.add(value, 1.0 if weight is None else weight_value(weight))
-
-    def accumulate_stacked(
-        self, accumulator: SumAccumulator, values: Stacked, weights: Stacked | None
-    ) -> SumAccumulator:
-        return accumulator.add_stacked(
-            values.tree, stacked_weights(weights, values.size)
-        )
 
     def finalize(self, accumulator: SumAccumulator) -> Any:
         if accumulator.count and accumulator.total_weight <= 0:

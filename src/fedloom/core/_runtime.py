@@ -53,10 +53,6 @@ class Runtime(Protocol):
         """One value per client, in cohort order."""
         ...
 
-    def cardinality(self, payload: Any) -> int:
-        """How many clients a clients payload holds."""
-        ...
-
     def broadcast(self, value: Any, num_clients: int) -> Any:
         """The clients payload in which every client holds ``value``."""
         ...

@@ -16,7 +16,6 @@ __all__ = [
     "tree_flatten",
     "tree_leaves",
     "tree_map",
-    "tree_structure",
     "tree_unflatten",
 ]
 
@@ -42,11 +41,6 @@ def tree_flatten(tree: Any) -> tuple[list[Any], TreeSpec]:
 def tree_unflatten(leaves: list[Any], spec: TreeSpec) -> Any:
     """Rebuild a tree from its leaves and structure."""
     return _pytree.tree_unflatten(leaves, spec)
-
-
-def tree_structure(tree: Any) -> TreeSpec:
-    """The structure of ``tree`` without its leaves."""
-    return _pytree.tree_structure(tree)
 
 
 def register_dataclass(cls: type) -> type:

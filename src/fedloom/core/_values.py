@@ -38,6 +38,6 @@ class Placed:
 
     def __repr__(self) -> str:
         where = self.placement.name
-        if self.placement is CLIENTS:
+        if self.placement == CLIENTS:
             where += f"[{self.execution.num_clients}]"
         return f"Placed@{where}({type(self.payload).__name__})"

@@ -175,6 +175,17 @@ def find_directory(name: str) -> Path | None:
     for directory in _candidates(source):
         if all(_file_in(directory, spec) for spec in source.files):
             return directory
+    if root := os.environ.get("FEDLOOM_DATA"):
+        # FEDLOOM_DATA names where the files are: a folder of this dataset there
+        # that lacks some of them is a mistake to report, not to download around.
+        for directory in (Path(root) / sub for sub in source.subdirs):
+            if directory.is_dir():
+                missing = [
+                    s.name for s in source.files if _file_in(directory, s) is None
+                ]
+                raise FileNotFoundError(
+                    f"FEDLOOM_DATA: {directory} lacks {missing} (or their .gz)"
+                )
     return None
 
 

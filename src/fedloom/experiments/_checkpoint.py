@@ -37,6 +37,8 @@ import torch
 from safetensors.torch import load as _load_safetensors
 from safetensors.torch import save_file as _save_safetensors_file
 
+from ._files import fsync_directory
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_INDEX",
@@ -55,7 +57,7 @@ CHECKPOINT_INDEX = "checkpoint.json"
 _TENSORS_PATTERN = re.compile(r"^checkpoint(-\d+)?-[0-9a-f]{16}\.safetensors$")
 
 
-class CheckpointError(Exception):
+class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, corrupt or cannot be written."""
 
 
@@ -80,17 +82,6 @@ def _temporary_path(directory: Path, suffix: str) -> Iterator[Path]:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as file:
         os.fsync(file.fileno())
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the renames durable on POSIX; directories cannot be opened on Windows.
-    if os.name != "posix":  # pragma: no cover
-        return
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _sha256(path: Path) -> str:
@@ -153,6 +144,8 @@ def save_checkpoint(
         size = temporary.stat().st_size
         tensors_name = f"checkpoint{round_part}-{sha256[:16]}.safetensors"
         os.replace(temporary, directory / tensors_name)
+    # The tensors file must be durable before the index that names it.
+    fsync_directory(directory)
 
     index = {
         "format": CHECKPOINT_FORMAT,
@@ -168,7 +161,7 @@ def save_checkpoint(
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, index_path)
-    _fsync_directory(directory)
+    fsync_directory(directory)
 
     for old in directory.iterdir():
         if old.name != tensors_name and _TENSORS_PATTERN.match(old.name):

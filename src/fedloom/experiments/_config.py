@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import math
-import sys
+import tomllib
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,11 +30,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
 
 __all__ = [
     "ALGORITHMS",
@@ -199,6 +194,18 @@ class AlgorithmConfig(BaseModel):
                 "local_epochs",
                 f"fedsgd trains one epoch per round; must be 1 or absent "
                 f"(got {self.local_epochs})",
+            )
+        if self.name == "fedsgd" and self.batch_size is not None:
+            raise _FieldError(
+                "batch_size",
+                f'fedsgd computes full-batch gradients; must be "all" or absent '
+                f"(got {self.batch_size})",
+            )
+        if self.name == "fedsgd" and "server_learning_rate" in self.model_fields_set:
+            raise _FieldError(
+                "server_learning_rate",
+                "fedsgd steps with client_learning_rate (the paper's eta); "
+                "server_learning_rate is not used, leave it out",
             )
         return self
 

@@ -5,7 +5,7 @@ Each record describes one round. The keys that the display and the plots read:
 * ``round`` (int): the 1-based number of the round just finished;
 * ``test_accuracy``, ``test_loss`` (float): centralized evaluation, absent on rounds
   without evaluation;
-* ``train_loss``, ``train_accuracy`` (float): the cohort's weighted training metrics;
+* ``train_loss`` (float): the cohort's example-weighted training loss;
 * ``seconds`` (float): wall-clock time of this round;
 * ``bytes_up``, ``bytes_down`` (int): bytes sent by / to the cohort in this round.
 
@@ -23,14 +23,14 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from ._files import atomic_file
 
 __all__ = ["MetricsLog", "MetricsLogError"]
 
@@ -131,17 +131,7 @@ class MetricsLog:
         ]
         if not self.path.exists():
             return 0
-        handle, name = tempfile.mkstemp(
-            dir=self.path.parent, prefix=f".{self.path.name}-", suffix=".tmp"
-        )
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as file:
-                for record in kept:
-                    file.write(json.dumps(record, allow_nan=False) + "\n")
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(name, self.path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
+        with atomic_file(self.path) as file:
+            for record in kept:
+                file.write(json.dumps(record, allow_nan=False) + "\n")
         return len(records) - len(kept)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +13,15 @@ import torch
 from fedloom.learning import ClientInput, ServerState, evaluate, tree_bytes
 from fedloom.runtimes import get_runtime
 
-from ._checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from ._checkpoint import (
+    CheckpointError,
+    has_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ._config import ExperimentConfig, config_from_dict, config_to_dict
 from ._display import RoundDisplay, print_summary
+from ._files import atomic_file
 from ._metrics_log import MetricsLog
 from ._plots import plot_curves
 from ._sampling import client_seed, sample_cohort
@@ -41,9 +46,13 @@ class RunResult:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    with atomic_file(path) as file:
+        file.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+# What may change when a run is resumed: how long it goes on, not what it computes.
+RESUMABLE_CHANGES = frozenset({"rounds", "target_accuracy"})
+ROUND_TENSOR = "run/round"
 
 
 def _check_resume_config(out_dir: Path, config: ExperimentConfig) -> None:
@@ -52,21 +61,44 @@ def _check_resume_config(out_dir: Path, config: ExperimentConfig) -> None:
         raise ValueError(f"--resume {out_dir}: no {CONFIG_FILE}; not a fedloom run")
     saved = config_to_dict(config_from_dict(json.loads(path.read_text())))
     given = config_to_dict(config)
-    if saved != given:
-        changed = sorted(k for k in {*saved, *given} if saved.get(k) != given.get(k))
+    changed = sorted(k for k in {*saved, *given} if saved.get(k) != given.get(k))
+    if set(changed) - RESUMABLE_CHANGES:
         raise ValueError(
             f"--resume {out_dir}: the configuration differs from the run's "
-            f"{CONFIG_FILE} in {changed}; a resumed run must use the same one"
+            f"{CONFIG_FILE} in {changed}; a resumed run may change only "
+            f"{sorted(RESUMABLE_CHANGES)}"
         )
 
 
-def _restore(out_dir: Path, run: Setup) -> tuple[ServerState, bool]:
+def _restore(out_dir: Path, run: Setup, log: MetricsLog) -> ServerState:
     directory = out_dir / CHECKPOINT_DIR
     if not has_checkpoint(directory):
-        return run.process.init(), False
+        if log.read():
+            raise CheckpointError(
+                f"{directory}: no checkpoint, but {log.path} records rounds; "
+                "refusing to start the run again over them"
+            )
+        return run.process.init()  # stopped before its first round ended
     tensors, meta = load_checkpoint(directory)
-    state = run.process.state_from_tensors(tensors, int(meta["round"]))
-    return state, bool(meta.get("target_reached", False))
+    if ROUND_TENSOR not in tensors:
+        raise CheckpointError(f"{directory}: the checkpoint has no {ROUND_TENSOR!r}")
+    round = int(tensors.pop(ROUND_TENSOR))
+    if meta.get("round") != round:
+        raise CheckpointError(
+            f"{directory}: checkpoint.json says round {meta.get('round')!r} but its "
+            f"tensors were saved at round {round}"
+        )
+    try:
+        state = run.process.state_from_tensors(tensors, round)
+    except ValueError as error:
+        raise CheckpointError(f"{directory}: {error}") from None
+    return state
+
+
+def _reached(config: ExperimentConfig, record: dict[str, Any]) -> bool:
+    accuracy = record.get("test_accuracy")
+    target = config.target_accuracy
+    return target is not None and accuracy is not None and accuracy >= target
 
 
 def _round_record(
@@ -144,22 +176,19 @@ def _run(
     config_path: str | None,
 ) -> RunResult:
     run = setup(config)
-    state, reached = _restore(out_dir, run) if resume else (run.process.init(), False)
     log = MetricsLog(out_dir / METRICS_FILE)
+    state = _restore(out_dir, run, log) if resume else run.process.init()
     log.truncate_after(state.round)
+    done = log.read()
+    reached = bool(done) and _reached(config, done[-1])
     with RoundDisplay(config.rounds, state.round, enabled=not quiet) as display:
         while not reached and state.round < config.rounds:
             state, record = _round_record(config, run, state, state.round)
-            accuracy = record["test_accuracy"]
-            reached = (
-                config.target_accuracy is not None
-                and accuracy is not None
-                and accuracy >= config.target_accuracy
-            )
+            reached = _reached(config, record)
             log.append(record)
             save_checkpoint(
                 out_dir / CHECKPOINT_DIR,
-                state.to_tensors(),
+                {**state.to_tensors(), ROUND_TENSOR: torch.tensor(state.round)},
                 {"round": state.round, "target_reached": reached},
             )
             display.update(record)

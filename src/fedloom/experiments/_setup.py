@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,7 @@ from fedloom.learning import (
     sgd,
 )
 
-from ._config import AlgorithmConfig, ExperimentConfig
+from ._config import AlgorithmConfig, ConfigError, ExperimentConfig
 
 __all__ = ["Setup", "build_process", "build_server_optimizer", "setup"]
 
@@ -44,6 +46,7 @@ def build_server_optimizer(algorithm: AlgorithmConfig, lr: float) -> Optimizer:
             beta1=algorithm.server_momentum,
             beta2=algorithm.server_beta2,
             epsilon=algorithm.server_epsilon,
+            bias_correction=False,  # FedAdam as in Reddi et al. 2021, Algorithm 2
         )
     return sgd(lr)
 
@@ -83,19 +86,36 @@ def _partition_options(config: ExperimentConfig) -> dict[str, Any]:
     return {}
 
 
+@contextlib.contextmanager
+def _naming(fields: str) -> Iterator[None]:
+    """Turn an error raised while building from the config into one naming fields."""
+    try:
+        yield
+    except (TypeError, ValueError, OSError) as error:
+        message = f"{fields}: {error}"
+        raise ConfigError(message, [(fields, str(error))]) from error
+
+
 def setup(config: ExperimentConfig) -> Setup:
     """Load the data, partition it, build the model and the process."""
-    dataset = load_dataset(config.data.dataset, seed=config.seed, **config.data.options)
-    clients = ClientData.from_dataset(
-        dataset,
-        config.data.partition,
-        config.data.num_clients,
-        seed=config.seed,
-        **_partition_options(config),
-    )
-    model = build_model(
-        config.model.name, dataset.input_shape, dataset.num_classes, seed=config.seed
-    )
+    data = config.data
+    with _naming(f"data.dataset ({data.dataset!r}) / data.options"):
+        dataset = load_dataset(data.dataset, seed=config.seed, **data.options)
+    with _naming(f"data.partition ({data.partition!r}) / data.num_clients"):
+        clients = ClientData.from_dataset(
+            dataset,
+            data.partition,
+            data.num_clients,
+            seed=config.seed,
+            **_partition_options(config),
+        )
+    with _naming(f"model.name ({config.model.name!r})"):
+        model = build_model(
+            config.model.name,
+            dataset.input_shape,
+            dataset.num_classes,
+            seed=config.seed,
+        )
     return Setup(
         dataset=dataset,
         clients=clients,

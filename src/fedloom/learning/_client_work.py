@@ -6,12 +6,12 @@ runs in simulation and on a device.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, final
 
 import torch
-from torch.func import grad, grad_and_value
+from torch.func import grad
 
 from fedloom.core import Stacked, register_dataclass
 from fedloom.data import Examples
@@ -48,6 +48,28 @@ def _inputs(payload: Any) -> tuple[list[Examples], list[int]]:
     ):
         raise TypeError(f"expected a list of ClientInput, got {type(payload).__name__}")
     return [i.examples for i in payload], [i.seed for i in payload]
+
+
+def _gradient_and_loss(
+    model: FunctionalModel,
+) -> Callable[[Params, torch.Tensor, torch.Tensor], tuple[Params, torch.Tensor]]:
+    """The gradient and value of the loss by plain autograd.
+
+    One client at a time, plain ``torch.autograd.grad`` costs less per step than the
+    ``torch.func.grad`` transform (measured in ``benchmarks/simulation_speed.py``);
+    the batched twin in ``_cohort_work.py`` uses the transform under ``vmap``.
+    """
+
+    def step(
+        params: Params, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[Params, torch.Tensor]:
+        with torch.enable_grad():
+            leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+            loss = model.loss(leaves, x, y)
+            grads = torch.autograd.grad(loss, list(leaves.values()))
+        return dict(zip(leaves, grads, strict=True)), loss.detach()
+
+    return step
 
 
 def _zero_result(params: Params) -> ClientResult:
@@ -88,7 +110,7 @@ class LocalTraining:
             return _zero_result(params)
         batch = n if self.batch_size is None else min(self.batch_size, n)
         generator = torch.Generator().manual_seed(data.seed)
-        step = grad_and_value(self.model.loss)
+        step = _gradient_and_loss(self.model)
         local, state = params, self.optimizer.init(params)
         loss_sum = torch.zeros((), dtype=torch.float64)
         for _ in range(self.epochs):

@@ -58,7 +58,8 @@ def sgd(learning_rate: float) -> Optimizer:
     def update(
         grads: Params, state: OptState, params: Params
     ) -> tuple[Params, OptState]:
-        return {k: params[k] - lr * grads[k] for k in params}, state
+        # One fused kernel (and one allocation) per tensor: w + (-lr) g.
+        return {k: torch.add(params[k], grads[k], alpha=-lr) for k in params}, state
 
     return Optimizer(init, update)
 
@@ -77,8 +78,10 @@ def momentum(learning_rate: float, beta: float = 0.9) -> Optimizer:
     def update(
         grads: Params, state: OptState, params: Params
     ) -> tuple[Params, OptState]:
-        velocity = {k: beta * state["velocity"][k] + grads[k] for k in params}
-        new = {k: params[k] - lr * velocity[k] for k in params}
+        velocity = {
+            k: torch.add(grads[k], state["velocity"][k], alpha=beta) for k in params
+        }
+        new = {k: torch.add(params[k], velocity[k], alpha=-lr) for k in params}
         return new, {"velocity": velocity}
 
     return Optimizer(init, update)
@@ -89,11 +92,14 @@ def adam(
     beta1: float = 0.9,
     beta2: float = 0.999,
     epsilon: float = 1e-8,
+    *,
+    bias_correction: bool = True,
 ) -> Optimizer:
-    """Adam (Kingma and Ba 2015) with bias correction.
+    """Adam (Kingma and Ba 2015), with its bias correction by default.
 
     At the server this makes FedAdam (Reddi et al. 2021, "Adaptive Federated
-    Optimization"), who recommend ``beta2 = 0.99`` and ``epsilon = 1e-3``.
+    Optimization", Algorithm 2), which has no bias correction
+    (``bias_correction=False``) and recommends ``beta2 = 0.99``, ``epsilon = 1e-3``.
     """
     lr = _positive("learning_rate", learning_rate)
     beta1 = _fraction("beta1", beta1)
@@ -114,8 +120,11 @@ def adam(
         step = state["step"] + 1
         m = {k: beta1 * state["m"][k] + (1 - beta1) * grads[k] for k in params}
         v = {k: beta2 * state["v"][k] + (1 - beta2) * grads[k] ** 2 for k in params}
-        correction1 = 1 - beta1 ** step.to(torch.float64)
-        correction2 = 1 - beta2 ** step.to(torch.float64)
+        if bias_correction:
+            correction1 = 1 - beta1 ** step.to(torch.float64)
+            correction2 = 1 - beta2 ** step.to(torch.float64)
+        else:
+            correction1 = correction2 = torch.ones((), dtype=torch.float64)
         new = {
             k: params[k]
             - (lr * (m[k] / correction1) / ((v[k] / correction2).sqrt() + eps)).to(

@@ -35,7 +35,10 @@ def fed_avg(
     >>> process.init().round
     0
     """
+    # Checked even when a client optimizer is given, so a bad value never passes.
     client_optimizer = client_optimizer or sgd(client_learning_rate)
+    if not client_learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {client_learning_rate}")
     return LearningProcess(
         model=model,
         distributor=distribute_params,

@@ -28,6 +28,8 @@ def fed_sgd(
     >>> fed_sgd(build_model("logistic", (4,), 3), learning_rate=0.1).init().round
     0
     """
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
     return LearningProcess(
         model=model,
         distributor=distribute_params,

@@ -99,9 +99,6 @@ class VectorizedRuntime:
     def to_members(self, payload: Payload) -> list[Any]:
         return _members(payload)
 
-    def cardinality(self, payload: Payload) -> int:
-        return _size(payload)
-
     def broadcast(self, value: Any, num_clients: int) -> Replicated:
         return Replicated(value, num_clients)
 
