@@ -127,6 +127,9 @@ def measure(
             flush=True,
         )
     baseline = rows[0]["seconds_per_round"]
+    accuracies = [row["test_accuracy"] for row in rows]
+    if max(accuracies) - min(accuracies) > 0.01:
+        raise SystemExit(f"{model_name} E={epochs}: runners disagree: {accuracies}")
     for row in rows:
         row["speedup_vs_torch_loop"] = baseline / row["seconds_per_round"]
     return rows

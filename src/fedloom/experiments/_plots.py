@@ -51,27 +51,20 @@ def plot_curves(
     FigureCanvasAgg(figure)
     accuracy_axes, loss_axes = figure.subplots(1, 2)
 
-    for key, label in (("test_accuracy", "test"), ("train_accuracy", "train")):
-        rounds, values = _series(records, key)
-        if rounds:
-            accuracy_axes.plot(
-                rounds, values, marker="." if len(rounds) < 50 else "", label=label
-            )
-    accuracy_axes.set_xlabel("round")
-    accuracy_axes.set_ylabel("accuracy")
-    accuracy_axes.set_title("accuracy")
-    accuracy_axes.grid(alpha=0.3)
-
-    for key, label in (("train_loss", "train"), ("test_loss", "test")):
-        rounds, values = _series(records, key)
-        if rounds:
-            loss_axes.plot(
-                rounds, values, marker="." if len(rounds) < 50 else "", label=label
-            )
-    loss_axes.set_xlabel("round")
-    loss_axes.set_ylabel("loss")
-    loss_axes.set_title("loss")
-    loss_axes.grid(alpha=0.3)
+    panels = (
+        (accuracy_axes, "accuracy", (("test_accuracy", "test"),)),
+        (loss_axes, "loss", (("train_loss", "train"), ("test_loss", "test"))),
+    )
+    for axes, name, series in panels:
+        for key, label in series:
+            rounds, values = _series(records, key)
+            if rounds:
+                marker = "." if len(rounds) < 50 else ""
+                axes.plot(rounds, values, marker=marker, label=label)
+        axes.set_xlabel("round")
+        axes.set_ylabel(name)
+        axes.set_title(name)
+        axes.grid(alpha=0.3)
 
     for axes in (accuracy_axes, loss_axes):
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from fedloom.learning import ClientInput, ServerState, evaluate, tree_bytes
-from fedloom.runtimes import get_runtime
 
 from ._checkpoint import (
     CheckpointError,
@@ -113,9 +112,7 @@ def _round_record(
         for i in cohort_ids
     ]
     model_bytes = tree_bytes(state.params)
-    state, metrics = run.process.next(
-        state, cohort, runtime=get_runtime(config.runtime)
-    )
+    state, metrics = run.process.next(state, cohort, runtime=run.runtime)
     record: dict[str, Any] = {
         "round": round + 1,
         "clients": len(cohort),

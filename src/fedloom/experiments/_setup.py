@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from fedloom.core import Runtime
 from fedloom.data import ClientData, Dataset, load_dataset
 from fedloom.learning import (
     FunctionalModel,
@@ -19,6 +20,7 @@ from fedloom.learning import (
     momentum,
     sgd,
 )
+from fedloom.runtimes import get_runtime
 
 from ._config import AlgorithmConfig, ConfigError, ExperimentConfig
 
@@ -34,6 +36,7 @@ class Setup:
     model: FunctionalModel
     process: LearningProcess
     cohort_size: int
+    runtime: Runtime
 
 
 def build_server_optimizer(algorithm: AlgorithmConfig, lr: float) -> Optimizer:
@@ -122,4 +125,5 @@ def setup(config: ExperimentConfig) -> Setup:
         model=model,
         process=build_process(config.algorithm, model),
         cohort_size=config.algorithm.cohort_size(len(clients)),
+        runtime=get_runtime(config.runtime),
     )

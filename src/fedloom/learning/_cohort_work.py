@@ -130,10 +130,16 @@ def cohort_local_training(
     data = PaddedCohort(examples, device)
     start = stacked_params(params, data.size, device)
     index, mask = batch_schedule(data.sizes.tolist(), seeds, epochs, batch_size)
+    # Known before the loop, on the CPU: the steps at which every client has a
+    # batch need no masking of the update (no device sync inside the loop).
+    everyone = mask.any(dim=3).all(dim=0).tolist()
     index, mask = index.to(device), mask.to(device)
     step = vmap(grad_and_value(_masked_loss(model)))
-    update = vmap(optimizer.update)
-    local, state = start, vmap(optimizer.init)(start)
+    if optimizer.elementwise:
+        update, state = optimizer.update, optimizer.init(start)
+    else:
+        update, state = vmap(optimizer.update), vmap(optimizer.init)(start)
+    local = start
     loss_sum = torch.zeros(data.size, dtype=torch.float64, device=device)
     for e in range(index.shape[1]):
         for s in range(index.shape[2]):
@@ -141,9 +147,12 @@ def cohort_local_training(
             x, y = data.gather(index[:, e, s])
             grads, loss = step(local, x, y, batch_mask)
             new_local, new_state = update(grads, state, local)
-            active = batch_mask.any(dim=1)
-            local = _keep_where(active, new_local, local)
-            state = _keep_where(active, new_state, state)
+            if everyone[e][s]:
+                local, state = new_local, new_state
+            else:
+                active = batch_mask.any(dim=1)
+                local = _keep_where(active, new_local, local)
+                state = _keep_where(active, new_state, state)
             loss_sum += loss.detach().double() * batch_mask.sum(dim=1)
     deltas = {k: (local[k] - start[k]).detach() for k in start}
     sizes = data.sizes.to(device=device, dtype=torch.float64)

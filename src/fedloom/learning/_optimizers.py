@@ -34,6 +34,9 @@ class Optimizer(NamedTuple):
 
     init: Callable[[Params], OptState]
     update: Callable[[Params, OptState, Params], Step]
+    elementwise: bool = False
+    """Whether ``init`` and ``update`` act entry by entry with no scalar state, so
+    they apply as they are to parameters stacked along a client axis (no ``vmap``)."""
 
 
 def _positive(name: str, value: float) -> float:
@@ -61,7 +64,7 @@ def sgd(learning_rate: float) -> Optimizer:
         # One fused kernel (and one allocation) per tensor: w + (-lr) g.
         return {k: torch.add(params[k], grads[k], alpha=-lr) for k in params}, state
 
-    return Optimizer(init, update)
+    return Optimizer(init, update, elementwise=True)
 
 
 def momentum(learning_rate: float, beta: float = 0.9) -> Optimizer:
@@ -84,7 +87,7 @@ def momentum(learning_rate: float, beta: float = 0.9) -> Optimizer:
         new = {k: torch.add(params[k], velocity[k], alpha=-lr) for k in params}
         return new, {"velocity": velocity}
 
-    return Optimizer(init, update)
+    return Optimizer(init, update, elementwise=True)
 
 
 def adam(
