@@ -21,6 +21,7 @@ from ._examples import Dataset as Dataset
 from ._examples import Examples as Examples
 from ._idx_datasets import ChecksumError as ChecksumError
 from ._partition import Partition as Partition
+from ._partition import PositionalIds as PositionalIds
 from ._partitioners import dirichlet as dirichlet
 from ._partitioners import iid as iid
 from ._partitioners import natural as natural
@@ -35,6 +36,7 @@ __all__ = [
     "DatasetInfo",
     "Examples",
     "Partition",
+    "PositionalIds",
     "available_datasets",
     "dirichlet",
     "iid",

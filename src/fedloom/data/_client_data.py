@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from . import _partitioners
 from ._examples import ClientId, Dataset, Examples
-from ._partition import Partition
+from ._partition import Partition, PositionalIds
 
 _PARTITIONERS: dict[str, Callable[..., Partition]] = {
     "iid": _partitioners.iid,
@@ -63,7 +63,15 @@ class ClientData:
             )
         self._examples = examples
         self._partition = partition
-        self._position = {c: i for i, c in enumerate(partition.client_ids)}
+        self._position: dict[ClientId, int] | None = None  # built on first use
+
+    def _position_of(self, client: ClientId) -> int | None:
+        ids = self._partition.client_ids
+        if isinstance(ids, PositionalIds):
+            return ids.position(client)
+        if self._position is None:
+            self._position = {c: i for i, c in enumerate(ids)}
+        return self._position.get(client)
 
     @property
     def examples(self) -> Examples:
@@ -76,7 +84,7 @@ class ClientData:
         return self._partition
 
     @property
-    def client_ids(self) -> tuple[ClientId, ...]:
+    def client_ids(self) -> Sequence[ClientId]:
         """The ids of all clients, in partition order."""
         return self._partition.client_ids
 
@@ -105,15 +113,15 @@ class ClientData:
             True
         """
         if isinstance(client, str):
-            try:
-                position = self._position[client]
-            except KeyError:
+            found = self._position_of(client)
+            if found is None:
                 shown = ", ".join(repr(c) for c in self.client_ids[:5])
                 more = ", ..." if len(self) > 5 else ""
                 raise KeyError(
                     f"unknown client id {client!r}; this population has "
                     f"{len(self)} clients ({shown}{more})"
-                ) from None
+                )
+            position = found
         else:
             try:
                 position = operator.index(client)

@@ -11,6 +11,60 @@ import numpy as np
 from ._examples import ClientId
 
 
+class PositionalIds(Sequence[ClientId]):
+    """The ids ``"0"``, ``"1"``, ... of ``n`` clients, without a string per client.
+
+    Partitioners that number their clients use this, so a population of a million
+    idle clients costs its two index arrays and nothing per client.
+
+    Example:
+        >>> ids = PositionalIds(3)
+        >>> list(ids), ids[-1], ids.index("2"), "3" in ids
+        (['0', '1', '2'], '2', 2, False)
+    """
+
+    def __init__(self, n: int) -> None:
+        self._n = int(n)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def]
+        if isinstance(i, slice):
+            return [str(j) for j in range(*i.indices(self._n))]
+        position = range(self._n)[i]  # IndexError and negative indices as usual
+        return str(position)
+
+    def position(self, client: ClientId) -> int | None:
+        """The position of ``client``, or ``None`` when it is not one of the ids."""
+        if client.isdigit() and str(int(client)) == client and int(client) < self._n:
+            return int(client)
+        return None
+
+    def __contains__(self, client: object) -> bool:
+        return isinstance(client, str) and self.position(client) is not None
+
+    def index(self, client: ClientId, start: int = 0, stop: int | None = None) -> int:
+        position = self.position(client)
+        if position is None or not start <= position < (stop or self._n):
+            raise ValueError(f"{client!r} is not a client id")
+        return position
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PositionalIds):
+            return self._n == other._n
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return len(other) == self._n and all(
+                a == b for a, b in zip(self, other, strict=True)
+            )
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"PositionalIds({self._n})"
+
+
 def _frozen_int64(values: np.ndarray | Sequence[int], field: str) -> np.ndarray:
     array = np.array(values, copy=True)
     if array.size == 0:
@@ -39,13 +93,14 @@ class Partition:
         (2, [2, 1], [4, 0])
     """
 
-    client_ids: tuple[ClientId, ...]
+    client_ids: Sequence[ClientId]
     offsets: np.ndarray
     indices: np.ndarray
 
     def __post_init__(self) -> None:
-        ids = tuple(self.client_ids)
-        if not all(isinstance(c, str) for c in ids):
+        positional = isinstance(self.client_ids, PositionalIds)
+        ids = self.client_ids if positional else tuple(self.client_ids)
+        if not positional and not all(isinstance(c, str) for c in ids):
             raise TypeError("Partition.client_ids must be strings")
         offsets = _frozen_int64(self.offsets, "offsets")
         indices = _frozen_int64(self.indices, "indices")
@@ -63,7 +118,7 @@ class Partition:
                 f"Partition.offsets[-1] is {offsets[-1]} but there are "
                 f"{len(indices)} indices"
             )
-        if len(set(ids)) != len(ids):
+        if not positional and len(set(ids)) != len(ids):
             counts = Counter(ids)
             dupes = sorted(c for c, count in counts.items() if count > 1)
             raise ValueError(f"Partition.client_ids are not unique: {dupes[:5]}")
@@ -112,9 +167,5 @@ def from_groups(
     offsets = np.concatenate([np.zeros(1, np.int64), np.cumsum(sizes)])
     parts = [np.sort(np.asarray(g, dtype=np.int64)) for g in groups]
     indices = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-    ids = (
-        tuple(str(i) for i in range(len(groups)))
-        if client_ids is None
-        else tuple(client_ids)
-    )
+    ids = PositionalIds(len(groups)) if client_ids is None else tuple(client_ids)
     return Partition(ids, offsets, indices)
