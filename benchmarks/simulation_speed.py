@@ -13,7 +13,17 @@ seconds per round of, in the same process:
 and checks that all three reach the same test accuracy after the timed rounds. Speed
 is reported as the ratio to the torch loop measured in the same run.
 
+With ``--flower-python PATH`` (the python of a virtual environment holding Flower,
+set up as benchmarks/flower_baseline.py's docstring says; Flower is not a dependency
+of fedloom) it also runs, for each workload, flower_baseline.py in a subprocess with
+that interpreter and adds a ``flower simulation`` row: the same workload in Flower's
+Ray-based simulation, timed the same way (a warm-up round excluded). That run uses
+its own client split and seeds, so it is left out of the same-accuracy check; its
+accuracy only has to be within 0.05 of the torch loop's. The ratio of Flower's
+seconds per round to fedloom vectorized's is printed for each workload.
+
     python benchmarks/simulation_speed.py [--rounds 2] [--threads 1] [--quick]
+        [--only-2nn] [--flower-python /tmp/flower-venv/bin/python] [--flower-actors 1]
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import argparse
 import copy
 import json
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -44,6 +55,8 @@ from fedloom.runtimes import LocalRuntime, VectorizedRuntime
 
 LEARNING_RATE = 0.05
 BATCH_SIZE = 10
+FLOWER_SCRIPT = Path(__file__).with_name("flower_baseline.py")
+FLOWER_ACCURACY_TOLERANCE = 0.05
 
 
 def torch_loop_round(
@@ -135,11 +148,76 @@ def measure(
     return rows
 
 
+def measure_flower(
+    python: str,
+    torch_loop: dict[str, Any],
+    rounds: int,
+    actors: int,
+) -> dict[str, Any]:
+    """Runs flower_baseline.py in Flower's virtual environment for one workload."""
+    model_name, epochs = torch_loop["model"], torch_loop["epochs"]
+    command = [
+        python,
+        str(FLOWER_SCRIPT),
+        f"--model={model_name}",
+        f"--epochs={epochs}",
+        f"--rounds={rounds}",
+        f"--actors={actors}",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
+        raise SystemExit(f"{model_name} E={epochs}: flower_baseline.py failed")
+    result = json.loads(lines[-1])
+    seconds, accuracy = result["seconds_per_round"], result["test_accuracy"]
+    name = "flower simulation"
+    print(
+        f"  {model_name} E={epochs} {name:<20} {seconds:8.3f} s/round"
+        f"  acc {accuracy:.4f}  (flwr {result['flwr_version']}, {actors} actor(s))",
+        flush=True,
+    )
+    if abs(accuracy - torch_loop["test_accuracy"]) > FLOWER_ACCURACY_TOLERANCE:
+        message = (
+            f"{model_name} E={epochs}: flower accuracy {accuracy:.4f} is not within"
+            f" {FLOWER_ACCURACY_TOLERANCE} of the torch loop's"
+            f" {torch_loop['test_accuracy']:.4f}"
+        )
+        if rounds > 1:
+            raise SystemExit(message)
+        # After a single round accuracy still moves by more than the tolerance
+        # from one client split / seed to another (0.51 to 0.57 for Flower's own
+        # 2NN E=1 runs), so a one-round run (--quick) only warns.
+        print(f"  warning: {message} (one round: split and seed noise)", flush=True)
+    return {
+        "model": model_name,
+        "epochs": epochs,
+        "runner": name,
+        "seconds_per_round": seconds,
+        "test_accuracy": accuracy,
+        "speedup_vs_torch_loop": torch_loop["seconds_per_round"] / seconds,
+        "flwr_version": result["flwr_version"],
+        "flower_actors": actors,
+        "flower_warmup_round_seconds": result["warmup_round_seconds"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="2NN, E=1, one round")
+    parser.add_argument("--only-2nn", action="store_true", help="2NN, E=1 and 5")
+    parser.add_argument(
+        "--flower-python",
+        help="python of Flower's venv: adds a 'flower simulation' row (see docstring)",
+    )
+    parser.add_argument(
+        "--flower-actors",
+        type=int,
+        default=1,
+        help="CPUs (= concurrent client actors) Flower's Ray gets; 1 = one core",
+    )
     parser.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/simulation_speed.json")
     )
@@ -147,13 +225,30 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     dataset = load_dataset("fashion_mnist")
     clients = ClientData.from_dataset(dataset, "iid", 100, seed=0)
-    grid = (
-        [("2nn", 1)] if args.quick else [("2nn", 1), ("2nn", 5), ("cnn", 1), ("cnn", 5)]
-    )
+    grid = [("2nn", 1), ("2nn", 5), ("cnn", 1), ("cnn", 5)]
+    if args.quick:
+        grid = [("2nn", 1)]
+    elif args.only_2nn:
+        grid = [("2nn", 1), ("2nn", 5)]
     rounds = 1 if args.quick else args.rounds
     rows = []
+    ratios = []
     for model_name, epochs in grid:
-        rows += measure(dataset, clients, model_name, epochs, rounds)
+        workload = measure(dataset, clients, model_name, epochs, rounds)
+        rows += workload
+        if args.flower_python:
+            flower = measure_flower(
+                args.flower_python, workload[0], rounds, args.flower_actors
+            )
+            rows.append(flower)
+            vectorized = workload[-1]["seconds_per_round"]
+            ratios.append(
+                {
+                    "model": model_name,
+                    "epochs": epochs,
+                    "flower_over_vectorized": flower["seconds_per_round"] / vectorized,
+                }
+            )
     print(
         f"\n{'model':<6}{'E':>3}  {'runner':<20}{'s/round':>10}"
         f"{'vs torch loop':>15}{'accuracy':>10}"
@@ -164,6 +259,13 @@ def main() -> None:
             f"{row['seconds_per_round']:>10.3f}"
             f"{row['speedup_vs_torch_loop']:>14.2f}x{row['test_accuracy']:>10.4f}"
         )
+    if ratios:
+        print("\nflower simulation s/round / fedloom vectorized s/round:")
+        for ratio in ratios:
+            print(
+                f"  {ratio['model']:<6}E={ratio['epochs']:<3}"
+                f"{ratio['flower_over_vectorized']:>8.2f}x"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "command": " ".join(sys.argv),
@@ -182,6 +284,12 @@ def main() -> None:
         },
         "rows": rows,
     }
+    if args.flower_python:
+        report["flower"] = {
+            "python": args.flower_python,
+            "actors": args.flower_actors,
+            "flower_over_vectorized": ratios,
+        }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
 
