@@ -39,7 +39,8 @@ class Optimizer(NamedTuple):
     they apply as they are to parameters stacked along a client axis (no ``vmap``)."""
 
 
-def _positive(name: str, value: float) -> float:
+def positive(name: str, value: float) -> float:
+    """``value`` as a float; a ``ValueError`` naming ``name`` unless it is > 0."""
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}")
     return float(value)
@@ -53,7 +54,7 @@ def _fraction(name: str, value: float) -> float:
 
 def sgd(learning_rate: float) -> Optimizer:
     """Plain gradient descent: ``w <- w - learning_rate * g``."""
-    lr = _positive("learning_rate", learning_rate)
+    lr = positive("learning_rate", learning_rate)
 
     def init(params: Params) -> OptState:
         return {}
@@ -72,7 +73,7 @@ def momentum(learning_rate: float, beta: float = 0.9) -> Optimizer:
 
     At the server this makes FedAvgM (Hsu, Qi and Brown 2019).
     """
-    lr = _positive("learning_rate", learning_rate)
+    lr = positive("learning_rate", learning_rate)
     beta = _fraction("beta", beta)
 
     def init(params: Params) -> OptState:
@@ -104,10 +105,10 @@ def adam(
     Optimization", Algorithm 2), which has no bias correction
     (``bias_correction=False``) and recommends ``beta2 = 0.99``, ``epsilon = 1e-3``.
     """
-    lr = _positive("learning_rate", learning_rate)
+    lr = positive("learning_rate", learning_rate)
     beta1 = _fraction("beta1", beta1)
     beta2 = _fraction("beta2", beta2)
-    eps = _positive("epsilon", epsilon)
+    eps = positive("epsilon", epsilon)
 
     def init(params: Params) -> OptState:
         zeros = {k: torch.zeros_like(v) for k, v in params.items()}

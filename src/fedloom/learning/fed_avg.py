@@ -6,7 +6,7 @@ from fedloom.aggregators import weighted_mean
 
 from ._client_work import LocalTraining
 from ._functional import FunctionalModel
-from ._optimizers import Optimizer, sgd
+from ._optimizers import Optimizer, positive, sgd
 from ._process import LearningProcess, ServerOptimizer, distribute_params
 
 __all__ = ["fed_avg"]
@@ -37,8 +37,7 @@ def fed_avg(
     """
     # Checked even when a client optimizer is given, so a bad value never passes.
     client_optimizer = client_optimizer or sgd(client_learning_rate)
-    if not client_learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0, got {client_learning_rate}")
+    positive("learning_rate", client_learning_rate)
     return LearningProcess(
         model=model,
         distributor=distribute_params,

@@ -6,7 +6,7 @@ from fedloom.aggregators import weighted_mean
 
 from ._client_work import FullBatchGradient
 from ._functional import FunctionalModel
-from ._optimizers import Optimizer, sgd
+from ._optimizers import Optimizer, positive, sgd
 from ._process import LearningProcess, ServerOptimizer, distribute_params
 
 __all__ = ["fed_sgd"]
@@ -28,8 +28,7 @@ def fed_sgd(
     >>> fed_sgd(build_model("logistic", (4,), 3), learning_rate=0.1).init().round
     0
     """
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    positive("learning_rate", learning_rate)
     return LearningProcess(
         model=model,
         distributor=distribute_params,
