@@ -64,18 +64,24 @@ def torch_loop_round(
     params: dict[str, torch.Tensor],
     cohort: list[ClientInput],
     epochs: int,
+    device: torch.device | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One FedAvg round the way per-client frameworks run it, in plain PyTorch."""
-    total: dict[str, torch.Tensor] = {k: torch.zeros_like(v) for k, v in params.items()}
+    """One FedAvg round the way per-client frameworks run it, in plain PyTorch.
+
+    On ``device`` (default: the CPU) each client's model and data are moved there;
+    the averaged parameters come back to the CPU.
+    """
+    device = device or torch.device("cpu")
+    total = {k: torch.zeros_like(v, device=device) for k, v in params.items()}
     examples = 0
     for client in cohort:
-        module = copy.deepcopy(model.module)
+        module = copy.deepcopy(model.module).to(device)
         module.load_state_dict(params)
         optimizer = torch.optim.SGD(module.parameters(), lr=LEARNING_RATE)
-        x, y = client.examples.x, client.examples.y
+        x, y = client.examples.x.to(device), client.examples.y.to(device)
         generator = torch.Generator().manual_seed(client.seed)
         for _ in range(epochs):
-            order = torch.randperm(len(y), generator=generator)
+            order = torch.randperm(len(y), generator=generator).to(device)
             for start in range(0, len(y), BATCH_SIZE):
                 index = order[start : start + BATCH_SIZE]
                 optimizer.zero_grad()
@@ -84,7 +90,7 @@ def torch_loop_round(
         for k, v in module.state_dict().items():
             total[k] += len(y) * v.detach()
         examples += len(y)
-    return {k: v / examples for k, v in total.items()}
+    return {k: (v / examples).cpu() for k, v in total.items()}
 
 
 def _cohort(clients: ClientData, round: int) -> list[ClientInput]:

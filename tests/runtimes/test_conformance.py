@@ -2,6 +2,8 @@
 
 FedAvg, FedSGD and evaluation run on each runtime and must agree with ``local`` to
 float32 tolerances, for IID clients of equal size and for clients of unequal size.
+The CUDA variants (eager, and with captured CUDA graphs) run where a GPU is present
+(``pytest -m gpu``), with TF32 off so that float32 tolerances hold.
 """
 
 import pytest
@@ -33,7 +35,18 @@ from fedloom.runtimes import LocalRuntime, VectorizedRuntime
 RUNTIMES = {
     "vectorized": lambda: VectorizedRuntime(),
     "vectorized-chunked": lambda: VectorizedRuntime(chunk_size=3),
+    "vectorized-matmul-conv": lambda: VectorizedRuntime(conv_as_matmul=True),
+    "cuda": lambda: VectorizedRuntime("cuda", cuda_graphs=False),
+    "cuda-graphs": lambda: VectorizedRuntime("cuda"),
+    "cuda-graphs-chunked": lambda: VectorizedRuntime("cuda", chunk_size=3),
+    "cuda-graphs-matmul-conv": lambda: VectorizedRuntime("cuda", conv_as_matmul=True),
 }
+GPU = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+NAMES = [pytest.param(n, marks=GPU if "cuda" in n else ()) for n in RUNTIMES]
+pytestmark = pytest.mark.usefixtures("no_tf32")
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 
 
@@ -58,7 +71,7 @@ def _assert_same_round(process, cohort, runtime):
     return got_state
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", NAMES)
 @pytest.mark.parametrize("partition", ["iid", "quantity_skew"])
 def test_fedavg(digits, runtime, partition):
     model = build_model("cnn", digits.input_shape, digits.num_classes, seed=0)
@@ -68,7 +81,7 @@ def test_fedavg(digits, runtime, partition):
     assert vectorized.fallbacks == 0  # the whole round ran batched
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", NAMES)
 def test_fedavg_stateful_client_and_server_optimizers(digits, runtime):
     # Momentum on the client: a client whose batches ran out must keep its
     # optimizer state as well as its parameters.
@@ -86,7 +99,7 @@ def test_fedavg_stateful_client_and_server_optimizers(digits, runtime):
     _assert_same_round(process, _cohort(digits, "quantity_skew"), RUNTIMES[runtime]())
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", NAMES)
 @pytest.mark.parametrize("partition", ["iid", "quantity_skew"])
 def test_fedsgd(digits, runtime, partition):
     model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
@@ -94,7 +107,7 @@ def test_fedsgd(digits, runtime, partition):
     _assert_same_round(process, _cohort(digits, partition), RUNTIMES[runtime]())
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", NAMES)
 def test_full_batch_fedavg_and_a_client_without_examples(digits, runtime):
     model = build_model("logistic", digits.input_shape, digits.num_classes, seed=0)
     process = fed_avg(model, client_learning_rate=0.3, local_epochs=2, batch_size=None)
@@ -105,7 +118,7 @@ def test_full_batch_fedavg_and_a_client_without_examples(digits, runtime):
     _assert_same_round(process, cohort, RUNTIMES[runtime]())
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", NAMES)
 def test_federated_evaluation(digits, runtime):
     model = build_model("cnn", digits.input_shape, digits.num_classes, seed=0)
     params = model.init()
@@ -116,7 +129,7 @@ def test_federated_evaluation(digits, runtime):
     assert got["accuracy"] == pytest.approx(expected["accuracy"])
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", NAMES)
 def test_generic_functions_are_vmapped_or_run_in_sequence(runtime):
     @computation(SERVER, CLIENTS, SERVER)
     def weighted(scale, xs, template):
@@ -134,7 +147,7 @@ def test_generic_functions_are_vmapped_or_run_in_sequence(runtime):
     assert vectorized.fallbacks == 1  # the .item() map, and only that one
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", NAMES)
 def test_poisoned_update_is_rejected_on_every_runtime(runtime):
     @computation(CLIENTS, SERVER)
     def average(xs, template):
@@ -150,7 +163,7 @@ def test_chunk_size_must_be_positive():
         VectorizedRuntime(chunk_size=0)
 
 
-@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("runtime", NAMES)
 def test_python_numbers_give_python_numbers(runtime):
     @computation(CLIENTS, CLIENTS)
     def both(xs, ws):

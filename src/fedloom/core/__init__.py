@@ -12,6 +12,7 @@ An algorithm written with these intrinsics runs unchanged on every runtime::
 """
 
 from ._cohort import CohortFunction as CohortFunction
+from ._cohort import CohortOptions as CohortOptions
 from ._cohort import Replicated as Replicated
 from ._cohort import Stacked as Stacked
 from ._cohort import StackedAggregator as StackedAggregator
@@ -48,6 +49,7 @@ __all__ = [
     "SERVER",
     "Aggregator",
     "CohortFunction",
+    "CohortOptions",
     "Computation",
     "Execution",
     "LocalRuntime",

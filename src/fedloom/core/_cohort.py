@@ -13,6 +13,7 @@ from ._tree import tree_flatten, tree_map, tree_unflatten
 
 __all__ = [
     "CohortFunction",
+    "CohortOptions",
     "Replicated",
     "Stacked",
     "StackedAggregator",
@@ -37,6 +38,21 @@ class Replicated:
     size: int
 
 
+@dataclass(frozen=True)
+class CohortOptions:
+    """How a batched runtime asks a :class:`CohortFunction` to compute.
+
+    Neither changes what is computed, only how (up to floating-point rounding).
+    """
+
+    capture: bool = False
+    """Capture fixed-shape loops as CUDA graphs, keep them, and replay them on later
+    cohorts of the same shape (only ever true on a CUDA device)."""
+    conv_as_matmul: bool = False
+    """Compute a vmapped model's convolutions as per-client matrix products
+    (``unfold`` + batched GEMM) instead of one grouped convolution."""
+
+
 @runtime_checkable
 class CohortFunction(Protocol):
     """A client function that can also run on a whole cohort in one computation.
@@ -46,10 +62,12 @@ class CohortFunction(Protocol):
     stacked, such as datasets of unequal size), all on the same clients, and returns
     a :class:`Stacked` of what calling the function at every client would return.
     The sequential call remains the reference: both must agree up to floating-point
-    rounding.
+    rounding. ``options`` say how to compute (see :class:`CohortOptions`).
     """
 
-    def map_cohort(self, args: Sequence[Any], device: torch.device) -> Stacked:
+    def map_cohort(
+        self, args: Sequence[Any], device: torch.device, options: CohortOptions
+    ) -> Stacked:
         """The stacked results of the function at every client of the cohort."""
         ...
 

@@ -7,17 +7,19 @@ runs in simulation and on a device.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, final
 
 import torch
 from torch.func import grad
 
-from fedloom.core import Stacked, register_dataclass
+from fedloom.core import CohortOptions, Stacked, register_dataclass
 from fedloom.data import Examples
 
-from ._cohort_work import cohort_gradient, cohort_local_training
+from ._cohort_graphs import GraphCache, captured_local_training
+from ._cohort_work import CohortStep, cohort_gradient, cohort_local_training
 from ._functional import FunctionalModel
+from ._matmul_conv import cohort_model
 from ._optimizers import Optimizer
 from ._types import Params
 
@@ -96,6 +98,10 @@ class LocalTraining:
     optimizer: Optimizer
     epochs: int
     batch_size: int | None
+    graphs: GraphCache = field(
+        default_factory=GraphCache, init=False, repr=False, compare=False
+    )
+    """Captured epochs for the vectorized runtime on CUDA, kept between rounds."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -125,20 +131,39 @@ class LocalTraining:
         weight = torch.tensor(float(n), dtype=torch.float64)
         return ClientResult(update, weight, metrics)
 
-    def map_cohort(self, args: Sequence[Any], device: torch.device) -> Stacked:
-        """The same training for a whole cohort at once (vectorized runtime)."""
+    def map_cohort(
+        self, args: Sequence[Any], device: torch.device, options: CohortOptions
+    ) -> Stacked:
+        """The same training for a whole cohort at once (vectorized runtime).
+
+        With ``options.capture`` (CUDA) each epoch runs as a captured CUDA graph,
+        kept in :attr:`graphs` for the next cohorts of the same shape.
+        """
         params, inputs = args
         examples, seeds = _inputs(inputs)
-        deltas, weights, losses = cohort_local_training(
-            self.model,
-            self.optimizer,
-            self.epochs,
-            self.batch_size,
-            params,
-            examples,
-            seeds,
-            device,
-        )
+        model = cohort_model(self.model, options)
+        if options.capture:
+            deltas, weights, losses = captured_local_training(
+                CohortStep(model, self.optimizer),
+                self.epochs,
+                self.batch_size,
+                params,
+                examples,
+                seeds,
+                device,
+                self.graphs,
+            )
+        else:
+            deltas, weights, losses = cohort_local_training(
+                model,
+                self.optimizer,
+                self.epochs,
+                self.batch_size,
+                params,
+                examples,
+                seeds,
+                device,
+            )
         result = ClientResult(deltas, weights, {"train_loss": losses})
         return Stacked(result, len(seeds))
 
@@ -165,10 +190,15 @@ class FullBatchGradient:
         detached = {k: v.detach() for k, v in gradient.items()}
         return ClientResult(detached, weight, {"train_loss": loss})
 
-    def map_cohort(self, args: Sequence[Any], device: torch.device) -> Stacked:
-        """The same gradients for a whole cohort at once (vectorized runtime)."""
+    def map_cohort(
+        self, args: Sequence[Any], device: torch.device, options: CohortOptions
+    ) -> Stacked:
+        """The same gradients for a whole cohort at once (vectorized runtime).
+
+        One step, nothing to replay: it is never captured."""
         params, inputs = args
         examples, seeds = _inputs(inputs)
-        grads, weights, losses = cohort_gradient(self.model, params, examples, device)
+        model = cohort_model(self.model, options)
+        grads, weights, losses = cohort_gradient(model, params, examples, device)
         result = ClientResult(grads, weights, {"train_loss": losses})
         return Stacked(result, len(seeds))

@@ -25,12 +25,14 @@ from ._optimizers import Optimizer
 from ._types import Params
 
 __all__ = [
+    "CohortStep",
     "PaddedCohort",
     "batch_schedule",
     "cohort_gradient",
     "cohort_evaluation",
     "cohort_local_training",
     "stacked_params",
+    "training_result",
 ]
 
 
@@ -116,6 +118,46 @@ def _masked_loss(model: FunctionalModel) -> Any:
     return loss
 
 
+class CohortStep:
+    """One minibatch step of every client at once: gradients by ``vmap(grad)``, then
+    the optimizer; clients without a batch in this step keep what they had."""
+
+    def __init__(self, model: FunctionalModel, optimizer: Optimizer) -> None:
+        self.grad = vmap(grad_and_value(_masked_loss(model)))
+        self.optimizer = optimizer
+        # Elementwise optimizers apply to stacked parameters as they are.
+        self._update = optimizer.update if optimizer.elementwise else None
+
+    def init(self, params: Params) -> Any:
+        """The optimizer state of every client, from stacked parameters."""
+        if self.optimizer.elementwise:
+            return self.optimizer.init(params)
+        return vmap(self.optimizer.init)(params)
+
+    def __call__(
+        self,
+        data: PaddedCohort,
+        params: Params,
+        state: Any,
+        index: torch.Tensor,
+        batch_mask: torch.Tensor,
+        masked: bool,
+    ) -> tuple[Params, Any, torch.Tensor]:
+        """(new params, new state, each client's summed loss in this step).
+
+        ``masked=False`` promises that every client has a batch (no masking needed).
+        """
+        x, y = data.gather(index)
+        grads, loss = self.grad(params, x, y, batch_mask)
+        update = self._update or vmap(self.optimizer.update)
+        new_params, new_state = update(grads, state, params)
+        if masked:
+            active = batch_mask.any(dim=1)
+            new_params = _keep_where(active, new_params, params)
+            new_state = _keep_where(active, new_state, state)
+        return new_params, new_state, loss.detach().double() * batch_mask.sum(dim=1)
+
+
 def cohort_local_training(
     model: FunctionalModel,
     optimizer: Optimizer,
@@ -134,28 +176,28 @@ def cohort_local_training(
     # batch need no masking of the update (no device sync inside the loop).
     everyone = mask.any(dim=3).all(dim=0).tolist()
     index, mask = index.to(device), mask.to(device)
-    step = vmap(grad_and_value(_masked_loss(model)))
-    if optimizer.elementwise:
-        update, state = optimizer.update, optimizer.init(start)
-    else:
-        update, state = vmap(optimizer.update), vmap(optimizer.init)(start)
-    local = start
+    step = CohortStep(model, optimizer)
+    local, state = start, step.init(start)
     loss_sum = torch.zeros(data.size, dtype=torch.float64, device=device)
     for e in range(index.shape[1]):
         for s in range(index.shape[2]):
-            batch_mask = mask[:, e, s]
-            x, y = data.gather(index[:, e, s])
-            grads, loss = step(local, x, y, batch_mask)
-            new_local, new_state = update(grads, state, local)
-            if everyone[e][s]:
-                local, state = new_local, new_state
-            else:
-                active = batch_mask.any(dim=1)
-                local = _keep_where(active, new_local, local)
-                state = _keep_where(active, new_state, state)
-            loss_sum += loss.detach().double() * batch_mask.sum(dim=1)
+            local, state, loss = step(
+                data, local, state, index[:, e, s], mask[:, e, s], not everyone[e][s]
+            )
+            loss_sum += loss
+    return training_result(data, start, local, loss_sum, epochs)
+
+
+def training_result(
+    data: PaddedCohort,
+    start: Params,
+    local: Params,
+    loss_sum: torch.Tensor,
+    epochs: int,
+) -> tuple[Params, torch.Tensor, torch.Tensor]:
+    """(deltas, weights, mean losses) of a cohort's local training."""
     deltas = {k: (local[k] - start[k]).detach() for k in start}
-    sizes = data.sizes.to(device=device, dtype=torch.float64)
+    sizes = data.sizes.to(device=loss_sum.device, dtype=torch.float64)
     return deltas, sizes, loss_sum / (epochs * sizes).clamp(min=1)
 
 

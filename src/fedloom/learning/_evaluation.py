@@ -11,6 +11,7 @@ import torch
 from fedloom.core import (
     CLIENTS,
     SERVER,
+    CohortOptions,
     Placed,
     Runtime,
     Stacked,
@@ -23,6 +24,7 @@ from fedloom.data import Examples
 
 from ._cohort_work import cohort_evaluation
 from ._functional import FunctionalModel
+from ._matmul_conv import cohort_model
 from ._types import Params
 
 __all__ = ["ClientEvaluation", "evaluate", "federated_evaluate"]
@@ -73,11 +75,16 @@ class ClientEvaluation:
         loss, correct = _sums(self.model, params, examples, self.batch_size)
         return {"loss": loss / n, "accuracy": correct / n}
 
-    def map_cohort(self, args: Sequence[Any], device: torch.device) -> Stacked:
-        """The same evaluation for a whole cohort at once (vectorized runtime)."""
+    def map_cohort(
+        self, args: Sequence[Any], device: torch.device, options: CohortOptions
+    ) -> Stacked:
+        """The same evaluation for a whole cohort at once (vectorized runtime).
+
+        Evaluation is one pass without gradients; it is never captured."""
         params, examples = args
+        model = cohort_model(self.model, options)
         metrics = cohort_evaluation(
-            self.model, params, list(examples), self.batch_size, device
+            model, params, list(examples), self.batch_size, device
         )
         return Stacked(metrics, len(examples))
 

@@ -112,8 +112,9 @@ def adam(
 
     def init(params: Params) -> OptState:
         zeros = {k: torch.zeros_like(v) for k, v in params.items()}
+        device = next(iter(params.values())).device if params else None
         return {
-            "step": torch.zeros((), dtype=torch.int64),
+            "step": torch.zeros((), dtype=torch.int64, device=device),
             "m": zeros,
             "v": {k: torch.zeros_like(v) for k, v in params.items()},
         }

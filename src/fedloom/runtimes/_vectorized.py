@@ -23,6 +23,7 @@ from torch.func import vmap
 from fedloom.core import (
     Aggregator,
     CohortFunction,
+    CohortOptions,
     Replicated,
     Stacked,
     StackedAggregator,
@@ -71,6 +72,11 @@ class VectorizedRuntime:
 
     ``chunk_size`` bounds how many clients are computed at once (memory); a round on
     a cohort larger than that runs chunk after chunk, each chunk still batched.
+    On a CUDA device, ``cuda_graphs`` (the default) lets client work capture its
+    fixed-shape loops as CUDA graphs and replay them in later rounds (FedAvg's local
+    training captures an epoch); ``cuda_graphs=False`` runs everything eagerly.
+    ``conv_as_matmul`` computes a model's convolutions as per-client matrix products
+    instead of one grouped convolution per layer (see :class:`CohortOptions`).
 
     >>> from fedloom.core import CLIENTS, computation, map, mean
     >>> import torch
@@ -83,12 +89,22 @@ class VectorizedRuntime:
     name = "vectorized"
 
     def __init__(
-        self, device: str | torch.device = "cpu", *, chunk_size: int = 256
+        self,
+        device: str | torch.device = "cpu",
+        *,
+        chunk_size: int = 256,
+        cuda_graphs: bool = True,
+        conv_as_matmul: bool = False,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.device = torch.device(device)
         self.chunk_size = chunk_size
+        self.options = CohortOptions(
+            capture=cuda_graphs and self.device.type == "cuda",
+            conv_as_matmul=conv_as_matmul,
+        )
+        """How cohort functions are asked to compute (graphs on CUDA only)."""
         self.fallbacks = 0
         """How many maps of stacked values could not be vmapped and ran in sequence."""
 
@@ -115,6 +131,7 @@ class VectorizedRuntime:
                         for p in payloads
                     ],
                     self.device,
+                    self.options,
                 )
                 for start in range(0, size, self.chunk_size)
             ]

@@ -1,0 +1,115 @@
+"""The captured epoch program computes what the eager cohort training computes.
+
+On a CPU the program runs its steps eagerly over its fixed buffers, which checks
+everything but the capture itself: the buffers, reloading a new cohort of the same
+shape, masks and the optimizer state. On a GPU (``pytest -m gpu``) the graph is
+captured and replayed.
+"""
+
+import pytest
+import torch
+
+from fedloom.core import Replicated
+from fedloom.data import ClientData, Examples, load_dataset
+from fedloom.learning import adam, build_model, momentum, sgd
+from fedloom.learning._cohort_graphs import GraphCache, captured_local_training
+from fedloom.learning._cohort_work import CohortStep, cohort_local_training
+
+OPTIMIZERS = {
+    "sgd": lambda: sgd(0.1),
+    "momentum": lambda: momentum(0.05, beta=0.9),
+    "adam": lambda: adam(0.01),
+}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _cohort(digits, partition, seed, count=5):
+    clients = ClientData.from_dataset(digits, partition, 30, seed=seed)
+    examples = [clients.client(i) for i in range(count)]
+    return examples, [seed * 100 + i for i in range(count)]
+
+
+def _train(model, optimizer, params, examples, seeds, device, cache=None):
+    if cache is None:
+        return cohort_local_training(
+            model, optimizer, 2, 8, params, examples, seeds, device
+        )
+    step = CohortStep(model, optimizer)
+    capture = device.type == "cuda"
+    return captured_local_training(
+        step, 2, 8, params, examples, seeds, device, cache, capture=capture
+    )
+
+
+def _assert_same(got, expected, **tolerance):
+    for name, value in expected[0].items():
+        torch.testing.assert_close(got[0][name], value, **tolerance)
+    torch.testing.assert_close(got[1], expected[1])
+    torch.testing.assert_close(got[2], expected[2], **tolerance)
+
+
+def _check(digits, optimizer_name, partition, device, **tolerance):
+    model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
+    optimizer = OPTIMIZERS[optimizer_name]()
+    params = Replicated(model.init(), 5)
+    cache = GraphCache()
+    for seed in (1, 1, 2):  # the second and third cohorts reuse the program
+        examples, seeds = _cohort(digits, partition, seed)
+        expected = _train(model, optimizer, params, examples, seeds, device)
+        got = _train(model, optimizer, params, examples, seeds, device, cache)
+        _assert_same(got, expected, **tolerance)
+    return cache
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("partition", ["iid", "quantity_skew"])
+def test_epoch_program_matches_eager_training_on_cpu(digits, optimizer, partition):
+    cache = _check(digits, optimizer, partition, torch.device("cpu"))
+    assert cache.captures == 0  # no capture on a CPU
+    # IID clients are all the same size: one program serves every cohort. Unequal
+    # sizes pad to each cohort's largest client, so they may need more than one.
+    assert len(cache) == 1 if partition == "iid" else len(cache) >= 1
+
+
+def test_a_client_without_examples_keeps_its_parameters(digits):
+    model = build_model("logistic", digits.input_shape, digits.num_classes, seed=0)
+    examples, seeds = _cohort(digits, "iid", 3, count=3)
+    empty = Examples(
+        torch.zeros(0, *digits.input_shape), torch.zeros(0, dtype=torch.int64)
+    )
+    examples.append(empty)
+    seeds.append(7)
+    params = Replicated(model.init(), 4)
+    cpu = torch.device("cpu")
+    deltas, weights, losses = _train(
+        model, sgd(0.1), params, examples, seeds, cpu, GraphCache()
+    )
+    assert all(float(v[3].abs().max()) == 0.0 for v in deltas.values())
+    assert float(weights[3]) == 0.0 and float(losses[3]) == 0.0
+    assert all(float(v[0].abs().max()) > 0.0 for v in deltas.values())
+
+
+def test_graph_cache_keeps_the_most_recent():
+    cache = GraphCache(capacity=2)
+    for key in ("a", "b", "c"):
+        cache.put(key, object())  # type: ignore[arg-type]
+    assert cache.get("a") is None and len(cache) == 2
+    assert cache.get("b") is not None
+    cache.put("d", object())  # type: ignore[arg-type]
+    assert cache.get("c") is None and cache.get("b") is not None
+    with pytest.raises(ValueError, match="capacity"):
+        GraphCache(capacity=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("partition", ["iid", "quantity_skew"])
+@pytest.mark.usefixtures("no_tf32")
+def test_captured_graph_matches_eager_training_on_cuda(digits, optimizer, partition):
+    cache = _check(digits, optimizer, partition, torch.device("cuda"))
+    assert cache.captures == len(cache) >= 1
