@@ -18,10 +18,8 @@ Rows for each cohort size, all on the same GPU in the same process:
 - the vectorized runtime, in the variants ``--runners`` names (default: all):
   ``graphs`` (``VectorizedRuntime("cuda")``: each epoch a replayed CUDA graph; the
   first round captures it and is not timed), ``eager`` (``cuda_graphs=False``),
-  ``graphs autotune`` (``torch.backends.cudnn.benchmark = True``), ``graphs
-  matmul-conv`` (``conv_as_matmul=True``: convolutions as unfold + batched matrix
-  products), ``graphs matmul-conv tf32`` (the same with TF32 matrix products) and
-  ``eager matmul-conv``.
+  ``graphs autotune`` (``torch.backends.cudnn.benchmark = True``) and ``graphs
+  tf32`` (TF32 matrix products as well as convolutions).
 
 A round is timed from the host, device synchronized, and includes everything:
 padding the cohort's data and copying it to the GPU, the training, the checked
@@ -80,7 +78,6 @@ class Variant(NamedTuple):
 
     name: str
     graphs: bool = True
-    conv_as_matmul: bool = False
     autotune: bool = False  # torch.backends.cudnn.benchmark
     tf32_matmul: bool = False  # torch.backends.cuda.matmul.allow_tf32
 
@@ -91,9 +88,7 @@ VARIANTS = {
         Variant("graphs"),
         Variant("eager", graphs=False),
         Variant("graphs autotune", autotune=True),
-        Variant("graphs matmul-conv", conv_as_matmul=True),
-        Variant("graphs matmul-conv tf32", conv_as_matmul=True, tf32_matmul=True),
-        Variant("eager matmul-conv", graphs=False, conv_as_matmul=True),
+        Variant("graphs tf32", tf32_matmul=True),
     ]
 }
 
@@ -279,7 +274,6 @@ class Bench:
             self.device,
             chunk_size=self.args.chunk_size,
             cuda_graphs=variant.graphs,
-            conv_as_matmul=variant.conv_as_matmul,
         )
         process = fed_avg(
             self.model,

@@ -35,11 +35,9 @@ from fedloom.runtimes import LocalRuntime, VectorizedRuntime
 RUNTIMES = {
     "vectorized": lambda: VectorizedRuntime(),
     "vectorized-chunked": lambda: VectorizedRuntime(chunk_size=3),
-    "vectorized-matmul-conv": lambda: VectorizedRuntime(conv_as_matmul=True),
     "cuda": lambda: VectorizedRuntime("cuda", cuda_graphs=False),
     "cuda-graphs": lambda: VectorizedRuntime("cuda"),
     "cuda-graphs-chunked": lambda: VectorizedRuntime("cuda", chunk_size=3),
-    "cuda-graphs-matmul-conv": lambda: VectorizedRuntime("cuda", conv_as_matmul=True),
 }
 GPU = [
     pytest.mark.gpu,

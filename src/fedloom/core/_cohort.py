@@ -48,9 +48,6 @@ class CohortOptions:
     capture: bool = False
     """Capture fixed-shape loops as CUDA graphs, keep them, and replay them on later
     cohorts of the same shape (only ever true on a CUDA device)."""
-    conv_as_matmul: bool = False
-    """Compute a vmapped model's convolutions as per-client matrix products
-    (``unfold`` + batched GEMM) instead of one grouped convolution."""
 
 
 @runtime_checkable

@@ -19,7 +19,6 @@ from fedloom.data import Examples
 from ._cohort_graphs import GraphCache, captured_local_training
 from ._cohort_work import CohortStep, cohort_gradient, cohort_local_training
 from ._functional import FunctionalModel
-from ._matmul_conv import cohort_model
 from ._optimizers import Optimizer
 from ._types import Params
 
@@ -141,10 +140,9 @@ class LocalTraining:
         """
         params, inputs = args
         examples, seeds = _inputs(inputs)
-        model = cohort_model(self.model, options)
         if options.capture:
             deltas, weights, losses = captured_local_training(
-                CohortStep(model, self.optimizer),
+                CohortStep(self.model, self.optimizer),
                 self.epochs,
                 self.batch_size,
                 params,
@@ -155,7 +153,7 @@ class LocalTraining:
             )
         else:
             deltas, weights, losses = cohort_local_training(
-                model,
+                self.model,
                 self.optimizer,
                 self.epochs,
                 self.batch_size,
@@ -198,7 +196,6 @@ class FullBatchGradient:
         One step, nothing to replay: it is never captured."""
         params, inputs = args
         examples, seeds = _inputs(inputs)
-        model = cohort_model(self.model, options)
-        grads, weights, losses = cohort_gradient(model, params, examples, device)
+        grads, weights, losses = cohort_gradient(self.model, params, examples, device)
         result = ClientResult(grads, weights, {"train_loss": losses})
         return Stacked(result, len(seeds))

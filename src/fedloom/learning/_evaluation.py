@@ -24,7 +24,6 @@ from fedloom.data import Examples
 
 from ._cohort_work import cohort_evaluation
 from ._functional import FunctionalModel
-from ._matmul_conv import cohort_model
 from ._types import Params
 
 __all__ = ["ClientEvaluation", "evaluate", "federated_evaluate"]
@@ -82,9 +81,8 @@ class ClientEvaluation:
 
         Evaluation is one pass without gradients; it is never captured."""
         params, examples = args
-        model = cohort_model(self.model, options)
         metrics = cohort_evaluation(
-            model, params, list(examples), self.batch_size, device
+            self.model, params, list(examples), self.batch_size, device
         )
         return Stacked(metrics, len(examples))
 

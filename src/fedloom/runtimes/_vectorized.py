@@ -75,8 +75,6 @@ class VectorizedRuntime:
     On a CUDA device, ``cuda_graphs`` (the default) lets client work capture its
     fixed-shape loops as CUDA graphs and replay them in later rounds (FedAvg's local
     training captures an epoch); ``cuda_graphs=False`` runs everything eagerly.
-    ``conv_as_matmul`` computes a model's convolutions as per-client matrix products
-    instead of one grouped convolution per layer (see :class:`CohortOptions`).
 
     >>> from fedloom.core import CLIENTS, computation, map, mean
     >>> import torch
@@ -94,16 +92,12 @@ class VectorizedRuntime:
         *,
         chunk_size: int = 256,
         cuda_graphs: bool = True,
-        conv_as_matmul: bool = False,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.device = torch.device(device)
         self.chunk_size = chunk_size
-        self.options = CohortOptions(
-            capture=cuda_graphs and self.device.type == "cuda",
-            conv_as_matmul=conv_as_matmul,
-        )
+        self.options = CohortOptions(capture=cuda_graphs and self.device.type == "cuda")
         """How cohort functions are asked to compute (graphs on CUDA only)."""
         self.fallbacks = 0
         """How many maps of stacked values could not be vmapped and ran in sequence."""
