@@ -8,6 +8,7 @@ import torch
 import fedloom.experiments._runner as runner_module
 from fedloom.experiments import (
     CheckpointError,
+    ConfigError,
     ExperimentConfig,
     config_from_dict,
     load_checkpoint,
@@ -255,3 +256,37 @@ def test_resume_may_raise_the_target(tmp_path):
 def test_setup_errors_name_the_field(tmp_path, changes, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         run_experiment(_config(**changes), out_dir=tmp_path, quiet=True)
+
+
+def test_device_is_one_config_key_and_checked(tmp_path):
+    with pytest.raises(ConfigError, match=r"device: must be 'cpu', 'cuda' or 'cuda:N'"):
+        _config(device="gpu")
+    with pytest.raises(ConfigError, match="runtime 'local' computes on the CPU"):
+        run_experiment(_config(device="cuda"), out_dir=tmp_path / "a", quiet=True)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device is available here"):
+            run_experiment(
+                _config(device="cuda", runtime="vectorized"),
+                out_dir=tmp_path / "b",
+                quiet=True,
+            )
+    result = run_experiment(
+        _config(rounds=1, device="cpu", runtime="vectorized"),
+        out_dir=tmp_path / "c",
+        quiet=True,
+    )
+    assert result.records[-1]["round"] == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.usefixtures("no_tf32")
+def test_a_run_on_cuda_matches_the_cpu(tmp_path):
+    cpu = run_experiment(_config(rounds=2), out_dir=tmp_path / "cpu", quiet=True)
+    cuda = run_experiment(
+        _config(rounds=2, runtime="vectorized", device="cuda"),
+        out_dir=tmp_path / "cuda",
+        quiet=True,
+    )
+    for name, value in cpu.state.params.items():
+        torch.testing.assert_close(cuda.state.params[name], value, rtol=1e-4, atol=1e-5)

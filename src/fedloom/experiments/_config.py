@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 import typing
 from collections.abc import Mapping, Sequence
@@ -248,9 +249,19 @@ class ExperimentConfig(BaseModel):
     threads: int = Field(default=1, ge=1)
     """PyTorch intra-op threads during the run. Clients train on small batches, for
     which one thread is fastest: see ``benchmarks/threads.py``."""
+    device: str = "cpu"
+    """Where the ``vectorized`` runtime computes the cohort: "cpu", "cuda", "cuda:N".
+    The server's state and the evaluation stay on the CPU."""
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, device: str) -> str:
+        if re.fullmatch(r"cpu|cuda(:[0-9]+)?", device) is None:
+            raise ValueError(f"must be 'cpu', 'cuda' or 'cuda:N' (got {device!r})")
+        return device
 
     @model_validator(mode="after")
     def _check_cohort(self) -> ExperimentConfig:

@@ -119,11 +119,13 @@ def setup(config: ExperimentConfig) -> Setup:
             dataset.num_classes,
             seed=config.seed,
         )
+    with _naming(f"runtime ({config.runtime!r}) / device ({config.device!r})"):
+        runtime = get_runtime(config.runtime, device=config.device)
     return Setup(
         dataset=dataset,
         clients=clients,
         model=model,
         process=build_process(config.algorithm, model),
         cohort_size=config.algorithm.cohort_size(len(clients)),
-        runtime=get_runtime(config.runtime),
+        runtime=runtime,
     )

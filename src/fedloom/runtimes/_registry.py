@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+
 from fedloom.core import LocalRuntime, Runtime
 
 from ._vectorized import VectorizedRuntime
@@ -16,12 +18,24 @@ RUNTIMES: dict[str, Callable[[], Runtime]] = {
 }
 
 
-def get_runtime(name: str) -> Runtime:
-    """A new runtime by name ("local", "vectorized").
+def get_runtime(name: str, *, device: str = "cpu") -> Runtime:
+    """A new runtime by name ("local", "vectorized"), computing on ``device``.
+
+    Only ``vectorized`` computes on another device than the CPU ("cuda", "cuda:1").
 
     >>> get_runtime("local").name
     'local'
     """
     if name not in RUNTIMES:
         raise ValueError(f"unknown runtime {name!r}; choose one of {sorted(RUNTIMES)}")
+    where = torch.device(device)
+    if name == "vectorized":
+        if where.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA device is available here")
+        return VectorizedRuntime(where)
+    if where.type != "cpu":
+        raise ValueError(
+            f"runtime {name!r} computes on the CPU; use runtime 'vectorized' for "
+            f"device {device!r}"
+        )
     return RUNTIMES[name]()
