@@ -22,8 +22,15 @@ its own client split and seeds, so it is left out of the same-accuracy check; it
 accuracy only has to be within 0.05 of the torch loop's. The ratio of Flower's
 seconds per round to fedloom vectorized's is printed for each workload.
 
+All runners share the process's allocator setting: by default it calls
+``fedloom.runtimes.reuse_cpu_memory()`` first, as ``fedloom run`` does (glibc then
+keeps large freed blocks instead of unmapping them; the CNN's stacked cohort tensors
+otherwise fault in fresh pages every step); ``--no-reuse-cpu-memory`` leaves glibc's
+default.
+
     python benchmarks/simulation_speed.py [--rounds 2] [--threads 1] [--quick]
-        [--only-2nn] [--flower-python /tmp/flower-venv/bin/python] [--flower-actors 1]
+        [--models 2nn cnn] [--epochs 1 5] [--no-reuse-cpu-memory]
+        [--flower-python /tmp/flower-venv/bin/python] [--flower-actors 1]
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ from fedloom.learning import (
     evaluate,
     fed_avg,
 )
-from fedloom.runtimes import LocalRuntime, VectorizedRuntime
+from fedloom.runtimes import LocalRuntime, VectorizedRuntime, reuse_cpu_memory
 
 LEARNING_RATE = 0.05
 BATCH_SIZE = 10
@@ -213,7 +220,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="2NN, E=1, one round")
-    parser.add_argument("--only-2nn", action="store_true", help="2NN, E=1 and 5")
+    parser.add_argument("--models", nargs="+", default=["2nn", "cnn"])
+    parser.add_argument("--epochs", type=int, nargs="+", default=[1, 5])
+    parser.add_argument(
+        "--reuse-cpu-memory", action=argparse.BooleanOptionalAction, default=True
+    )
     parser.add_argument(
         "--flower-python",
         help="python of Flower's venv: adds a 'flower simulation' row (see docstring)",
@@ -229,13 +240,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    reused = args.reuse_cpu_memory and reuse_cpu_memory()
     dataset = load_dataset("fashion_mnist")
     clients = ClientData.from_dataset(dataset, "iid", 100, seed=0)
-    grid = [("2nn", 1), ("2nn", 5), ("cnn", 1), ("cnn", 5)]
+    grid = [(m, e) for m in args.models for e in args.epochs]
     if args.quick:
         grid = [("2nn", 1)]
-    elif args.only_2nn:
-        grid = [("2nn", 1), ("2nn", 5)]
     rounds = 1 if args.quick else args.rounds
     rows = []
     ratios = []
@@ -279,6 +289,7 @@ def main() -> None:
             "platform": platform.platform(),
             "torch": torch.__version__,
             "threads": args.threads,
+            "reuse_cpu_memory": reused,
         },
         "workload": {
             "dataset": "fashion_mnist",

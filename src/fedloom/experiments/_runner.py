@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from fedloom.learning import ClientInput, ServerState, evaluate, tree_bytes
+from fedloom.runtimes import reuse_cpu_memory
 
 from ._checkpoint import (
     CheckpointError,
@@ -157,6 +158,7 @@ def run_experiment(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / CONFIG_FILE, config_to_dict(config))
+    reuse_cpu_memory()  # stacked cohort tensors: no page faults every step
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
