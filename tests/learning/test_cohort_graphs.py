@@ -13,7 +13,11 @@ from fedloom.core import Replicated
 from fedloom.data import ClientData, Examples, load_dataset
 from fedloom.learning import adam, build_model, momentum, sgd
 from fedloom.learning._cohort_graphs import GraphCache, captured_local_training
-from fedloom.learning._cohort_work import CohortStep, cohort_local_training
+from fedloom.learning._cohort_work import (
+    CohortStep,
+    cohort_local_training,
+    plan_training,
+)
 
 OPTIMIZERS = {
     "sgd": lambda: sgd(0.1),
@@ -34,15 +38,12 @@ def _cohort(digits, partition, seed, count=5):
 
 
 def _train(model, optimizer, params, examples, seeds, device, cache=None):
-    if cache is None:
-        return cohort_local_training(
-            model, optimizer, 2, 8, params, examples, seeds, device
-        )
     step = CohortStep(model, optimizer)
+    plan = plan_training(params, examples, seeds, 2, 8, device)
+    if cache is None:
+        return cohort_local_training(step, plan)
     capture = device.type == "cuda"
-    return captured_local_training(
-        step, 2, 8, params, examples, seeds, device, cache, capture=capture
-    )
+    return captured_local_training(step, plan, cache, capture=capture)
 
 
 def _assert_same(got, expected, **tolerance):

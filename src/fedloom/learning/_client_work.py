@@ -17,7 +17,12 @@ from fedloom.core import CohortOptions, Stacked, register_dataclass
 from fedloom.data import Examples
 
 from ._cohort_graphs import GraphCache, captured_local_training
-from ._cohort_work import CohortStep, cohort_gradient, cohort_local_training
+from ._cohort_work import (
+    CohortStep,
+    cohort_gradient,
+    cohort_local_training,
+    plan_training,
+)
 from ._functional import FunctionalModel
 from ._optimizers import Optimizer
 from ._types import Params
@@ -140,28 +145,14 @@ class LocalTraining:
         """
         params, inputs = args
         examples, seeds = _inputs(inputs)
+        step = CohortStep(self.model, self.optimizer)
+        plan = plan_training(
+            params, examples, seeds, self.epochs, self.batch_size, device
+        )
         if options.capture:
-            deltas, weights, losses = captured_local_training(
-                CohortStep(self.model, self.optimizer),
-                self.epochs,
-                self.batch_size,
-                params,
-                examples,
-                seeds,
-                device,
-                self.graphs,
-            )
+            deltas, weights, losses = captured_local_training(step, plan, self.graphs)
         else:
-            deltas, weights, losses = cohort_local_training(
-                self.model,
-                self.optimizer,
-                self.epochs,
-                self.batch_size,
-                params,
-                examples,
-                seeds,
-                device,
-            )
+            deltas, weights, losses = cohort_local_training(step, plan)
         result = ClientResult(deltas, weights, {"train_loss": losses})
         return Stacked(result, len(seeds))
 

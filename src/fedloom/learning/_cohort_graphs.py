@@ -17,21 +17,14 @@ an LRU cache, so a run of IID rounds captures once. The graph computes exactly w
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from typing import Any
 
 import torch
 
 from fedloom.core import tree_flatten, tree_map
-from fedloom.data import Examples
 
-from ._cohort_work import (
-    CohortStep,
-    PaddedCohort,
-    batch_schedule,
-    stacked_params,
-    training_result,
-)
+from ._cohort_work import CohortStep, PaddedCohort, TrainingPlan, training_result
 from ._types import Params
 
 __all__ = ["EpochProgram", "GraphCache", "captured_local_training"]
@@ -158,12 +151,7 @@ class GraphCache:
 
 def captured_local_training(
     step: CohortStep,
-    epochs: int,
-    batch_size: int | None,
-    params: Any,
-    examples: Sequence[Examples],
-    seeds: Sequence[int],
-    device: torch.device,
+    plan: TrainingPlan,
     cache: GraphCache,
     *,
     capture: bool = True,
@@ -174,13 +162,17 @@ def captured_local_training(
     without, the program runs its steps eagerly over the same buffers (what the tests
     check on a CPU).
     """
-    data = PaddedCohort(examples, device)
-    start = stacked_params(params, data.size, device)
-    index, mask = batch_schedule(data.sizes.tolist(), seeds, epochs, batch_size)
-    masked = not bool(mask.any(dim=3).all())
-    index, mask = index.to(device), mask.to(device)
+    data, start = plan.data, plan.start
+    index, mask = plan.batch_index, plan.batch_mask
+    masked = not all(all(steps) for steps in plan.everyone)
     state = step.init(start)
-    key = (device, tuple(data.x.shape), data.x.dtype, tuple(index.shape[2:]), masked)
+    key = (
+        index.device,
+        tuple(data.x.shape),
+        data.x.dtype,
+        tuple(index.shape[2:]),
+        masked,
+    )
     program = cache.get(key)
     if program is None:
         program = EpochProgram(
@@ -191,8 +183,8 @@ def captured_local_training(
             cache.captures += 1
         cache.put(key, program)
     program.load(data, start, state)
-    for e in range(epochs):
+    for e in range(plan.epochs):
         program.set_epoch(index[:, e], mask[:, e])
         program.run()
     local = {k: v.clone() for k, v in program.params.items()}
-    return training_result(data, start, local, program.loss_sum.clone(), epochs)
+    return training_result(plan, local, program.loss_sum.clone())

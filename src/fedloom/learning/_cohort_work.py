@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.func import grad_and_value, vmap
@@ -27,10 +27,12 @@ from ._types import Params
 __all__ = [
     "CohortStep",
     "PaddedCohort",
+    "TrainingPlan",
     "batch_schedule",
     "cohort_gradient",
     "cohort_evaluation",
     "cohort_local_training",
+    "plan_training",
     "stacked_params",
     "training_result",
 ]
@@ -158,47 +160,66 @@ class CohortStep:
         return new_params, new_state, loss.detach().double() * batch_mask.sum(dim=1)
 
 
-def cohort_local_training(
-    model: FunctionalModel,
-    optimizer: Optimizer,
-    epochs: int,
-    batch_size: int | None,
+class TrainingPlan(NamedTuple):
+    """A cohort's local training laid out: its padded data, its starting parameters
+    and every client's minibatches."""
+
+    data: PaddedCohort
+    start: Params
+    batch_index: torch.Tensor
+    """``batch_index[c, e, s, j]``: client c's j-th example at step s of epoch e."""
+    batch_mask: torch.Tensor
+    """Which entries of ``batch_index`` are real examples (the rest is padding)."""
+    everyone: list[list[bool]]
+    """``everyone[e][s]``: every client has a batch at that step (no masking)."""
+
+    @property
+    def epochs(self) -> int:
+        return self.batch_index.shape[1]
+
+
+def plan_training(
     params: Any,
     examples: Sequence[Examples],
     seeds: Sequence[int],
+    epochs: int,
+    batch_size: int | None,
     device: torch.device,
-) -> tuple[Params, torch.Tensor, torch.Tensor]:
-    """FedAvg's local training for every client at once: (deltas, weights, losses)."""
+) -> TrainingPlan:
+    """Lay out a cohort's local training on ``device``."""
     data = PaddedCohort(examples, device)
     start = stacked_params(params, data.size, device)
     index, mask = batch_schedule(data.sizes.tolist(), seeds, epochs, batch_size)
     # Known before the loop, on the CPU: the steps at which every client has a
     # batch need no masking of the update (no device sync inside the loop).
     everyone = mask.any(dim=3).all(dim=0).tolist()
-    index, mask = index.to(device), mask.to(device)
-    step = CohortStep(model, optimizer)
-    local, state = start, step.init(start)
-    loss_sum = torch.zeros(data.size, dtype=torch.float64, device=device)
+    return TrainingPlan(data, start, index.to(device), mask.to(device), everyone)
+
+
+def cohort_local_training(
+    step: CohortStep, plan: TrainingPlan
+) -> tuple[Params, torch.Tensor, torch.Tensor]:
+    """FedAvg's local training for every client at once: (deltas, weights, losses)."""
+    data, index, mask = plan.data, plan.batch_index, plan.batch_mask
+    local, state = plan.start, step.init(plan.start)
+    loss_sum = torch.zeros(data.size, dtype=torch.float64, device=index.device)
     for e in range(index.shape[1]):
         for s in range(index.shape[2]):
+            masked = not plan.everyone[e][s]
             local, state, loss = step(
-                data, local, state, index[:, e, s], mask[:, e, s], not everyone[e][s]
+                data, local, state, index[:, e, s], mask[:, e, s], masked
             )
             loss_sum += loss
-    return training_result(data, start, local, loss_sum, epochs)
+    return training_result(plan, local, loss_sum)
 
 
 def training_result(
-    data: PaddedCohort,
-    start: Params,
-    local: Params,
-    loss_sum: torch.Tensor,
-    epochs: int,
+    plan: TrainingPlan, local: Params, loss_sum: torch.Tensor
 ) -> tuple[Params, torch.Tensor, torch.Tensor]:
     """(deltas, weights, mean losses) of a cohort's local training."""
-    deltas = {k: (local[k] - start[k]).detach() for k in start}
-    sizes = data.sizes.to(device=loss_sum.device, dtype=torch.float64)
-    return deltas, sizes, loss_sum / (epochs * sizes).clamp(min=1)
+    deltas = {k: (local[k] - plan.start[k]).detach() for k in plan.start}
+    sizes = plan.data.sizes.to(device=loss_sum.device, dtype=torch.float64)
+    return deltas, sizes, loss_sum / (plan.epochs * sizes).clamp(min=1)
 
 
 def cohort_gradient(
