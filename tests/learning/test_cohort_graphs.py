@@ -6,6 +6,8 @@ shape, masks and the optimizer state. On a GPU (``pytest -m gpu``) the graph is
 captured and replayed.
 """
 
+import contextlib
+
 import pytest
 import torch
 
@@ -114,3 +116,39 @@ def test_graph_cache_keeps_the_most_recent():
 def test_captured_graph_matches_eager_training_on_cuda(digits, optimizer, partition):
     cache = _check(digits, optimizer, partition, torch.device("cuda"))
     assert cache.captures == len(cache) >= 1
+
+
+def test_a_failed_capture_says_how_to_run_eagerly(digits, monkeypatch):
+    # Stand-ins for CUDA's streams, so that the capture runs up to torch.cuda.graph,
+    # which fails as it does for a model that syncs with the host.
+    class Stream:
+        def __init__(self, *args):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    class Failing:
+        def __init__(self, graph):
+            pass
+
+        def __enter__(self):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: Stream())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)
+    monkeypatch.setattr(torch.cuda, "graph", Failing)
+    model = build_model("logistic", digits.input_shape, digits.num_classes, seed=0)
+    examples, seeds = _cohort(digits, "iid", 4, count=2)
+    step = CohortStep(model, sgd(0.1))
+    plan = plan_training(Replicated(model.init(), 2), examples, seeds, 1, 8, "cpu")
+    cache = GraphCache()
+    with pytest.raises(RuntimeError, match=r"cuda_graphs=False") as raised:
+        captured_local_training(step, plan, cache, capture=True)
+    assert "stream is capturing" in str(raised.value.__cause__)
+    assert len(cache) == 0  # nothing half-captured is kept

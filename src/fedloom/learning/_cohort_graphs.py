@@ -110,8 +110,15 @@ class EpochProgram:
             self._steps(min(WARMUP_STEPS, self.index.shape[1]))
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._steps(self.index.shape[1])
+        try:
+            with torch.cuda.graph(graph):
+                self._steps(self.index.shape[1])
+        except RuntimeError as error:
+            raise RuntimeError(
+                "the cohort's local training could not be captured as a CUDA graph "
+                "(the model or optimizer may sync with the host or change shapes); "
+                "run it eagerly with VectorizedRuntime(..., cuda_graphs=False)"
+            ) from error
         self.graph = graph
 
 
