@@ -29,7 +29,8 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``fedloom`` argument parser with its ``run`` and ``datasets`` commands."""
+    """The ``fedloom`` argument parser: ``run``, ``datasets``, and the deployment
+    commands ``server``, ``client``, ``status`` and ``certs``."""
     parser = argparse.ArgumentParser(
         prog="fedloom",
         description="Federated learning experiments on PyTorch.",
@@ -80,7 +81,89 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the built-in datasets and where they are cached.",
     )
     datasets.set_defaults(handler=_datasets)
+    _add_deploy_commands(commands)
     return parser
+
+
+def _add_deploy_commands(commands: argparse._SubParsersAction) -> None:
+    server = commands.add_parser(
+        "server",
+        help="serve a run to real clients over gRPC",
+        description="Run the server side of an experiment for clients that connect "
+        "over gRPC. CONFIG is an experiment TOML with a [deploy] table. Started "
+        "again on the same --out, it resumes after the last completed round.",
+    )
+    server.add_argument("config", type=Path, metavar="CONFIG.toml")
+    server.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="state directory (default: runs/<config name>-server)",
+    )
+    server.add_argument("--quiet", action="store_true", help="no progress or summary")
+    server.set_defaults(handler=_server)
+
+    client = commands.add_parser(
+        "client",
+        help="take part in a served run with local data",
+        description="Connect to a fedloom server and train on local data until the "
+        "run ends. --data names a built-in dataset; --num-clients and "
+        "--client-index pick this client's share, as in simulation.",
+    )
+    client.add_argument("--server", required=True, metavar="HOST:PORT")
+    client.add_argument("--token-file", type=Path, required=True, metavar="FILE")
+    trust = client.add_mutually_exclusive_group(required=True)
+    trust.add_argument("--ca", type=Path, metavar="CA.pem", help="the server's CA")
+    trust.add_argument(
+        "--insecure", action="store_true", help="no TLS (tests on 127.0.0.1 only)"
+    )
+    client.add_argument("--data", required=True, metavar="DATASET")
+    client.add_argument("--partition", default="iid")
+    client.add_argument("--alpha", type=float, help="for --partition dirichlet")
+    client.add_argument("--num-clients", type=int, default=1, metavar="N")
+    client.add_argument("--client-index", type=int, default=0, metavar="I")
+    client.add_argument("--seed", type=int, default=0)
+    client.add_argument(
+        "--max-backoff",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="longest wait between reconnection attempts (default: 10)",
+    )
+    client.add_argument(
+        "--give-up-after",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this long without reaching the server (default: never)",
+    )
+    client.set_defaults(handler=_client)
+
+    status = commands.add_parser(
+        "status",
+        help="show a server's connected clients and round in progress",
+        description="Show what the server with state directory DIR is doing.",
+    )
+    status.add_argument("dir", type=Path, metavar="DIR")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=_status)
+
+    certs = commands.add_parser(
+        "certs",
+        help="make a local CA, a server certificate and client tokens",
+        description="Write ca.pem, ca.key, server.pem, server.key into DIR and, "
+        "with --clients, tokens.json (hashes, for the server) and "
+        "clients/<id>.token (one secret per client).",
+    )
+    certs.add_argument("dir", type=Path, metavar="DIR")
+    certs.add_argument(
+        "--host",
+        action="append",
+        metavar="NAME",
+        help="a host name or IP the server certificate is for (repeatable; "
+        "default: localhost and 127.0.0.1)",
+    )
+    certs.add_argument("--clients", type=int, default=0, metavar="N")
+    certs.set_defaults(handler=_certs)
 
 
 def default_out_dir(config_path: Path, now: datetime.datetime | None = None) -> Path:
@@ -134,6 +217,101 @@ def _datasets(args: argparse.Namespace) -> int:
     for info in available_datasets():
         table.add_row(str(info.name), str(info.description), str(info.location))
     Console().print(table)
+    return EXIT_OK
+
+
+def _logging() -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S"
+    )
+
+
+def _server(args: argparse.Namespace) -> int:
+    from fedloom.deploy import load_server_config, serve
+
+    _logging()
+    experiment, settings = load_server_config(args.config)
+    out_dir = args.out or Path("runs") / f"{args.config.stem}-server"
+    serve(experiment, settings, out_dir=out_dir, quiet=args.quiet)
+    return EXIT_OK
+
+
+def _client(args: argparse.Namespace) -> int:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from fedloom.data import ClientData, load_dataset
+    from fedloom.deploy import ClientRefused, DeviceClient
+    from fedloom.learning import FunctionalModel, build_model
+
+    _logging()
+    token = args.token_file.read_text(encoding="utf-8").strip()
+    dataset = load_dataset(args.data, seed=args.seed)
+    options = {} if args.alpha is None else {"alpha": args.alpha}
+    population = ClientData.from_dataset(
+        dataset, args.partition, args.num_clients, seed=args.seed, **options
+    )
+    if not 0 <= args.client_index < len(population):
+        raise ValueError(
+            f"--client-index {args.client_index}: must be in 0..{len(population) - 1}"
+        )
+
+    def model(config: Mapping[str, Any]) -> FunctionalModel:
+        name = config.get("model")
+        return build_model(str(name), dataset.input_shape, dataset.num_classes)
+
+    client = DeviceClient(
+        args.server,
+        token=token,
+        examples=population.client(args.client_index),
+        model=model,
+        root_certificates=None if args.ca is None else args.ca.read_bytes(),
+        insecure=args.insecure,
+        give_up_after=args.give_up_after,
+        backoff=(min(0.2, args.max_backoff), args.max_backoff),
+        name=f"{args.token_file.stem}",
+    )
+    try:
+        client.run()
+    except ClientRefused as error:
+        _error(str(error))
+        return EXIT_ERROR
+    except ConnectionError as error:
+        _error(str(error))
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from fedloom.deploy import print_status, read_status
+
+    status = read_status(args.dir)
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print_status(status)
+    return EXIT_OK
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from fedloom.deploy import make_certificates, write_client_tokens
+
+    hosts = args.host or ["localhost", "127.0.0.1"]
+    files = make_certificates(args.dir, hosts)
+    print(
+        f"wrote {files.ca_certificate} (give it to clients), {files.ca_key}, "
+        f"{files.server_certificate}, {files.server_key}"
+    )
+    if args.clients:
+        tokens = write_client_tokens(args.dir, args.clients)
+        print(
+            f"wrote {args.dir / 'tokens.json'} (for the server) and "
+            f"{len(tokens)} tokens in {args.dir / 'clients'} (one per client)"
+        )
     return EXIT_OK
 
 

@@ -1,0 +1,78 @@
+"""The server's store: rounds committed atomically, verified on load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedloom.deploy import read_status
+from fedloom.deploy._store import MODELS_DIR, Store
+from fedloom.experiments import CheckpointError
+
+
+def test_rounds_commit_and_reload_bit_for_bit(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    assert store.last_round() is None
+    for round in (1, 2, 3):
+        tensors = {"params/w": torch.full((2,), float(round))}
+        store.commit_round(round, {"round": round, "test_accuracy": 0.5}, tensors)
+    saved = store.last_round()
+    assert saved is not None and saved.round == 3
+    assert torch.equal(store.load_model(saved)["params/w"], torch.full((2,), 3.0))
+    assert [r["round"] for r in store.records()] == [1, 2, 3]
+    assert len(list((tmp_path / MODELS_DIR).iterdir())) == 2  # older ones pruned
+    store.close()
+
+
+def test_a_corrupt_model_file_is_named(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    saved = store.commit_round(1, {"round": 1}, {"w": torch.ones(3)})
+    path = tmp_path / MODELS_DIR / saved.model_file
+    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(CheckpointError, match="corrupt model file"):
+        store.load_model(saved)
+    store.close()
+
+
+def test_status_reads_the_registry_and_live_round(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.set("address", "127.0.0.1:1234")
+    store.set("config", {"rounds": 5})
+    store.touch_clients({"client-0": 100.0, "client-1": 101.0}, {"client-0": 1})
+    store.touch_clients({"client-0": 99.0}, {"client-0": 2})
+    live = {"connected": ["client-0"], "round": {"round": 1}, "finished": False}
+    store.set("live", live)
+    store.commit_round(1, {"round": 1}, {"w": torch.ones(1)})
+    status = read_status(tmp_path)
+    store.close()
+    assert status["address"] == "127.0.0.1:1234"
+    assert status["rounds_total"] == 5
+    assert status["live"] == live
+    assert status["clients"][0] == {
+        "client_id": "client-0",
+        "first_seen": 100.0,
+        "last_seen": 100.0,
+        "results": 3,
+    }
+    assert [r["round"] for r in status["rounds"]] == [1]
+    with pytest.raises(ValueError, match="not a server directory"):
+        read_status(tmp_path / "nothing")
+
+
+def test_a_restarted_server_refuses_another_configuration(tmp_path: Path) -> None:
+    from fedloom.deploy._server import _check_config
+    from fedloom.experiments import config_from_dict
+
+    config = config_from_dict({"rounds": 3, "algorithm": {"clients_per_round": 2}})
+    store = Store(tmp_path)
+    _check_config(store, config)
+    longer = config.model_copy(update={"rounds": 10})
+    _check_config(store, longer)  # going on for longer is allowed
+    other = config.model_copy(update={"seed": 1})
+    with pytest.raises(
+        ValueError, match=r"differs from the run's config.json in \['rounds', 'seed'\]"
+    ):
+        _check_config(store, other)
+    store.close()
