@@ -1,0 +1,113 @@
+"""The command line of the McMahan et al. 2017 reproduction.
+
+From the repository root::
+
+    python -m benchmarks.mcmahan2017 run                       # the whole table
+    python -m benchmarks.mcmahan2017 run --model 2nn           # the 2NN cells
+    python -m benchmarks.mcmahan2017 run --cell 2nn/iid/fedavg_E5_B10   # one cell
+    python -m benchmarks.mcmahan2017 run --model cnn --device cuda \\
+        --runtime vectorized --time-budget 500                 # CNN on a GPU
+    python -m benchmarks.mcmahan2017 run --dataset mnist       # with $FEDLOOM_DATA
+    python -m benchmarks.mcmahan2017 table                     # table.md only
+    python -m benchmarks.mcmahan2017 curves                    # curves/*.png only
+    python -m benchmarks.mcmahan2017 pack --out DIR            # for the device tool
+
+On the device tool's GPU, ``bash benchmarks/mcmahan2017/gpu.sh`` runs the CNN
+cells for a time budget and packs what the next call needs (see that file).
+
+``run`` skips the runs its results file already holds, so the same command
+resumes a stopped sweep; after every run it rewrites the results file and the
+table, at the end the curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import cells as grid
+from .curves import plot_all
+from .results import load_runs, pack, results_path
+from .sweep import RUNS_DIR, Settings, sweep
+from .table import write_table
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.mcmahan2017",
+        description="McMahan et al. 2017, Table 2: rounds to target, per cell.",
+    )
+    parser.add_argument("command", choices=("run", "table", "curves", "pack"))
+    parser.add_argument("--dataset", choices=grid.DATASETS, default="fashion_mnist")
+    parser.add_argument("--model", choices=grid.MODELS, nargs="+", default=None)
+    parser.add_argument("--partition", choices=grid.PARTITIONS, nargs="+")
+    parser.add_argument(
+        "--cell", nargs="+", help="cells by name, e.g. 2nn/iid/fedavg_E5_B10"
+    )
+    parser.add_argument("--device", default="cpu", help='"cpu", "cuda", "cuda:N"')
+    parser.add_argument("--runtime", choices=("local", "vectorized"), default=None)
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="start no new run after this long (rerun to go on)",
+    )
+    parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
+    parser.add_argument("--results", type=Path, default=None, help="results JSON")
+    parser.add_argument("--out", type=Path, help="pack: where to write runs.tar")
+    return parser.parse_args(argv)
+
+
+def selected_cells(args: argparse.Namespace) -> list[grid.Cell]:
+    """The cells named by --cell, or those of --model and --partition."""
+    every = grid.all_cells()
+    if args.cell:
+        by_name = {cell.name: cell for cell in every}
+        unknown = [name for name in args.cell if name not in by_name]
+        if unknown:
+            raise SystemExit(
+                f"unknown cell(s) {unknown}; cells are e.g. {every[0].name}, "
+                f"{every[-1].name}"
+            )
+        return [by_name[name] for name in args.cell]
+    models = args.model or grid.MODELS
+    partitions = args.partition or grid.PARTITIONS
+    return [c for c in every if c.model in models and c.partition in partitions]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    path = args.results or results_path(args.dataset)
+    all_results = {d: load_runs(results_path(d)) for d in grid.DATASETS}
+
+    def table() -> None:
+        all_results[args.dataset] = load_runs(path)
+        write_table(all_results)
+
+    if args.command == "run":
+        runtime = args.runtime or ("vectorized" if args.device != "cpu" else "local")
+        settings = Settings(
+            dataset=args.dataset,
+            results_path=path,
+            runs_dir=args.runs_dir,
+            device=args.device,
+            runtime=runtime,
+            time_budget=args.time_budget,
+        )
+        sweep(settings, selected_cells(args), after_run=table)
+    if args.command in ("run", "table"):
+        table()
+        print(f"table: {Path('benchmarks/mcmahan2017/table.md')}")
+    if args.command == "pack":
+        print(f"packed: {pack(load_runs(path), args.runs_dir, args.out)}")
+    if args.command in ("run", "curves"):
+        for written in plot_all(args.dataset, load_runs(path), args.runs_dir):
+            print(f"curves: {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

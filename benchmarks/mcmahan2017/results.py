@@ -1,0 +1,122 @@
+"""The results file: one JSON object per finished run, rewritten after every run.
+
+A run's key names its dataset, cell, learning rate and target, so a rerun of the
+sweep skips what is done and a change of target never mixes with older runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .cells import Cell
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def results_path(dataset: str) -> Path:
+    """Where the sweep of ``dataset`` keeps its results (committed to git)."""
+    return RESULTS_DIR / f"{dataset}.json"
+
+
+def run_key(dataset: str, cell: Cell, lr: float, target: float) -> str:
+    """The results-file key of one run.
+
+    Example:
+        >>> run_key("mnist", Cell("cnn", "iid", "fedsgd", 1, None), 0.215, 0.99)
+        'mnist/cnn/iid/fedsgd_E1_Binf/lr0.215/target0.99'
+    """
+    return f"{dataset}/{cell.name}/lr{lr:g}/target{target:g}"
+
+
+def cell_fields(cell: Cell) -> dict[str, Any]:
+    """The fields that name ``cell`` in a stored run (the inverse of ``cell_of``)."""
+    return {
+        "model": cell.model,
+        "partition": cell.partition,
+        "algorithm": cell.algorithm,
+        "local_epochs": cell.local_epochs,
+        "batch_size": cell.batch_size,
+    }
+
+
+def cell_of(run: Mapping[str, Any]) -> Cell:
+    """The cell a stored run belongs to."""
+    return Cell(
+        run["model"],
+        run["partition"],
+        run["algorithm"],
+        run["local_epochs"],
+        run["batch_size"],
+    )
+
+
+def load_runs(path: Path) -> dict[str, dict[str, Any]]:
+    """The runs stored at ``path`` by key (none when the file does not exist)."""
+    if not path.exists():
+        return {}
+    runs: dict[str, dict[str, Any]] = json.loads(path.read_text())["runs"]
+    return runs
+
+
+def save_runs(path: Path, runs: Mapping[str, Mapping[str, Any]]) -> None:
+    """Write ``runs`` to ``path`` atomically (a temporary file, then a rename)."""
+    data = {
+        "benchmark": "mcmahan2017",
+        "about": "McMahan et al. 2017, Table 2: rounds to a target test accuracy; "
+        "one entry per (cell, learning rate) run; written by "
+        "python -m benchmarks.mcmahan2017 run",
+        "runs": {key: runs[key] for key in sorted(runs)},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def runs_of_cell(
+    runs: Mapping[str, Mapping[str, Any]], dataset: str, cell: Cell, target: float
+) -> list[Mapping[str, Any]]:
+    """The stored runs of ``cell`` on ``dataset`` towards ``target``."""
+    return [
+        run
+        for run in runs.values()
+        if run["dataset"] == dataset
+        and run["target"] == target
+        and cell_of(run) == cell
+    ]
+
+
+def rank(run: Mapping[str, Any]) -> tuple[int, float, float]:
+    """Sort key, best first: reached the target in fewest rounds, then accuracy."""
+    reached = run["rounds_to_target"]
+    if reached is not None:
+        return (0, float(reached), -run["best_accuracy"])
+    return (1, -run["best_accuracy"], 0.0)
+
+
+def best(runs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The best run of a cell (fewest rounds to target), or None without runs."""
+    return min(runs, key=rank) if runs else None
+
+
+def pack(runs: Mapping[str, Mapping[str, Any]], runs_dir: Path, out: Path) -> Path:
+    """Write ``out/runs.tar``: every run directory's metrics and configuration (for
+    the curves), and the checkpoint of runs not in ``runs`` (stopped by a time
+    budget, so the next sweep resumes them); finished runs need none."""
+    finished = {run["run_dir"] for run in runs.values()}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "runs.tar"
+    with tarfile.open(path, "w") as tar:
+        for config in sorted(runs_dir.rglob("config.json")):
+            directory = config.parent
+            name = directory.relative_to(runs_dir)
+            for item in ("config.json", "metrics.jsonl", "checkpoint"):
+                keep = item != "checkpoint" or str(name) not in finished
+                if keep and (directory / item).exists():
+                    tar.add(directory / item, arcname=str(name / item))
+    return path

@@ -1,0 +1,253 @@
+"""The sweep: for each cell, search the paper's learning-rate grid, run to target.
+
+The search of a cell starts at a rate of the paper's grid (10^(k/3)) and its two
+neighbours, then extends the grid on the side of the best rate until the best is
+inside the rates tried (the paper's check "that the best learning rates were in
+the middle of our grids"), or ``MAX_RATES_PER_CELL`` rates were tried. A run stops
+at the target, at the cap of its cell, or (pruned) at the rounds of the cell's
+best run so far: past them it can no longer be the best.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.fedavg_vs_fedsgd import machine
+from fedloom.experiments import config_from_dict, run_experiment
+
+from . import cells as grid
+from .cells import Cell
+from .results import best, cell_fields, load_runs, run_key, runs_of_cell, save_runs
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+RUNS_DIR = REPOSITORY / "runs" / "mcmahan2017"  # ignored by git
+CHUNK_ROUNDS = 100
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one sweep runs, and where it keeps its runs and results."""
+
+    dataset: str
+    results_path: Path
+    runs_dir: Path = RUNS_DIR
+    device: str = "cpu"
+    runtime: str = "local"
+    seed: int = 0
+    time_budget: float | None = None  # seconds; no new run starts after it
+    targets: Mapping[tuple[str, str, str], float] = field(
+        default_factory=lambda: dict(grid.TARGETS)
+    )
+    max_rounds: Mapping[tuple[str, str, str], int] = field(
+        default_factory=lambda: dict(grid.MAX_ROUNDS)
+    )
+    num_clients: int = grid.NUM_CLIENTS
+
+    def target(self, cell: Cell) -> float:
+        return self.targets[(self.dataset, cell.model, cell.partition)]
+
+    def cap(self, cell: Cell) -> int:
+        return self.max_rounds[(cell.model, cell.partition, cell.algorithm)]
+
+
+def order_cells(cells: Sequence[Cell]) -> list[Cell]:
+    """Cheapest first: the 2NN before the CNN, IID before non-IID, then by cost."""
+    return sorted(
+        cells,
+        key=lambda c: (
+            grid.MODELS.index(c.model),
+            grid.PARTITIONS.index(c.partition),
+            grid.estimated_cost(c),
+        ),
+    )
+
+
+def step_of(lr: float) -> int:
+    """The grid step k of a rate 10^(k/3) of the paper's grid."""
+    for k in range(-30, 31):
+        if grid.learning_rate(k) == lr:
+            return k
+    raise ValueError(f"learning rate {lr} is not on the grid 10^(k/3)")
+
+
+def next_step(cell: Cell, done: Mapping[int, Mapping[str, Any]]) -> int | None:
+    """The grid step of the cell's next run, or None when its search is over.
+
+    Example:
+        >>> cell = Cell("2nn", "iid", "fedavg", 5, 10)
+        >>> next_step(cell, {})  # the start: 10^(-3/3) = 0.1
+        -3
+        >>> def run(rounds): return {"rounds_to_target": rounds, "best_accuracy": 0.9}
+        >>> next_step(cell, {-4: run(12), -3: run(9), -2: run(15)}) is None
+        True
+        >>> next_step(cell, {-4: run(12), -3: run(9), -2: run(7)})  # best at the edge
+        -1
+    """
+    start = grid.start_step(cell)
+    for step in (start, start - 1, start + 1):
+        if step not in done:
+            return step
+    if len(done) >= grid.MAX_RATES_PER_CELL:
+        return None
+    steps = sorted(done)
+    chosen = best([done[k] for k in steps])
+    best_step = next(k for k in steps if done[k] is chosen)
+    if best_step == steps[0]:
+        return steps[0] - 1
+    if best_step == steps[-1]:
+        return steps[-1] + 1
+    return None
+
+
+def round_limit(
+    settings: Settings, cell: Cell, runs: Sequence[Mapping[str, Any]]
+) -> int:
+    """How many rounds the next run of ``cell`` may take: its cap, or fewer when an
+    earlier rate already reached the target (a slower run cannot be the best)."""
+    reached = [r["rounds_to_target"] for r in runs if r["rounds_to_target"]]
+    return min([settings.cap(cell), *reached])
+
+
+def is_done(run: Mapping[str, Any], limit: int) -> bool:
+    """Whether a stored run answers its question at the current round limit."""
+    return run["rounds_to_target"] is not None or run["max_rounds"] >= limit
+
+
+def commit() -> str | None:
+    """The fedloom commit the runs were made with (``+dirty`` with local changes)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPOSITORY), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(REPOSITORY), "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if status else "")
+
+
+def run_one(
+    settings: Settings, cell: Cell, lr: float, limit: int, deadline: float | None
+) -> dict[str, Any] | None:
+    """Run ``cell`` at ``lr`` for at most ``limit`` rounds (resuming its directory
+    when an earlier, stopped sweep left one); return its stored outcome, or None
+    when ``deadline`` (a ``time.perf_counter()`` value) passed before its end."""
+    target = settings.target(cell)
+    config = config_from_dict(
+        grid.make_config(
+            cell,
+            lr,
+            dataset=settings.dataset,
+            target=target,
+            max_rounds=limit,
+            seed=settings.seed,
+            device=settings.device,
+            runtime=settings.runtime,
+            num_clients=settings.num_clients,
+        ),
+        source=run_key(settings.dataset, cell, lr, target),
+    )
+    out_dir = run_dir(settings, cell, lr)
+    started = time.perf_counter()
+    result = None
+    # In chunks of rounds, so that a time budget can stop a long run between two
+    # chunks; the run directory's checkpoint lets the next sweep go on from there.
+    for rounds in range(min(CHUNK_ROUNDS, limit), limit + CHUNK_ROUNDS, CHUNK_ROUNDS):
+        resume = (out_dir / "config.json").exists()
+        chunk = config.model_copy(update={"rounds": min(rounds, limit)})
+        result = run_experiment(chunk, out_dir=out_dir, resume=resume, quiet=True)
+        if result.target_reached or len(result.records) >= limit:
+            break
+        if deadline is not None and time.perf_counter() > deadline:
+            return None
+    assert result is not None
+    wall = time.perf_counter() - started
+    accuracies = [r["test_accuracy"] for r in result.records]
+    accuracies = [a for a in accuracies if a is not None]
+    return {
+        "dataset": settings.dataset,
+        **cell_fields(cell),
+        "learning_rate": lr,
+        "target": target,
+        "max_rounds": limit,
+        "cap": settings.cap(cell),
+        "rounds_run": len(result.records),
+        "rounds_to_target": result.records[-1]["round"]
+        if result.target_reached
+        else None,
+        "best_accuracy": max(accuracies, default=0.0),
+        "final_accuracy": accuracies[-1] if accuracies else 0.0,
+        "seconds": sum(r["seconds"] for r in result.records),
+        "wall_seconds_last_call": wall,
+        "device": settings.device,
+        "runtime": settings.runtime,
+        "seed": settings.seed,
+        "commit": commit(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "run_dir": str(out_dir.relative_to(settings.runs_dir)),
+    }
+
+
+def run_dir(settings: Settings, cell: Cell, lr: float) -> Path:
+    target = settings.target(cell)
+    return settings.runs_dir / settings.dataset / cell.name / f"lr{lr:g}_t{target:g}"
+
+
+def sweep(
+    settings: Settings,
+    cells: Sequence[Cell],
+    report: Callable[[str], None] = print,
+    after_run: Callable[[], None] = lambda: None,
+) -> int:
+    """Run every cell's search, skipping runs already in the results file.
+
+    Returns how many runs were made; stops early (resumable) past the time budget.
+    """
+    started = time.perf_counter()
+    budget = settings.time_budget
+    deadline = None if budget is None else started + budget
+    made = 0
+    for cell in order_cells(cells):
+        while True:
+            runs = load_runs(settings.results_path)
+            target = settings.target(cell)
+            stored = runs_of_cell(runs, settings.dataset, cell, target)
+            limit = round_limit(settings, cell, stored)
+            done = {step_of(r["learning_rate"]): r for r in stored if is_done(r, limit)}
+            step = next_step(cell, done)
+            if step is None:
+                break
+            elapsed = time.perf_counter() - started
+            if deadline is not None and time.perf_counter() > deadline:
+                report(f"time budget spent after {made} runs; rerun to go on")
+                return made
+            lr = grid.learning_rate(step)
+            report(f"[{elapsed:7.0f} s] {cell.name} lr={lr:g} (<= {limit} rounds)")
+            outcome = run_one(settings, cell, lr, limit, deadline)
+            if outcome is None:
+                report(f"time budget spent in {cell.name} lr={lr:g}; rerun to go on")
+                return made
+            runs[run_key(settings.dataset, cell, lr, target)] = outcome
+            save_runs(settings.results_path, runs)
+            made += 1
+            reached = outcome["rounds_to_target"]
+            report(
+                f"          -> {reached or f'not reached in {limit}'} rounds, best "
+                f"{outcome['best_accuracy']:.4f}, {outcome['seconds']:.1f} s"
+            )
+            after_run()
+    return made

@@ -1,0 +1,180 @@
+"""The McMahan et al. 2017 sweep: cells, rate search, resume, caps and the table."""
+
+import dataclasses
+import doctest
+import importlib
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.mcmahan2017 import cells as grid
+from benchmarks.mcmahan2017.cells import Cell
+from benchmarks.mcmahan2017.results import (
+    cell_fields,
+    load_runs,
+    pack,
+    run_key,
+    save_runs,
+)
+from benchmarks.mcmahan2017.sweep import Settings, next_step, sweep
+from benchmarks.mcmahan2017.table import TIMES, model_table
+from fedloom.experiments import config_from_dict
+
+
+def test_every_paper_cell_becomes_a_valid_config():
+    rows = grid.paper()["table2_cnn"]["rows"]
+    cells = grid.all_cells()
+    assert len(cells) == 2 * 2 * len(rows) == 36
+    for cell in cells:
+        for dataset in grid.DATASETS:
+            target = grid.TARGETS[(dataset, cell.model, cell.partition)]
+            data = grid.make_config(
+                cell, 0.1, dataset=dataset, target=target, max_rounds=7
+            )
+            config = config_from_dict(data)
+            assert config.algorithm.name == cell.algorithm
+            assert config.algorithm.local_epochs == cell.local_epochs
+            assert config.algorithm.batch_size == cell.batch_size
+            assert config.algorithm.cohort_size(config.data.num_clients) == 10
+            assert config.data.partition == cell.partition
+            assert (config.rounds, config.target_accuracy) == (7, target)
+    for row in rows:  # u = E n / (K B) as the paper prints it
+        cell = Cell("cnn", "iid", row["algorithm"], row["E"], row["B"])
+        assert cell.u == row["u"]
+        assert grid.paper_rounds(cell) == row["iid"]
+    assert grid.paper_rounds(Cell("cnn", "shards", "fedavg", 20, 10)) == 173
+    assert grid.paper_rounds(Cell("2nn", "iid", "fedsgd", 1, None)) == 1474
+    assert grid.paper_rounds(Cell("2nn", "iid", "fedavg", 5, 10)) is None
+
+
+def _run(rounds, accuracy=0.9):
+    return {"rounds_to_target": rounds, "best_accuracy": accuracy}
+
+
+def test_the_rate_search_brackets_then_extends_towards_the_best():
+    cell = Cell("2nn", "iid", "fedsgd", 1, None)  # starts at step -2 (0.215)
+    assert next_step(cell, {}) == -2
+    assert next_step(cell, {-2: _run(40)}) == -3
+    assert next_step(cell, {-2: _run(40), -3: _run(50)}) == -1
+    inside = {-3: _run(50), -2: _run(40), -1: _run(None, 0.8)}
+    assert next_step(cell, inside) is None
+    at_edge = {-3: _run(50), -2: _run(40), -1: _run(30)}
+    assert next_step(cell, at_edge) == 0
+    none_reached = {-3: _run(None, 0.7), -2: _run(None, 0.6), -1: _run(None, 0.5)}
+    assert next_step(cell, none_reached) == -4
+    full = {k: _run(60 + k) for k in range(-6, 0)}  # best at the edge, 6 rates
+    assert next_step(cell, full) is None
+
+
+def _settings(tmp_path, target, cap):
+    return Settings(
+        dataset="digits",
+        results_path=tmp_path / "results.json",
+        runs_dir=tmp_path / "runs",
+        targets={("digits", "2nn", p): target for p in grid.PARTITIONS},
+        max_rounds={
+            ("2nn", p, a): cap for p in grid.PARTITIONS for a in ("fedsgd", "fedavg")
+        },
+        num_clients=10,
+    )
+
+
+def test_a_rerun_skips_finished_runs_and_resumes_a_stopped_one(tmp_path):
+    settings = _settings(tmp_path, target=0.999, cap=2)  # unreachable in 2 rounds
+    cell = Cell("2nn", "iid", "fedavg", 1, 10)
+    made = sweep(settings, [cell], report=lambda line: None)
+    runs = load_runs(settings.results_path)
+    assert made == len(runs) >= 3  # the start rate, its neighbours, and on
+    assert {0.0464, 0.1, 0.215} <= {r["learning_rate"] for r in runs.values()}
+    for run in runs.values():  # missed: "> 2" in the table
+        assert run["rounds_to_target"] is None
+        assert run["rounds_run"] == run["max_rounds"] == 2
+        assert (tmp_path / "runs" / run["run_dir"] / "metrics.jsonl").exists()
+    before = settings.results_path.read_text()
+    assert sweep(settings, [cell], report=lambda line: None) == 0
+    assert settings.results_path.read_text() == before
+    # a sweep killed after a run but before it was recorded: the rerun makes
+    # that run again, from the run directory it left
+    key = run_key("digits", cell, 0.215, 0.999)
+    lost = runs.pop(key)
+    save_runs(settings.results_path, runs)
+    assert sweep(settings, [cell], report=lambda line: None) == 1
+    again = load_runs(settings.results_path)[key]
+    for field in ("rounds_run", "best_accuracy", "final_accuracy", "seconds"):
+        assert again[field] == lost[field]
+    # what a device call sends back: metrics of every run, no finished checkpoint
+    stored = load_runs(settings.results_path)
+    with tarfile.open(pack(stored, settings.runs_dir, tmp_path / "out")) as tar:
+        names = tar.getnames()
+    assert f"{lost['run_dir']}/metrics.jsonl" in names
+    assert not any("checkpoint" in name for name in names)
+    spent = dataclasses.replace(settings, time_budget=0.0)
+    other = Cell("2nn", "iid", "fedavg", 5, 10)
+    assert sweep(spent, [other], report=lambda line: None) == 0
+
+
+def test_runs_past_the_best_rate_stop_at_its_rounds(tmp_path):
+    settings = _settings(tmp_path, target=0.3, cap=20)
+    cell = Cell("2nn", "iid", "fedavg", 1, 10)
+    sweep(settings, [cell], report=lambda line: None)
+    runs = {r["learning_rate"]: r for r in load_runs(settings.results_path).values()}
+    first = runs[0.1]["rounds_to_target"]  # the start rate runs first, to the cap
+    assert runs[0.1]["max_rounds"] == 20 and first is not None and first < 20
+    assert runs[0.0464]["max_rounds"] == first  # the next stops at its rounds
+    second = runs[0.0464]["rounds_to_target"] or first
+    assert runs[0.215]["max_rounds"] == min(first, second)
+
+
+def _stored(cell, lr, rounds, cap, accuracy):
+    key = run_key("fashion_mnist", cell, lr, 0.85)
+    return key, {
+        "dataset": "fashion_mnist",
+        **cell_fields(cell),
+        "learning_rate": lr,
+        "target": 0.85,
+        "max_rounds": cap,
+        "rounds_to_target": rounds,
+        "best_accuracy": accuracy,
+        "seconds": 12.5,
+        "device": "cpu",
+    }
+
+
+@pytest.mark.parametrize(
+    ("fedsgd_rounds", "expected"), [(500, f"(25.0{TIMES})"), (None, f"(≥ 75.0{TIMES})")]
+)
+def test_the_table_puts_paper_and_fedloom_side_by_side(fedsgd_rounds, expected):
+    fedsgd = Cell("2nn", "iid", "fedsgd", 1, None)
+    fedavg = Cell("2nn", "iid", "fedavg", 1, 10)
+    worse = Cell("2nn", "iid", "fedavg", 5, None)
+    runs = dict(
+        [
+            _stored(fedsgd, 0.215, fedsgd_rounds, 1500, 0.86),
+            _stored(fedavg, 0.1, 20, 500, 0.851),
+            _stored(fedavg, 0.215, None, 20, 0.84),
+            _stored(worse, 0.464, None, 500, 0.83),
+        ]
+    )
+    lines = model_table("2nn", {"fashion_mnist": runs})
+    row = next(line for line in lines if "| IID | FedAvg | 1 | 10 | 60 |" in line)
+    cells = [part.strip() for part in row.split("|")[1:-1]]
+    assert cells[5] == f"87 (16.9{TIMES})"  # the paper: Table 1, 1474 / 87
+    assert cells[6] == "not run here"  # no MNIST runs
+    assert cells[7] == f"20 {expected}"
+    assert cells[8] == "yes"  # FedAvg beats FedSGD, as in the paper
+    assert cells[9] == "**0.1**, 0.215"
+    assert cells[10:] == ["0.8510", "12.5", "cpu"]
+    row = next(line for line in lines if "| IID | FedAvg | 5 | ∞ | 5 |" in line)
+    assert "| > 500 |" in row and "| unknown |" in row
+    assert any("| IID | FedSGD | 1 | ∞ | 1 | 1474 |" in line for line in lines)
+
+
+@pytest.mark.parametrize("module", ["cells", "results", "sweep", "table"])
+def test_docstring_examples(module):
+    imported = importlib.import_module(f"benchmarks.mcmahan2017.{module}")
+    result = doctest.testmod(imported, report=True)
+    assert result.failed == 0 and result.attempted > 0
