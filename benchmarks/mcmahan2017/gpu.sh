@@ -3,10 +3,14 @@
 #
 #   mkdir -p runs/data && cp -r /usr/share/datasets/fashion-mnist runs/data/fashion_mnist
 #
+# and the wheels of pydantic, which the device's image lacks (pydantic,
+# pydantic_core, annotated-types, typing-inspection for cp312 manylinux, downloaded
+# into .whl/ as the device tool's README says; add "/.whl/" to .git/info/exclude).
+#
 # then each call (the device machine has no Fashion-MNIST and no network):
 #
 #   run(command="bash benchmarks/mcmahan2017/gpu.sh 480",
-#       carry=["runs/data", "runs/mcmahan2017/fashion_mnist/cnn"])
+#       carry=[".whl", "runs/data", "runs/mcmahan2017/fashion_mnist/cnn"])
 #
 # and, on this machine, with the call's files under FILES:
 #
@@ -20,6 +24,11 @@
 set -euo pipefail
 budget="${1:-480}"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
 if [ -d runs/data/fashion_mnist ]; then
     export FEDLOOM_DATA="$PWD/runs/data"
 fi
