@@ -11,6 +11,7 @@ From the repository root::
     python -m benchmarks.mcmahan2017 table                     # table.md only
     python -m benchmarks.mcmahan2017 curves                    # curves/*.png only
     python -m benchmarks.mcmahan2017 pack --out DIR            # for the device tool
+    python -m benchmarks.mcmahan2017 run ... --out DIR         # run, packing as it goes
 
 On the device tool's GPU, ``bash benchmarks/mcmahan2017/gpu.sh`` runs the CNN
 cells for a time budget and packs what the next call needs (see that file).
@@ -57,7 +58,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
     parser.add_argument("--results", type=Path, default=None, help="results JSON")
-    parser.add_argument("--out", type=Path, help="pack: where to write runs.tar")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where to write runs.tar (pack; run: rewritten after every run)",
+    )
     return parser.parse_args(argv)
 
 
@@ -86,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def table() -> None:
         all_results[args.dataset] = load_runs(path)
         write_table(all_results)
+        if args.out is not None:  # a device call's files: up to date if it is cut off
+            pack(all_results[args.dataset], args.runs_dir, args.out)
 
     if args.command == "run":
         runtime = args.runtime or ("vectorized" if args.device != "cpu" else "local")
@@ -101,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("run", "table"):
         table()
         print(f"table: {Path('benchmarks/mcmahan2017/table.md')}")
-    if args.command == "pack":
+    if args.command == "pack" or (args.command == "run" and args.out is not None):
         print(f"packed: {pack(load_runs(path), args.runs_dir, args.out)}")
     if args.command in ("run", "curves"):
         for written in plot_all(args.dataset, load_runs(path), args.runs_dir):

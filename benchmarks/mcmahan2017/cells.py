@@ -188,6 +188,7 @@ def make_config(
     device: str = "cpu",
     runtime: str = "local",
     num_clients: int = NUM_CLIENTS,
+    checkpoint_every: int = 1,
 ) -> dict[str, Any]:
     """The experiment configuration (a dict for ``config_from_dict``) of one run."""
     algorithm: dict[str, Any] = {
@@ -203,6 +204,7 @@ def make_config(
         "runtime": runtime,
         "device": device,
         "threads": 1,
+        "checkpoint_every": checkpoint_every,
         "target_accuracy": target,
         "eval_every": 1,
         "data": {

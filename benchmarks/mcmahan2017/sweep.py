@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks.fedavg_vs_fedsgd import machine
 from fedloom.experiments import config_from_dict, run_experiment
 
@@ -27,7 +29,7 @@ from .results import best, cell_fields, load_runs, run_key, runs_of_cell, save_r
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 RUNS_DIR = REPOSITORY / "runs" / "mcmahan2017"  # ignored by git
-CHUNK_ROUNDS = 100
+CHECKPOINT_EVERY = 10  # rounds (a GPU round can cost less than its checkpoint)
 
 
 @dataclass(frozen=True)
@@ -157,23 +159,21 @@ def run_one(
             device=settings.device,
             runtime=settings.runtime,
             num_clients=settings.num_clients,
+            checkpoint_every=CHECKPOINT_EVERY,
         ),
         source=run_key(settings.dataset, cell, lr, target),
     )
     out_dir = run_dir(settings, cell, lr)
     started = time.perf_counter()
-    result = None
-    # In chunks of rounds, so that a time budget can stop a long run between two
-    # chunks; the run directory's checkpoint lets the next sweep go on from there.
-    for rounds in range(min(CHUNK_ROUNDS, limit), limit + CHUNK_ROUNDS, CHUNK_ROUNDS):
-        resume = (out_dir / "config.json").exists()
-        chunk = config.model_copy(update={"rounds": min(rounds, limit)})
-        result = run_experiment(chunk, out_dir=out_dir, resume=resume, quiet=True)
-        if result.target_reached or len(result.records) >= limit:
-            break
-        if deadline is not None and time.perf_counter() > deadline:
-            return None
-    assert result is not None
+    # Past the deadline the run stops after its round, with a checkpoint from
+    # which the next sweep goes on.
+    past = None if deadline is None else (lambda: time.perf_counter() > deadline)
+    resume = (out_dir / "config.json").exists()
+    result = run_experiment(
+        config, out_dir=out_dir, resume=resume, quiet=True, stop=past
+    )
+    if not result.target_reached and len(result.records) < limit:
+        return None
     wall = time.perf_counter() - started
     accuracies = [r["test_accuracy"] for r in result.records]
     accuracies = [a for a in accuracies if a is not None]
@@ -192,7 +192,7 @@ def run_one(
         "final_accuracy": accuracies[-1] if accuracies else 0.0,
         "seconds": sum(r["seconds"] for r in result.records),
         "wall_seconds_last_call": wall,
-        "device": settings.device,
+        "device": device_name(settings.device),
         "runtime": settings.runtime,
         "seed": settings.seed,
         "commit": commit(),
@@ -200,6 +200,13 @@ def run_one(
         "machine": machine(),
         "run_dir": str(out_dir.relative_to(settings.runs_dir)),
     }
+
+
+def device_name(device: str) -> str:
+    """``device`` with, for a GPU, its model: "cuda (NVIDIA H200)"."""
+    if not device.startswith("cuda"):
+        return device
+    return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
 
 
 def run_dir(settings: Settings, cell: Cell, lr: float) -> Path:

@@ -20,7 +20,7 @@ from benchmarks.mcmahan2017.results import (
     run_key,
     save_runs,
 )
-from benchmarks.mcmahan2017.sweep import Settings, next_step, sweep
+from benchmarks.mcmahan2017.sweep import Settings, next_step, run_one, sweep
 from benchmarks.mcmahan2017.table import TIMES, model_table
 from fedloom.experiments import config_from_dict
 
@@ -115,6 +115,20 @@ def test_a_rerun_skips_finished_runs_and_resumes_a_stopped_one(tmp_path):
     spent = dataclasses.replace(settings, time_budget=0.0)
     other = Cell("2nn", "iid", "fedavg", 5, 10)
     assert sweep(spent, [other], report=lambda line: None) == 0
+
+
+def test_a_run_past_its_deadline_stops_and_the_next_sweep_finishes_it(tmp_path):
+    cell = Cell("2nn", "iid", "fedavg", 1, 10)
+    whole = run_one(_settings(tmp_path / "a", 0.999, 14), cell, 0.1, 14, None)
+    settings = _settings(tmp_path / "b", 0.999, 14)
+    # a deadline already past: the run stops after its first round
+    assert run_one(settings, cell, 0.1, 14, deadline=0.0) is None
+    log = tmp_path / "b" / "runs" / "digits" / cell.name / "lr0.1_t0.999"
+    assert len((log / "metrics.jsonl").read_text().splitlines()) == 1
+    resumed = run_one(settings, cell, 0.1, 14, None)
+    assert whole is not None and resumed is not None
+    for field in ("rounds_run", "best_accuracy", "final_accuracy"):
+        assert resumed[field] == whole[field]
 
 
 def test_runs_past_the_best_rate_stop_at_its_rounds(tmp_path):

@@ -55,6 +55,14 @@ def test_examples_validate_dtypes_and_lengths() -> None:
         Examples(torch.zeros(3, 3), torch.zeros(2, dtype=torch.int64))
 
 
+def test_examples_to_a_device_keeps_them_and_is_free_when_there() -> None:
+    block = _block()
+    assert block.to("cpu") is block
+    meta = block.to("meta")
+    assert meta.x.device.type == meta.y.device.type == "meta"
+    assert meta.x.shape == block.x.shape and meta.y.dtype == torch.int64
+
+
 def test_dataset_validates_input_shape_and_keys() -> None:
     block = _block()
     with pytest.raises(ValueError, match="expected \\(3,\\)"):

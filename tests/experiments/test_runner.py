@@ -101,6 +101,60 @@ def test_killed_run_resumes_to_the_same_trajectory(tmp_path, monkeypatch):
     _assert_same_run(resumed, whole)
 
 
+def test_sparse_checkpoints_resume_to_the_same_trajectory(tmp_path, monkeypatch):
+    whole = run_experiment(_config(), out_dir=tmp_path / "whole", quiet=True)
+    real_round = runner_module._round_record
+
+    def dies_in_round_six(config, run, state, round):
+        if round == 5:
+            raise KeyboardInterrupt  # rounds 1-5 logged, the checkpoint is round 4's
+        return real_round(config, run, state, round)
+
+    monkeypatch.setattr(runner_module, "_round_record", dies_in_round_six)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(
+            _config(checkpoint_every=4), out_dir=tmp_path / "killed", quiet=True
+        )
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint")[1]["round"] == 4
+    assert len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()) == 5
+    monkeypatch.setattr(runner_module, "_round_record", real_round)
+    resumed = run_experiment(
+        _config(checkpoint_every=4),
+        out_dir=tmp_path / "killed",
+        resume=True,
+        quiet=True,
+    )
+    _assert_same_run(resumed, whole)
+    # the last round is saved whether or not it is a multiple of checkpoint_every
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint")[1]["round"] == 6
+
+
+def test_a_stop_request_ends_the_run_with_a_checkpoint(tmp_path):
+    whole = run_experiment(_config(), out_dir=tmp_path / "whole", quiet=True)
+    asked = []
+
+    def after_two_rounds():
+        asked.append(True)
+        return len(asked) >= 2
+
+    stopped = run_experiment(
+        _config(checkpoint_every=5),
+        out_dir=tmp_path / "stopped",
+        quiet=True,
+        stop=after_two_rounds,
+    )
+    assert [r["round"] for r in stopped.records] == [1, 2]
+    assert not stopped.target_reached
+    assert load_checkpoint(tmp_path / "stopped" / "checkpoint")[1]["round"] == 2
+    resumed = run_experiment(
+        _config(checkpoint_every=5),
+        out_dir=tmp_path / "stopped",
+        resume=True,
+        quiet=True,
+    )
+    _assert_same_run(resumed, whole)
+
+
 def test_resume_after_crash_mid_round_drops_the_unfinished_record(tmp_path):
     whole = run_experiment(_config(rounds=4), out_dir=tmp_path / "whole", quiet=True)
     run_experiment(_config(rounds=4), out_dir=tmp_path / "crash", quiet=True)
@@ -290,3 +344,7 @@ def test_a_run_on_cuda_matches_the_cpu(tmp_path):
     )
     for name, value in cpu.state.params.items():
         torch.testing.assert_close(cuda.state.params[name], value, rtol=1e-4, atol=1e-5)
+    for got, expected in zip(cuda.records, cpu.records, strict=True):
+        # the test set is evaluated on the GPU, to the CPU's figures
+        assert got["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-4)
+        assert abs(got["test_accuracy"] - expected["test_accuracy"]) <= 2 / 359

@@ -47,3 +47,19 @@ def test_evaluate_on_nothing_is_an_error():
             model.init(),
             Examples(torch.zeros(0, 5), torch.zeros(0, dtype=torch.int64)),
         )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.usefixtures("no_tf32")
+def test_evaluate_runs_where_the_examples_are():
+    model = build_model("cnn", (1, 28, 28), 10, seed=1)
+    params = model.init()  # on the CPU: copied to the examples' device
+    g = torch.Generator().manual_seed(3)
+    data = Examples(
+        torch.rand(50, 1, 28, 28, generator=g), torch.randint(0, 10, (50,), generator=g)
+    )
+    on_cpu = evaluate(model, params, data, batch_size=16)
+    on_gpu = evaluate(model, params, data.to("cuda"), batch_size=16)
+    assert on_gpu["loss"] == pytest.approx(on_cpu["loss"], rel=1e-5)
+    assert on_gpu["accuracy"] == on_cpu["accuracy"]

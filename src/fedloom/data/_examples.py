@@ -80,6 +80,13 @@ class Examples:
         rows = torch.where(rows < 0, rows + n, rows)
         return Examples(self.x.index_select(0, rows), self.y.index_select(0, rows))
 
+    def to(self, device: torch.device | str) -> Examples:
+        """The same examples on ``device`` (``self`` when they are there already)."""
+        device = torch.device(device)
+        if self.x.device == device and self.y.device == device:
+            return self
+        return Examples(self.x.to(device), self.y.to(device))
+
 
 @dataclass(frozen=True, eq=False)
 class Dataset:

@@ -246,12 +246,17 @@ class ExperimentConfig(BaseModel):
     runtime: RuntimeName = "local"
     target_accuracy: float | None = Field(default=None, gt=0, le=1)
     eval_every: int = Field(default=1, ge=1)
+    checkpoint_every: int = Field(default=1, ge=1)
+    """Rounds between checkpoints (the last round is always saved). A checkpoint
+    costs a copy of the state and a few fsyncs, tens of milliseconds for a CNN: on a
+    GPU, where a round can take less, save every 10 or so; a crash then repeats at
+    most that many rounds, on the same trajectory."""
     threads: int = Field(default=1, ge=1)
     """PyTorch intra-op threads during the run. Clients train on small batches, for
     which one thread is fastest: see ``benchmarks/threads.py``."""
     device: str = "cpu"
-    """Where the ``vectorized`` runtime computes the cohort: "cpu", "cuda", "cuda:N".
-    The server's state and the evaluation stay on the CPU."""
+    """Where the ``vectorized`` runtime computes the cohort, and where the test set is
+    evaluated: "cpu", "cuda", "cuda:N". The server's state stays on the CPU."""
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig

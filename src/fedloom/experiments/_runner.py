@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 # What may change when a run is resumed: how long it goes on, not what it computes.
-RESUMABLE_CHANGES = frozenset({"rounds", "target_accuracy"})
+RESUMABLE_CHANGES = frozenset({"rounds", "target_accuracy", "checkpoint_every"})
 ROUND_TENSOR = "run/round"
 
 
@@ -123,7 +124,7 @@ def _round_record(
     }
     last = round + 1 == config.rounds
     if (round + 1) % config.eval_every == 0 or last:
-        result = evaluate(run.model, state.params, run.dataset.test)
+        result = evaluate(run.model, state.params, run.test)
         record.update(test_loss=result["loss"], test_accuracy=result["accuracy"])
     record.update(
         seconds=time.perf_counter() - started,
@@ -140,13 +141,19 @@ def run_experiment(
     resume: bool = False,
     quiet: bool = False,
     config_path: str | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> RunResult:
     """Run (or, with ``resume``, continue) the experiment ``config`` into ``out_dir``.
 
+    ``stop``, when given, is asked after every round whether to end the run there
+    (a time limit, say): the run then checkpoints and returns early, and ``resume``
+    continues it later on the same trajectory.
+
     After every round ``out_dir`` holds ``metrics.jsonl`` (one JSON object per round)
-    and a checkpoint (safetensors + JSON, written atomically); a run resumed from it
-    follows the same trajectory, bit for bit, as one never stopped. At the end it
-    writes ``curves.png`` and prints a summary.
+    and, every ``checkpoint_every`` rounds and at the end, a checkpoint (safetensors +
+    JSON, written atomically); a run resumed from it follows the same trajectory, bit
+    for bit, as one never stopped (the rounds logged after the checkpoint run again).
+    At the end it writes ``curves.png`` and prints a summary.
     """
     out_dir = Path(out_dir)
     if resume:
@@ -162,7 +169,7 @@ def run_experiment(
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        return _run(config, out_dir, resume, quiet, config_path)
+        return _run(config, out_dir, resume, quiet, config_path, stop)
     finally:
         torch.set_num_threads(threads)
 
@@ -173,6 +180,7 @@ def _run(
     resume: bool,
     quiet: bool,
     config_path: str | None,
+    stop: Callable[[], bool] | None,
 ) -> RunResult:
     run = setup(config)
     log = MetricsLog(out_dir / METRICS_FILE)
@@ -185,12 +193,17 @@ def _run(
             state, record = _round_record(config, run, state, state.round)
             reached = _reached(config, record)
             log.append(record)
-            save_checkpoint(
-                out_dir / CHECKPOINT_DIR,
-                {**state.to_tensors(), ROUND_TENSOR: torch.tensor(state.round)},
-                {"round": state.round, "target_reached": reached},
-            )
+            stopping = stop is not None and stop()
+            last = reached or stopping or state.round == config.rounds
+            if last or state.round % config.checkpoint_every == 0:
+                save_checkpoint(
+                    out_dir / CHECKPOINT_DIR,
+                    {**state.to_tensors(), ROUND_TENSOR: torch.tensor(state.round)},
+                    {"round": state.round, "target_reached": reached},
+                )
             display.update(record)
+            if stopping:
+                break
     records = log.read()
     plot_curves(records, out_dir / CURVES_FILE, title=config_path or str(out_dir))
     if not quiet:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedloom.core import Runtime
-from fedloom.data import ClientData, Dataset, load_dataset
+from fedloom.data import ClientData, Dataset, Examples, load_dataset
 from fedloom.learning import (
     FunctionalModel,
     LearningProcess,
@@ -37,6 +37,8 @@ class Setup:
     process: LearningProcess
     cohort_size: int
     runtime: Runtime
+    test: Examples
+    """The test set, on the configuration's device (evaluated there every round)."""
 
 
 def build_server_optimizer(algorithm: AlgorithmConfig, lr: float) -> Optimizer:
@@ -128,4 +130,5 @@ def setup(config: ExperimentConfig) -> Setup:
         process=build_process(config.algorithm, model),
         cohort_size=config.algorithm.cohort_size(len(clients)),
         runtime=runtime,
+        test=dataset.test.to(config.device),
     )

@@ -32,8 +32,10 @@ __all__ = ["ClientEvaluation", "evaluate", "federated_evaluate"]
 def _sums(
     model: FunctionalModel, params: Params, examples: Examples, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    loss = torch.zeros((), dtype=torch.float64)
-    correct = torch.zeros((), dtype=torch.float64)
+    device = examples.x.device
+    params = {name: value.to(device) for name, value in params.items()}
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             x = examples.x[start : start + batch_size]
@@ -53,7 +55,8 @@ def evaluate(
     *,
     batch_size: int = 1024,
 ) -> dict[str, float]:
-    """Mean cross-entropy ``loss`` and ``accuracy`` of ``params`` on ``examples``."""
+    """Mean cross-entropy ``loss`` and ``accuracy`` of ``params`` on ``examples``,
+    computed where the examples are (``params`` are copied there when elsewhere)."""
     if len(examples) == 0:
         raise ValueError("cannot evaluate on an empty set of examples")
     loss, correct = _sums(model, params, examples, batch_size)
