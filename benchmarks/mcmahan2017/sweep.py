@@ -10,6 +10,7 @@ best run so far: past them it can no longer be the best.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from benchmarks.fedavg_vs_fedsgd import machine
+from fedloom.aggregators import InvalidUpdateError
 from fedloom.experiments import config_from_dict, run_experiment
 
 from . import cells as grid
@@ -169,13 +171,18 @@ def run_one(
     # which the next sweep goes on.
     past = None if deadline is None else (lambda: time.perf_counter() > deadline)
     resume = (out_dir / "config.json").exists()
-    result = run_experiment(
-        config, out_dir=out_dir, resume=resume, quiet=True, stop=past
-    )
-    if not result.target_reached and len(result.records) < limit:
+    diverged = False
+    try:
+        result = run_experiment(
+            config, out_dir=out_dir, resume=resume, quiet=True, stop=past
+        )
+        records, reached = result.records, result.target_reached
+    except InvalidUpdateError:  # a client's update overflowed: this rate diverges
+        records, reached, diverged = logged_records(out_dir), False, True
+    if not (reached or diverged) and len(records) < limit:
         return None
     wall = time.perf_counter() - started
-    accuracies = [r["test_accuracy"] for r in result.records]
+    accuracies = [r["test_accuracy"] for r in records]
     accuracies = [a for a in accuracies if a is not None]
     return {
         "dataset": settings.dataset,
@@ -184,13 +191,12 @@ def run_one(
         "target": target,
         "max_rounds": limit,
         "cap": settings.cap(cell),
-        "rounds_run": len(result.records),
-        "rounds_to_target": result.records[-1]["round"]
-        if result.target_reached
-        else None,
+        "rounds_run": len(records),
+        "rounds_to_target": records[-1]["round"] if reached else None,
+        "diverged": diverged,
         "best_accuracy": max(accuracies, default=0.0),
         "final_accuracy": accuracies[-1] if accuracies else 0.0,
-        "seconds": sum(r["seconds"] for r in result.records),
+        "seconds": sum(r["seconds"] for r in records),
         "wall_seconds_last_call": wall,
         "device": device_name(settings.device),
         "runtime": settings.runtime,
@@ -200,6 +206,13 @@ def run_one(
         "machine": machine(),
         "run_dir": str(out_dir.relative_to(settings.runs_dir)),
     }
+
+
+def logged_records(out_dir: Path) -> list[dict[str, Any]]:
+    """The rounds a run directory's metrics log holds (none before the first)."""
+    log = out_dir / "metrics.jsonl"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [json.loads(line) for line in lines]
 
 
 def device_name(device: str) -> str:

@@ -62,11 +62,15 @@ def verdict(
     return "yes" if paper_beats == ours_beats else "**no**"
 
 
-def _rates(runs: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any] | None) -> str:
+def rates_text(
+    runs: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any] | None
+) -> str:
+    """The rates tried, the best in bold, a diverged one (NaN updates) marked †."""
     rates = sorted(runs, key=lambda r: r["learning_rate"])
+    texts = [f"{r['learning_rate']:g}{'†' if r.get('diverged') else ''}" for r in rates]
     return ", ".join(
-        f"**{r['learning_rate']:g}**" if r is chosen else f"{r['learning_rate']:g}"
-        for r in rates
+        f"**{text}**" if r is chosen else text
+        for r, text in zip(rates, texts, strict=True)
     )
 
 
@@ -146,7 +150,7 @@ def model_table(
                     if chosen is not None
                     else "not run yet",
                     verdict(cell, paper_ratio, ours),
-                    _rates(fashion_runs, chosen),
+                    rates_text(fashion_runs, chosen),
                     f"{chosen['best_accuracy']:.4f}" if chosen else "",
                     f"{chosen['seconds']:.1f}" if chosen else "",
                     chosen["device"] if chosen else "",
@@ -170,7 +174,8 @@ def write_table(
         "`results/*.json`. Rounds of communication to reach the target test "
         "accuracy at the best learning rate of those tried (in bold), and in "
         "brackets the speed-up over FedSGD in the same block; `> N`: not reached "
-        "in the cap of N rounds. Paper: arXiv 1602.05629v4, Table 2 (CNN) and, "
+        "in the cap of N rounds; †: the rate diverged (a client's update was not "
+        "finite), its run stopped there. Paper: arXiv 1602.05629v4, Table 2 (CNN) and, "
         "for the 2NN, Table 1 (C = 0.1, E = 1), the only 2NN cells we could read "
         "(`paper.json`). Seconds: the best-rate run's rounds (training and "
         "evaluation), without loading data. 100 clients, C = 0.1.",

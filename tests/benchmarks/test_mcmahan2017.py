@@ -21,7 +21,7 @@ from benchmarks.mcmahan2017.results import (
     save_runs,
 )
 from benchmarks.mcmahan2017.sweep import Settings, next_step, run_one, sweep
-from benchmarks.mcmahan2017.table import TIMES, model_table
+from benchmarks.mcmahan2017.table import TIMES, model_table, rates_text
 from fedloom.experiments import config_from_dict
 
 
@@ -129,6 +129,17 @@ def test_a_run_past_its_deadline_stops_and_the_next_sweep_finishes_it(tmp_path):
     assert whole is not None and resumed is not None
     for field in ("rounds_run", "best_accuracy", "final_accuracy"):
         assert resumed[field] == whole[field]
+
+
+def test_a_diverging_rate_is_recorded_as_such_and_marked_in_the_table(tmp_path):
+    cell = Cell("2nn", "iid", "fedavg", 1, 10)
+    run = run_one(_settings(tmp_path, 0.9, 5), cell, 1000.0, 5, None)
+    assert run is not None  # the sweep goes on to the next rate
+    assert run["diverged"] and run["rounds_to_target"] is None
+    assert run["rounds_run"] < 5
+    good = dict(run, learning_rate=0.1, diverged=False, best_accuracy=0.5)
+    rates = rates_text([run, good], good)
+    assert rates == "**0.1**, 1000†"
 
 
 def test_runs_past_the_best_rate_stop_at_its_rounds(tmp_path):
