@@ -10,8 +10,11 @@
 #
 # then each call (SECONDS: the sweep's budget; leave a minute of the call's limit):
 #
-#   run(command="bash benchmarks/mcmahan2017/gpu.sh 500", timeout_s=600,
+#   run(command="FEDLOOM_COMMIT=<git rev-parse --short HEAD, here> \
+#                bash benchmarks/mcmahan2017/gpu.sh 500", timeout_s=600,
 #       carry=[".whl", ".devdata", "runs/mcmahan2017/fashion_mnist/cnn"])
+#
+# (the device's copy of .git lagged behind HEAD once: the commit is passed in)
 #
 # and, on this machine, with the call's files under FILES:
 #

@@ -11,6 +11,7 @@ best run so far: past them it can no longer be the best.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -124,7 +125,10 @@ def is_done(run: Mapping[str, Any], limit: int) -> bool:
 
 
 def commit() -> str | None:
-    """The fedloom commit the runs were made with (``+dirty`` with local changes)."""
+    """The fedloom commit the runs were made with (``+dirty`` with local changes),
+    or ``$FEDLOOM_COMMIT`` when set: the device tool's copy of ``.git`` can lag."""
+    if given := os.environ.get("FEDLOOM_COMMIT"):
+        return given
     try:
         head = subprocess.run(
             ["git", "-C", str(REPOSITORY), "rev-parse", "--short", "HEAD"],
