@@ -13,14 +13,19 @@ seconds per round of, in the same process:
 and checks that all three reach the same test accuracy after the timed rounds. Speed
 is reported as the ratio to the torch loop measured in the same run.
 
+Every workload runs at each ``--threads`` count (default: 1 and all cores). One
+thread is best for a client's small batches (the torch loop and ``local`` slow down
+on two); a batched cohort step has ten clients' work per call, enough for intra-op
+threads to pay. So the summary also compares each runner at its own best count.
+
 With ``--flower-python PATH`` (the python of a virtual environment holding Flower,
 set up as benchmarks/flower_baseline.py's docstring says; Flower is not a dependency
 of fedloom) it also runs, for each workload, flower_baseline.py in a subprocess with
 that interpreter and adds a ``flower simulation`` row: the same workload in Flower's
 Ray-based simulation, timed the same way (a warm-up round excluded). That run uses
 its own client split and seeds, so it is left out of the same-accuracy check; its
-accuracy only has to be within 0.05 of the torch loop's. The ratio of Flower's
-seconds per round to fedloom vectorized's is printed for each workload.
+accuracy only has to be within 0.05 of the torch loop's. Flower runs with as many
+actors (one core, one torch thread each) as the row's thread count.
 
 All runners share the process's allocator setting: by default it calls
 ``fedloom.runtimes.reuse_cpu_memory()`` first, as ``fedloom run`` does (glibc then
@@ -28,9 +33,9 @@ keeps large freed blocks instead of unmapping them; the CNN's stacked cohort ten
 otherwise fault in fresh pages every step); ``--no-reuse-cpu-memory`` leaves glibc's
 default.
 
-    python benchmarks/simulation_speed.py [--rounds 2] [--threads 1] [--quick]
+    python benchmarks/simulation_speed.py [--rounds 2] [--threads 1 2] [--quick]
         [--models 2nn cnn] [--epochs 1 5] [--no-reuse-cpu-memory]
-        [--flower-python /tmp/flower-venv/bin/python] [--flower-actors 1]
+        [--flower-python /tmp/flower-venv/bin/python]
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -108,7 +114,12 @@ def _cohort(clients: ClientData, round: int) -> list[ClientInput]:
 
 
 def measure(
-    dataset: Dataset, clients: ClientData, model_name: str, epochs: int, rounds: int
+    dataset: Dataset,
+    clients: ClientData,
+    model_name: str,
+    epochs: int,
+    rounds: int,
+    threads: int,
 ) -> list[dict[str, Any]]:
     model = build_model(model_name, dataset.input_shape, dataset.num_classes, seed=0)
     process = fed_avg(
@@ -129,6 +140,7 @@ def measure(
         )[0],
     }
     rows = []
+    torch.set_num_threads(threads)
     for name, step in runners.items():
         state: Any = model.init() if name == "torch loop" else process.init()
         step(state, rounds)  # warm-up round, not timed and not kept
@@ -143,13 +155,14 @@ def measure(
                 "model": model_name,
                 "epochs": epochs,
                 "runner": name,
+                "threads": threads,
                 "seconds_per_round": seconds,
                 "test_accuracy": accuracy,
             }
         )
         print(
-            f"  {model_name} E={epochs} {name:<20} {seconds:8.3f} s/round"
-            f"  acc {accuracy:.4f}",
+            f"  {model_name} E={epochs} {name:<20} {threads} thread(s)"
+            f" {seconds:8.3f} s/round  acc {accuracy:.4f}",
             flush=True,
         )
     baseline = rows[0]["seconds_per_round"]
@@ -206,6 +219,7 @@ def measure_flower(
         "model": model_name,
         "epochs": epochs,
         "runner": name,
+        "threads": actors,  # one actor, one core, one torch thread
         "seconds_per_round": seconds,
         "test_accuracy": accuracy,
         "speedup_vs_torch_loop": torch_loop["seconds_per_round"] / seconds,
@@ -215,10 +229,26 @@ def measure_flower(
     }
 
 
+def best_of_each(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each runner's fastest row (over the thread counts) in one workload's rows."""
+    best: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        chosen = best.get(row["runner"])
+        if chosen is None or row["seconds_per_round"] < chosen["seconds_per_round"]:
+            best[row["runner"]] = row
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=sorted({1, os.cpu_count() or 1}),
+        help="torch threads (Flower: actors) to run every workload with",
+    )
     parser.add_argument("--quick", action="store_true", help="2NN, E=1, one round")
     parser.add_argument("--models", nargs="+", default=["2nn", "cnn"])
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 5])
@@ -230,16 +260,9 @@ def main() -> None:
         help="python of Flower's venv: adds a 'flower simulation' row (see docstring)",
     )
     parser.add_argument(
-        "--flower-actors",
-        type=int,
-        default=1,
-        help="CPUs (= concurrent client actors) Flower's Ray gets; 1 = one core",
-    )
-    parser.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/simulation_speed.json")
     )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     reused = args.reuse_cpu_memory and reuse_cpu_memory()
     dataset = load_dataset("fashion_mnist")
     clients = ClientData.from_dataset(dataset, "iid", 100, seed=0)
@@ -248,47 +271,59 @@ def main() -> None:
         grid = [("2nn", 1)]
     rounds = 1 if args.quick else args.rounds
     rows = []
-    ratios = []
+    summary = []
     for model_name, epochs in grid:
-        workload = measure(dataset, clients, model_name, epochs, rounds)
+        workload = []
+        for threads in args.threads:
+            measured = measure(dataset, clients, model_name, epochs, rounds, threads)
+            workload += measured
+            if args.flower_python:
+                workload.append(
+                    measure_flower(args.flower_python, measured[0], rounds, threads)
+                )
         rows += workload
+        best = best_of_each(workload)
+        vectorized = best["fedloom vectorized"]
+        line = {
+            "model": model_name,
+            "epochs": epochs,
+            "best_threads": {name: row["threads"] for name, row in best.items()},
+            "vectorized_over_torch_loop": best["torch loop"]["seconds_per_round"]
+            / vectorized["seconds_per_round"],
+        }
         if args.flower_python:
-            flower = measure_flower(
-                args.flower_python, workload[0], rounds, args.flower_actors
+            line["flower_over_vectorized"] = (
+                best["flower simulation"]["seconds_per_round"]
+                / vectorized["seconds_per_round"]
             )
-            rows.append(flower)
-            vectorized = workload[-1]["seconds_per_round"]
-            ratios.append(
-                {
-                    "model": model_name,
-                    "epochs": epochs,
-                    "flower_over_vectorized": flower["seconds_per_round"] / vectorized,
-                }
-            )
+        summary.append(line)
     print(
-        f"\n{'model':<6}{'E':>3}  {'runner':<20}{'s/round':>10}"
+        f"\n{'model':<6}{'E':>3}  {'runner':<20}{'threads':>8}{'s/round':>10}"
         f"{'vs torch loop':>15}{'accuracy':>10}"
     )
     for row in rows:
         print(
             f"{row['model']:<6}{row['epochs']:>3}  {row['runner']:<20}"
-            f"{row['seconds_per_round']:>10.3f}"
+            f"{row['threads']:>8}{row['seconds_per_round']:>10.3f}"
             f"{row['speedup_vs_torch_loop']:>14.2f}x{row['test_accuracy']:>10.4f}"
         )
-    if ratios:
-        print("\nflower simulation s/round / fedloom vectorized s/round:")
-        for ratio in ratios:
-            print(
-                f"  {ratio['model']:<6}E={ratio['epochs']:<3}"
-                f"{ratio['flower_over_vectorized']:>8.2f}x"
-            )
+    print("\neach runner at its best thread count: fedloom vectorized is")
+    for line in summary:
+        flower = line.get("flower_over_vectorized")
+        print(
+            f"  {line['model']:<6}E={line['epochs']:<3}"
+            f"{line['vectorized_over_torch_loop']:>6.2f}x faster than the torch loop"
+            + (f", {flower:.2f}x faster than Flower" if flower else "")
+            + f"  (threads: {line['best_threads']})"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "command": " ".join(sys.argv),
         "machine": {
             "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
             "torch": torch.__version__,
-            "threads": args.threads,
             "reuse_cpu_memory": reused,
         },
         "workload": {
@@ -298,15 +333,13 @@ def main() -> None:
             "batch_size": BATCH_SIZE,
             "learning_rate": LEARNING_RATE,
             "rounds": rounds,
+            "threads": args.threads,
         },
         "rows": rows,
+        "best_of_each": summary,
     }
     if args.flower_python:
-        report["flower"] = {
-            "python": args.flower_python,
-            "actors": args.flower_actors,
-            "flower_over_vectorized": ratios,
-        }
+        report["flower"] = {"python": args.flower_python}
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
 

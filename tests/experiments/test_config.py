@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,16 @@ def test_minimal_example_gets_defaults(tmp_path: Path) -> None:
     assert cfg.data.dataset == "digits" and cfg.data.partition == "iid"
     assert cfg.algorithm.name == "fedavg" and cfg.algorithm.local_epochs == 5
     assert cfg.algorithm.cohort_size(100) == 10
+
+
+def test_threads_default_to_one_for_local_and_every_core_for_vectorized(
+    tmp_path: Path,
+) -> None:
+    local = load_config(write(tmp_path, MINIMAL))
+    assert local.threads is None and local.torch_threads() == 1
+    vectorized = local.model_copy(update={"runtime": "vectorized"})
+    assert vectorized.torch_threads() == len(os.sched_getaffinity(0))
+    assert vectorized.model_copy(update={"threads": 3}).torch_threads() == 3
 
 
 @pytest.mark.parametrize("dataset", DATASETS)

@@ -306,7 +306,7 @@ async def _train(rounds: _Rounds, state: ServerState, quiet: bool) -> ServerStat
 
     def work() -> None:
         threads = torch.get_num_threads()
-        torch.set_num_threads(config.threads)
+        torch.set_num_threads(config.torch_threads())
         try:
             with RoundDisplay(config.rounds, state.round, enabled=not quiet) as display:
                 result = rounds(state, display)

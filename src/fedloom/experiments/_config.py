@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 import re
 import tomllib
 import typing
@@ -251,15 +252,28 @@ class ExperimentConfig(BaseModel):
     costs a copy of the state and a few fsyncs, tens of milliseconds for a CNN: on a
     GPU, where a round can take less, save every 10 or so; a crash then repeats at
     most that many rounds, on the same trajectory."""
-    threads: int = Field(default=1, ge=1)
-    """PyTorch intra-op threads during the run. Clients train on small batches, for
-    which one thread is fastest: see ``benchmarks/threads.py``."""
+    threads: int | None = Field(default=None, ge=1)
+    """PyTorch intra-op threads during the run. By default 1 with the ``local``
+    runtime (a client's small batches are fastest on one thread:
+    ``benchmarks/threads.py``) and every core the process may use with
+    ``vectorized`` (a cohort's batched step has enough work a call for threads to
+    pay: ``benchmarks/simulation_speed.py``)."""
     device: str = "cpu"
     """Where the ``vectorized`` runtime computes the cohort, and where the test set is
     evaluated: "cpu", "cuda", "cuda:N". The server's state stays on the CPU."""
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig
+
+    def torch_threads(self) -> int:
+        """The intra-op thread count the run uses (``threads`` or its default)."""
+        if self.threads is not None:
+            return self.threads
+        if self.runtime == "local":
+            return 1
+        if hasattr(os, "sched_getaffinity"):  # the cores this process may run on
+            return len(os.sched_getaffinity(0))
+        return os.cpu_count() or 1
 
     @field_validator("device")
     @classmethod

@@ -167,7 +167,7 @@ def run_experiment(
     _write_json(out_dir / CONFIG_FILE, config_to_dict(config))
     reuse_cpu_memory()  # stacked cohort tensors: no page faults every step
     threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
+    torch.set_num_threads(config.torch_threads())
     try:
         return _run(config, out_dir, resume, quiet, config_path, stop)
     finally:
