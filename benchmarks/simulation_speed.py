@@ -11,7 +11,9 @@ seconds per round of, in the same process:
 - ``fedloom vectorized``: the same FedAvg with the whole cohort batched by ``vmap``;
 
 and checks that all three reach the same test accuracy after the timed rounds. Speed
-is reported as the ratio to the torch loop measured in the same run.
+is reported as the ratio to the torch loop measured in the same run; after a warm-up
+round each, the runners take turns round by round, so that the noise of a shared
+machine falls on all of them alike.
 
 Every workload runs at each ``--threads`` count (default: 1 and all cores). One
 thread is best for a client's small batches (the torch loop and ``local`` slow down
@@ -139,30 +141,39 @@ def measure(
             state, _cohort(clients, r), runtime=VectorizedRuntime()
         )[0],
     }
-    rows = []
     torch.set_num_threads(threads)
+    states: dict[str, Any] = {}
     for name, step in runners.items():
-        state: Any = model.init() if name == "torch loop" else process.init()
+        state = model.init() if name == "torch loop" else process.init()
         step(state, rounds)  # warm-up round, not timed and not kept
-        started = time.perf_counter()
-        for r in range(rounds):
-            state = step(state, r)
-        seconds = (time.perf_counter() - started) / rounds
+        states[name] = state
+    # Round by round, the runners take turns, so a slow spell of a shared machine
+    # falls on all of them rather than on whichever ran then.
+    seconds = dict.fromkeys(runners, 0.0)
+    for r in range(rounds):
+        for name, step in runners.items():
+            started = time.perf_counter()
+            states[name] = step(states[name], r)
+            seconds[name] += time.perf_counter() - started
+    rows: list[dict[str, Any]] = []
+    for name in runners:
+        state = states[name]
         params = state if name == "torch loop" else state.params
         accuracy = evaluate(model, params, dataset.test)["accuracy"]
+        per_round = seconds[name] / rounds
         rows.append(
             {
                 "model": model_name,
                 "epochs": epochs,
                 "runner": name,
                 "threads": threads,
-                "seconds_per_round": seconds,
+                "seconds_per_round": per_round,
                 "test_accuracy": accuracy,
             }
         )
         print(
             f"  {model_name} E={epochs} {name:<20} {threads} thread(s)"
-            f" {seconds:8.3f} s/round  acc {accuracy:.4f}",
+            f" {per_round:8.3f} s/round  acc {accuracy:.4f}",
             flush=True,
         )
     baseline = rows[0]["seconds_per_round"]
@@ -270,7 +281,7 @@ def main() -> None:
     if args.quick:
         grid = [("2nn", 1)]
     rounds = 1 if args.quick else args.rounds
-    rows = []
+    rows: list[dict[str, Any]] = []
     summary = []
     for model_name, epochs in grid:
         workload = []
