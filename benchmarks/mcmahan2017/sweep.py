@@ -268,10 +268,14 @@ def sweep(
             runs[run_key(settings.dataset, cell, lr, target)] = outcome
             save_runs(settings.results_path, runs)
             made += 1
-            reached = outcome["rounds_to_target"]
+            ended = f"{outcome['rounds_to_target']} rounds"
+            if outcome["diverged"]:
+                ended = f"diverged after {outcome['rounds_run']} rounds"
+            elif outcome["rounds_to_target"] is None:
+                ended = f"not reached in {limit} rounds"
             report(
-                f"          -> {reached or f'not reached in {limit}'} rounds, best "
-                f"{outcome['best_accuracy']:.4f}, {outcome['seconds']:.1f} s"
+                f"          -> {ended}, best {outcome['best_accuracy']:.4f}, "
+                f"{outcome['seconds']:.1f} s"
             )
             after_run()
     return made
