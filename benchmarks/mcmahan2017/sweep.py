@@ -10,7 +10,6 @@ best run so far: past them it can no longer be the best.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -24,7 +23,7 @@ import torch
 
 from benchmarks.fedavg_vs_fedsgd import machine
 from fedloom.aggregators import InvalidUpdateError
-from fedloom.experiments import config_from_dict, run_experiment
+from fedloom.experiments import MetricsLog, config_from_dict, run_experiment
 
 from . import cells as grid
 from .cells import Cell
@@ -182,7 +181,8 @@ def run_one(
         )
         records, reached = result.records, result.target_reached
     except InvalidUpdateError:  # a client's update overflowed: this rate diverges
-        records, reached, diverged = logged_records(out_dir), False, True
+        log = MetricsLog(out_dir / "metrics.jsonl")
+        records, reached, diverged = log.read(), False, True
     if not (reached or diverged) and len(records) < limit:
         return None
     wall = time.perf_counter() - started
@@ -210,13 +210,6 @@ def run_one(
         "machine": machine(),
         "run_dir": str(out_dir.relative_to(settings.runs_dir)),
     }
-
-
-def logged_records(out_dir: Path) -> list[dict[str, Any]]:
-    """The rounds a run directory's metrics log holds (none before the first)."""
-    log = out_dir / "metrics.jsonl"
-    lines = log.read_text().splitlines() if log.exists() else []
-    return [json.loads(line) for line in lines]
 
 
 def device_name(device: str) -> str:

@@ -82,19 +82,26 @@ def test_stop_after_three_and_resume_equals_uninterrupted_run(tmp_path):
     _assert_same_run(resumed, whole)
 
 
-def test_killed_run_resumes_to_the_same_trajectory(tmp_path, monkeypatch):
-    whole = run_experiment(_config(), out_dir=tmp_path / "whole", quiet=True)
+def _killed_in_round(monkeypatch, config, out_dir, killed_round):
+    """Run ``config`` into ``out_dir`` until it is killed mid-round ``killed_round``
+    (1-based), after the rounds before it were logged."""
     real_round = runner_module._round_record
 
-    def dies_in_round_four(config, run, state, round):
-        if round == 3:
-            raise KeyboardInterrupt  # killed mid-round, after round 3's checkpoint
+    def dies(config, run, state, round):
+        if round + 1 == killed_round:
+            raise KeyboardInterrupt
         return real_round(config, run, state, round)
 
-    monkeypatch.setattr(runner_module, "_round_record", dies_in_round_four)
+    monkeypatch.setattr(runner_module, "_round_record", dies)
     with pytest.raises(KeyboardInterrupt):
-        run_experiment(_config(), out_dir=tmp_path / "killed", quiet=True)
+        run_experiment(config, out_dir=out_dir, quiet=True)
     monkeypatch.setattr(runner_module, "_round_record", real_round)
+
+
+def test_killed_run_resumes_to_the_same_trajectory(tmp_path, monkeypatch):
+    whole = run_experiment(_config(), out_dir=tmp_path / "whole", quiet=True)
+    # killed mid-round 4, after round 3's checkpoint
+    _killed_in_round(monkeypatch, _config(), tmp_path / "killed", 4)
     resumed = run_experiment(
         _config(), out_dir=tmp_path / "killed", resume=True, quiet=True
     )
@@ -103,26 +110,13 @@ def test_killed_run_resumes_to_the_same_trajectory(tmp_path, monkeypatch):
 
 def test_sparse_checkpoints_resume_to_the_same_trajectory(tmp_path, monkeypatch):
     whole = run_experiment(_config(), out_dir=tmp_path / "whole", quiet=True)
-    real_round = runner_module._round_record
-
-    def dies_in_round_six(config, run, state, round):
-        if round == 5:
-            raise KeyboardInterrupt  # rounds 1-5 logged, the checkpoint is round 4's
-        return real_round(config, run, state, round)
-
-    monkeypatch.setattr(runner_module, "_round_record", dies_in_round_six)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(
-            _config(checkpoint_every=4), out_dir=tmp_path / "killed", quiet=True
-        )
+    sparse = _config(checkpoint_every=4)
+    # killed mid-round 6: rounds 1-5 logged, the checkpoint is round 4's
+    _killed_in_round(monkeypatch, sparse, tmp_path / "killed", 6)
     assert load_checkpoint(tmp_path / "killed" / "checkpoint")[1]["round"] == 4
     assert len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()) == 5
-    monkeypatch.setattr(runner_module, "_round_record", real_round)
     resumed = run_experiment(
-        _config(checkpoint_every=4),
-        out_dir=tmp_path / "killed",
-        resume=True,
-        quiet=True,
+        sparse, out_dir=tmp_path / "killed", resume=True, quiet=True
     )
     _assert_same_run(resumed, whole)
     # the last round is saved whether or not it is a multiple of checkpoint_every
