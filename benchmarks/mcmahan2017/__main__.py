@@ -28,6 +28,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks.chunk_size import fastest_chunk_sizes
+
 from . import cells as grid
 from .curves import plot_all
 from .results import load_runs, pack, results_path
@@ -55,6 +57,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         metavar="SECONDS",
         help="start no new run after this long (rerun to go on)",
+    )
+    parser.add_argument(
+        "--chunk-sizes",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="benchmarks/chunk_size.py's report: each (algorithm, B) runs with "
+        "its fastest chunk size there (vectorized runtime)",
     )
     parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
     parser.add_argument("--results", type=Path, default=None, help="results JSON")
@@ -103,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
             runtime=runtime,
             time_budget=args.time_budget,
+            chunk_sizes=fastest_chunk_sizes(args.chunk_sizes)
+            if args.chunk_sizes
+            else {},
         )
         sweep(settings, selected_cells(args), after_run=table)
     if args.command in ("run", "table"):

@@ -190,6 +190,7 @@ def make_config(
     runtime: str = "local",
     num_clients: int = NUM_CLIENTS,
     checkpoint_every: int = 1,
+    chunk_size: int | None = None,
 ) -> dict[str, Any]:
     """The experiment configuration (a dict for ``config_from_dict``) of one run."""
     algorithm: dict[str, Any] = {
@@ -199,7 +200,7 @@ def make_config(
         "batch_size": "all" if cell.batch_size is None else cell.batch_size,
         "client_learning_rate": lr,
     }
-    return {
+    config: dict[str, Any] = {
         "seed": seed,
         "rounds": max_rounds,
         "runtime": runtime,
@@ -217,3 +218,6 @@ def make_config(
         "model": {"name": cell.model},
         "algorithm": algorithm,
     }
+    if chunk_size is not None:
+        config["chunk_size"] = chunk_size
+    return config

@@ -52,6 +52,11 @@ class Settings:
         default_factory=lambda: dict(grid.MAX_ROUNDS)
     )
     num_clients: int = grid.NUM_CLIENTS
+    # The vectorized runtime's chunk size by (algorithm, B); absent: its default.
+    chunk_sizes: Mapping[tuple[str, int | None], int] = field(default_factory=dict)
+
+    def chunk_size(self, cell: Cell) -> int | None:
+        return self.chunk_sizes.get((cell.algorithm, cell.batch_size))
 
     def target(self, cell: Cell) -> float:
         return self.targets[(self.dataset, cell.model, cell.partition)]
@@ -165,6 +170,7 @@ def run_one(
             runtime=settings.runtime,
             num_clients=settings.num_clients,
             checkpoint_every=CHECKPOINT_EVERY,
+            chunk_size=settings.chunk_size(cell),
         ),
         source=run_key(settings.dataset, cell, lr, target),
     )
@@ -204,6 +210,7 @@ def run_one(
         "wall_seconds_last_call": wall,
         "device": device_name(settings.device),
         "runtime": settings.runtime,
+        "chunk_size": settings.chunk_size(cell),
         "seed": settings.seed,
         "commit": commit(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -131,6 +131,25 @@ def test_a_run_past_its_deadline_stops_and_the_next_sweep_finishes_it(tmp_path):
         assert resumed[field] == whole[field]
 
 
+def test_a_stopped_run_resumes_with_the_chunk_size_measured_since(tmp_path):
+    cell = Cell("2nn", "iid", "fedavg", 1, 10)
+    plain = dataclasses.replace(_settings(tmp_path, 0.999, 4), runtime="vectorized")
+    whole = run_one(plain, cell, 0.1, 4, None)
+    stopped = dataclasses.replace(plain, runs_dir=tmp_path / "other")
+    assert run_one(stopped, cell, 0.1, 4, deadline=0.0) is None
+    chunked = dataclasses.replace(stopped, chunk_sizes={("fedavg", 10): 1})
+    resumed = run_one(chunked, cell, 0.1, 4, None)
+    assert whole is not None and resumed is not None
+    assert (whole["chunk_size"], resumed["chunk_size"]) == (None, 1)
+    assert resumed["rounds_run"] == 4
+    assert resumed["final_accuracy"] == pytest.approx(whole["final_accuracy"], abs=0.02)
+
+
+def test_fastest_chunk_sizes_read_from_the_probe_report():
+    result = doctest.testmod(importlib.import_module("benchmarks.chunk_size"))
+    assert result.failed == 0 and result.attempted > 0
+
+
 def test_a_diverging_rate_is_recorded_as_such_and_marked_in_the_table(tmp_path):
     cell = Cell("2nn", "iid", "fedavg", 1, 10)
     run = run_one(_settings(tmp_path, 0.9, 5), cell, 1000.0, 5, None)

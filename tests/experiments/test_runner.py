@@ -13,7 +13,9 @@ from fedloom.experiments import (
     config_from_dict,
     load_checkpoint,
     run_experiment,
+    setup,
 )
+from fedloom.runtimes import VectorizedRuntime
 
 
 def _config(**changes):
@@ -259,6 +261,22 @@ def test_runtime_is_one_config_key(tmp_path):
     assert vectorized.records[-1]["test_accuracy"] == pytest.approx(
         local.records[-1]["test_accuracy"], abs=0.02
     )
+
+
+def test_chunk_size_is_a_config_key_and_changes_no_result(tmp_path):
+    whole = run_experiment(
+        _config(rounds=2, runtime="vectorized"), out_dir=tmp_path / "whole", quiet=True
+    )
+    config = _config(rounds=2, runtime="vectorized", chunk_size=3)
+    runtime = setup(config).runtime
+    assert isinstance(runtime, VectorizedRuntime) and runtime.chunk_size == 3
+    chunked = run_experiment(config, out_dir=tmp_path / "chunked", quiet=True)
+    for name, value in whole.state.params.items():
+        torch.testing.assert_close(
+            chunked.state.params[name], value, rtol=1e-5, atol=1e-6
+        )
+    with pytest.raises(ValueError, match="chunk_size: only the 'vectorized' runtime"):
+        _config(chunk_size=3)
 
 
 def test_tampered_checkpoint_round_is_refused(tmp_path):

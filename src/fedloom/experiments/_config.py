@@ -258,6 +258,10 @@ class ExperimentConfig(BaseModel):
     ``benchmarks/threads.py``) and every core the process may use with
     ``vectorized`` (a cohort's batched step has enough work a call for threads to
     pay: ``benchmarks/simulation_speed.py``)."""
+    chunk_size: int | None = Field(default=None, ge=1)
+    """``vectorized`` only: how many clients are computed at once (default 256).
+    Smaller chunks bound memory; on a GPU, clients with large local batches train
+    fastest one at a time (``chunk_size = 1``: ``benchmarks/chunk_size.py``)."""
     device: str = "cpu"
     """Where the ``vectorized`` runtime computes the cohort, and where the test set is
     evaluated: "cpu", "cuda", "cuda:N". The server's state stays on the CPU."""
@@ -281,6 +285,16 @@ class ExperimentConfig(BaseModel):
         if re.fullmatch(r"cpu|cuda(:[0-9]+)?", device) is None:
             raise ValueError(f"must be 'cpu', 'cuda' or 'cuda:N' (got {device!r})")
         return device
+
+    @model_validator(mode="after")
+    def _check_chunk_size(self) -> ExperimentConfig:
+        if self.chunk_size is not None and self.runtime != "vectorized":
+            raise _FieldError(
+                "chunk_size",
+                f"only the 'vectorized' runtime computes clients in chunks "
+                f"(runtime is {self.runtime!r})",
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_cohort(self) -> ExperimentConfig:

@@ -51,8 +51,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         file.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-# What may change when a run is resumed: how long it goes on, not what it computes.
-RESUMABLE_CHANGES = frozenset({"rounds", "target_accuracy", "checkpoint_every"})
+# What may change when a run is resumed: how long it goes on and how its clients are
+# scheduled, not what it computes.
+RESUMABLE_CHANGES = frozenset(
+    {"rounds", "target_accuracy", "checkpoint_every", "chunk_size"}
+)
 ROUND_TENSOR = "run/round"
 
 

@@ -122,7 +122,9 @@ def setup(config: ExperimentConfig) -> Setup:
             seed=config.seed,
         )
     with _naming(f"runtime ({config.runtime!r}) / device ({config.device!r})"):
-        runtime = get_runtime(config.runtime, device=config.device)
+        runtime = get_runtime(
+            config.runtime, device=config.device, chunk_size=config.chunk_size
+        )
     return Setup(
         dataset=dataset,
         clients=clients,

@@ -18,10 +18,13 @@ RUNTIMES: dict[str, Callable[[], Runtime]] = {
 }
 
 
-def get_runtime(name: str, *, device: str = "cpu") -> Runtime:
+def get_runtime(
+    name: str, *, device: str = "cpu", chunk_size: int | None = None
+) -> Runtime:
     """A new runtime by name ("local", "vectorized"), computing on ``device``.
 
-    Only ``vectorized`` computes on another device than the CPU ("cuda", "cuda:1").
+    Only ``vectorized`` computes on another device than the CPU ("cuda", "cuda:1")
+    and in chunks of ``chunk_size`` clients (its default when None).
 
     >>> get_runtime("local").name
     'local'
@@ -32,7 +35,11 @@ def get_runtime(name: str, *, device: str = "cpu") -> Runtime:
     if name == "vectorized":
         if where.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: no CUDA device is available here")
-        return VectorizedRuntime(where)
+        if chunk_size is None:
+            return VectorizedRuntime(where)
+        return VectorizedRuntime(where, chunk_size=chunk_size)
+    if chunk_size is not None:
+        raise ValueError(f"runtime {name!r} does not compute clients in chunks")
     if where.type != "cpu":
         raise ValueError(
             f"runtime {name!r} computes on the CPU; use runtime 'vectorized' for "

@@ -1,0 +1,161 @@
+"""Claim: on a GPU, clients with large local batches train fastest one at a time.
+
+Under ``vmap`` a convolution with per-client weights becomes a grouped convolution
+(a group per client), which cuDNN runs as one small kernel per client
+(``benchmarks/gpu_profile.py``). With ``chunk_size = 1`` the vectorized runtime
+computes one client at a time: plain convolutions over that client's batch, which
+for B = ∞ (600 examples) fill the GPU's tensor cores; for B = 10 the cohort's
+batched step wins. This script measures where the line lies, to choose the chunk
+size of each cell of ``benchmarks/mcmahan2017`` on the device.
+
+Workload: the McMahan et al. 2017 CNN on Fashion-MNIST, 100 IID clients, C = 0.1,
+the vectorized runtime (CUDA graphs on a GPU), one local epoch at each batch size
+(FedSGD, and FedAvg at B = ∞, 50, 10), for each chunk size. A row is the mean
+seconds of ``--rounds`` rounds of training after a first, untimed one (which
+captures the graphs), from the run's own records; the test set is evaluated only
+after the last round and that round is not averaged. The ratio is to
+``chunk_size = 10`` (the whole cohort at once) in the same run.
+
+    python benchmarks/chunk_size.py --device cuda [--chunks 10 5 2 1] [--rounds 3]
+        [--json benchmarks/results/chunk_size_h200.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.mcmahan2017 import cells as grid
+from fedloom.experiments import config_from_dict, run_experiment
+
+WORKLOADS = [  # (algorithm, E, B, learning rate): one local epoch each
+    ("fedsgd", 1, None, 0.215),
+    ("fedavg", 1, None, 0.464),
+    ("fedavg", 1, 50, 0.215),
+    ("fedavg", 1, 10, 0.1),
+]
+
+
+def round_seconds(
+    workload: tuple[str, int, int | None, float], chunk: int, args: argparse.Namespace
+) -> list[float]:
+    """Seconds of each training round after the first (the last, evaluated, one
+    left out)."""
+    algorithm, epochs, batch, lr = workload
+    cell = grid.Cell("cnn", "iid", algorithm, epochs, batch)
+    rounds = args.rounds + 2
+    config = grid.make_config(
+        cell,
+        lr,
+        dataset="fashion_mnist",
+        target=1.0,
+        max_rounds=rounds,
+        device=args.device,
+        runtime="vectorized",
+        checkpoint_every=rounds,
+    )
+    config.update(chunk_size=chunk, eval_every=rounds, threads=args.threads)
+    with tempfile.TemporaryDirectory() as out:
+        result = run_experiment(config_from_dict(config), out_dir=out, quiet=True)
+    return [r["seconds"] for r in result.records[1:-1]]
+
+
+def fastest_chunk_sizes(path: Path) -> dict[tuple[str, int | None], int]:
+    """The fastest chunk size of each (algorithm, B) in a report this script wrote.
+
+    Example:
+        >>> import tempfile
+        >>> rows = [{"algorithm": "fedavg", "B": None, "chunk_size": c,
+        ...          "seconds_per_round": s} for c, s in ((10, 0.5), (1, 0.2))]
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     report = Path(d) / "r.json"
+        ...     _ = report.write_text(json.dumps({"rows": rows}))
+        ...     fastest_chunk_sizes(report)
+        {('fedavg', None): 1}
+    """
+    best: dict[tuple[str, int | None], tuple[float, int]] = {}
+    for row in json.loads(path.read_text())["rows"]:
+        key = (row["algorithm"], row["B"])
+        timed = (row["seconds_per_round"], row["chunk_size"])
+        best[key] = min(best.get(key, timed), timed)
+    return {key: chunk for key, (_, chunk) in best.items()}
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    name = "cpu"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    return {
+        "device": name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--chunks", type=int, nargs="+", default=[10, 5, 2, 1])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--batches", nargs="+", default=None, help="e.g. inf 50")
+    parser.add_argument(
+        "--json", type=Path, default=Path("benchmarks/results/chunk_size.json")
+    )
+    args = parser.parse_args()
+    workloads = [
+        w
+        for w in WORKLOADS
+        if args.batches is None or str(w[2] or "inf") in args.batches
+    ]
+    report: dict[str, Any] = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine(torch.device(args.device)),
+        "rows": [],
+    }
+    print(f"{'algorithm':9} {'E':>2} {'B':>4} {'chunk':>5} {'s/round':>9} ratio")
+    for workload in workloads:
+        algorithm, epochs, batch, lr = workload
+        base = None
+        for chunk in args.chunks:
+            started = time.perf_counter()
+            seconds = round_seconds(workload, chunk, args)
+            mean = statistics.mean(seconds)
+            base = base or mean
+            report["rows"].append(
+                {
+                    "algorithm": algorithm,
+                    "E": epochs,
+                    "B": batch,
+                    "learning_rate": lr,
+                    "chunk_size": chunk,
+                    "seconds_per_round": mean,
+                    "rounds": seconds,
+                    "speedup_over_first_chunk": base / mean,
+                    "wall_seconds": time.perf_counter() - started,
+                }
+            )
+            print(
+                f"{algorithm:9} {epochs:>2} {batch or '∞':>4} {chunk:>5} "
+                f"{mean:9.4f} {base / mean:5.2f}x",
+                flush=True,
+            )
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
