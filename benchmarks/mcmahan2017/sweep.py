@@ -32,6 +32,8 @@ from .results import best, cell_fields, load_runs, run_key, runs_of_cell, save_r
 REPOSITORY = Path(__file__).resolve().parents[2]
 RUNS_DIR = REPOSITORY / "runs" / "mcmahan2017"  # ignored by git
 CHECKPOINT_EVERY = 10  # rounds (a GPU round can cost less than its checkpoint)
+STALL_ROUNDS = 50  # a run at most STALL_ACCURACY for this many rounds has stalled
+STALL_ACCURACY = 0.2
 
 
 @dataclass(frozen=True)
@@ -176,20 +178,19 @@ def run_one(
     )
     out_dir = run_dir(settings, cell, lr)
     started = time.perf_counter()
-    # Past the deadline the run stops after its round, with a checkpoint from
-    # which the next sweep goes on.
-    past = None if deadline is None else (lambda: time.perf_counter() > deadline)
+    log = MetricsLog(out_dir / "metrics.jsonl")
     resume = (out_dir / "config.json").exists()
+    before = [r["test_accuracy"] for r in log.read()] if resume else []
+    watch = Watch(deadline, [a for a in before if a is not None])
     diverged = False
     try:
         result = run_experiment(
-            config, out_dir=out_dir, resume=resume, quiet=True, stop=past
+            config, out_dir=out_dir, resume=resume, quiet=True, stop=watch
         )
         records, reached = result.records, result.target_reached
     except InvalidUpdateError:  # a client's update overflowed: this rate diverges
-        log = MetricsLog(out_dir / "metrics.jsonl")
         records, reached, diverged = log.read(), False, True
-    if not (reached or diverged) and len(records) < limit:
+    if not (reached or diverged or watch.stalled) and len(records) < limit:
         return None
     wall = time.perf_counter() - started
     accuracies = [r["test_accuracy"] for r in records]
@@ -204,6 +205,7 @@ def run_one(
         "rounds_run": len(records),
         "rounds_to_target": records[-1]["round"] if reached else None,
         "diverged": diverged,
+        "stalled": watch.stalled,
         "best_accuracy": max(accuracies, default=0.0),
         "final_accuracy": accuracies[-1] if accuracies else 0.0,
         "seconds": sum(r["seconds"] for r in records),
@@ -217,6 +219,39 @@ def run_one(
         "machine": machine(),
         "run_dir": str(out_dir.relative_to(settings.runs_dir)),
     }
+
+
+class Watch:
+    """The sweep's ``stop`` for a run: past the deadline (the next sweep resumes the
+    run from its checkpoint), or :attr:`stalled` at chance accuracy.
+
+    A rate too large for a model can leave it at chance for good (dead units: the
+    CNN at E = 20, B = ∞, lr 0.464 sat at 10 % for 1,000 rounds on an H200). A run
+    whose last ``STALL_ROUNDS`` test accuracies are all at most ``STALL_ACCURACY``
+    (twice chance for ten classes) is ended there; the table marks its rate.
+
+    Example:
+        >>> watch = Watch(deadline=None, accuracies=[0.1] * (STALL_ROUNDS - 1))
+        >>> watch({"test_accuracy": 0.3}), watch.stalled
+        (False, False)
+        >>> watch = Watch(deadline=None, accuracies=[0.1] * (STALL_ROUNDS - 1))
+        >>> watch({"test_accuracy": 0.1}), watch.stalled
+        (True, True)
+    """
+
+    def __init__(self, deadline: float | None, accuracies: Sequence[float]) -> None:
+        self.deadline = deadline
+        self.accuracies = list(accuracies)
+        self.stalled = False
+
+    def __call__(self, record: Mapping[str, Any]) -> bool:
+        if record["test_accuracy"] is not None:  # None: a round not evaluated
+            self.accuracies.append(record["test_accuracy"])
+        window = self.accuracies[-STALL_ROUNDS:]
+        if len(window) == STALL_ROUNDS and max(window) <= STALL_ACCURACY:
+            self.stalled = True
+            return True
+        return self.deadline is not None and time.perf_counter() > self.deadline
 
 
 def device_name(device: str) -> str:
@@ -271,6 +306,8 @@ def sweep(
             ended = f"{outcome['rounds_to_target']} rounds"
             if outcome["diverged"]:
                 ended = f"diverged after {outcome['rounds_run']} rounds"
+            elif outcome["stalled"]:
+                ended = f"stalled at chance after {outcome['rounds_run']} rounds"
             elif outcome["rounds_to_target"] is None:
                 ended = f"not reached in {limit} rounds"
             report(

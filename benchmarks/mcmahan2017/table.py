@@ -65,13 +65,25 @@ def verdict(
 def rates_text(
     runs: Sequence[Mapping[str, Any]], chosen: Mapping[str, Any] | None
 ) -> str:
-    """The rates tried, the best in bold, a diverged one (NaN updates) marked †."""
+    """The rates tried, the best in bold, a diverged one (NaN updates) marked †, one
+    stalled at chance ‡."""
     rates = sorted(runs, key=lambda r: r["learning_rate"])
-    texts = [f"{r['learning_rate']:g}{'†' if r.get('diverged') else ''}" for r in rates]
+    texts = [f"{r['learning_rate']:g}{_mark(r)}" for r in rates]
     return ", ".join(
         f"**{text}**" if r is chosen else text
         for r, text in zip(rates, texts, strict=True)
     )
+
+
+def _device_text(run: Mapping[str, Any]) -> str:
+    chunk = run.get("chunk_size")
+    return run["device"] + ("" if chunk is None else f", chunks of {chunk}")
+
+
+def _mark(run: Mapping[str, Any]) -> str:
+    if run.get("diverged"):
+        return "†"
+    return "‡" if run.get("stalled") else ""
 
 
 def _paper_text(cell: Cell) -> tuple[str, float | None]:
@@ -153,7 +165,7 @@ def model_table(
                     rates_text(fashion_runs, chosen),
                     f"{chosen['best_accuracy']:.4f}" if chosen else "",
                     f"{chosen['seconds']:.1f}" if chosen else "",
-                    chosen["device"] if chosen else "",
+                    _device_text(chosen) if chosen else "",
                 ]
             )
             + " |"
@@ -175,10 +187,14 @@ def write_table(
         "accuracy at the best learning rate of those tried (in bold), and in "
         "brackets the speed-up over FedSGD in the same block; `> N`: not reached "
         "in the cap of N rounds; †: the rate diverged (a client's update was not "
-        "finite), its run stopped there. Paper: arXiv 1602.05629v4, Table 2 (CNN) and, "
+        "finite), its run stopped there; ‡: the rate stalled at chance (test "
+        "accuracy at most 20 % for 50 rounds), its run stopped there. Paper: "
+        "arXiv 1602.05629v4, Table 2 (CNN) and, "
         "for the 2NN, Table 1 (C = 0.1, E = 1), the only 2NN cells we could read "
         "(`paper.json`). Seconds: the best-rate run's rounds (training and "
-        "evaluation), without loading data. 100 clients, C = 0.1.",
+        "evaluation), without loading data; the device, and the clients computed "
+        "at once where a run set it (`chunk_size`, the fastest for its algorithm "
+        "and B in `benchmarks/results/chunk_size_*.json`). 100 clients, C = 0.1.",
         "",
     ]
     for model in grid.MODELS:

@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import benchmarks.mcmahan2017.sweep as sweep_module
 from benchmarks.mcmahan2017 import cells as grid
 from benchmarks.mcmahan2017.cells import Cell
 from benchmarks.mcmahan2017.results import (
@@ -159,6 +160,17 @@ def test_a_diverging_rate_is_recorded_as_such_and_marked_in_the_table(tmp_path):
     good = dict(run, learning_rate=0.1, diverged=False, best_accuracy=0.5)
     rates = rates_text([run, good], good)
     assert rates == "**0.1**, 1000†"
+
+
+def test_a_run_stalled_at_chance_is_ended_and_marked(tmp_path, monkeypatch):
+    cell = Cell("2nn", "iid", "fedavg", 1, 10)
+    monkeypatch.setattr(sweep_module, "STALL_ROUNDS", 3)
+    monkeypatch.setattr(sweep_module, "STALL_ACCURACY", 1.0)  # every run "stalls"
+    run = run_one(_settings(tmp_path, 0.999, 10), cell, 0.1, 10, None)
+    assert run is not None and run["stalled"] and not run["diverged"]
+    assert run["rounds_run"] == 3 and run["rounds_to_target"] is None
+    good = dict(run, learning_rate=0.0464, stalled=False, best_accuracy=0.95)
+    assert rates_text([run, good], good) == "**0.0464**, 0.1‡"
 
 
 def test_runs_past_the_best_rate_stop_at_its_rounds(tmp_path):

@@ -129,7 +129,7 @@ def test_a_stop_request_ends_the_run_with_a_checkpoint(tmp_path):
     whole = run_experiment(_config(), out_dir=tmp_path / "whole", quiet=True)
     asked = []
 
-    def after_two_rounds():
+    def after_two_rounds(record):
         asked.append(True)
         return len(asked) >= 2
 

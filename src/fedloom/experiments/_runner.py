@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,13 +144,14 @@ def run_experiment(
     resume: bool = False,
     quiet: bool = False,
     config_path: str | None = None,
-    stop: Callable[[], bool] | None = None,
+    stop: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> RunResult:
     """Run (or, with ``resume``, continue) the experiment ``config`` into ``out_dir``.
 
-    ``stop``, when given, is asked after every round whether to end the run there
-    (a time limit, say): the run then checkpoints and returns early, and ``resume``
-    continues it later on the same trajectory.
+    ``stop``, when given, is asked after every round, with that round's record,
+    whether to end the run there (a time limit, say, or a run gone nowhere): the run
+    then checkpoints and returns early, and ``resume`` continues it later on the same
+    trajectory.
 
     After every round ``out_dir`` holds ``metrics.jsonl`` (one JSON object per round)
     and, every ``checkpoint_every`` rounds and at the end, a checkpoint (safetensors +
@@ -183,7 +184,7 @@ def _run(
     resume: bool,
     quiet: bool,
     config_path: str | None,
-    stop: Callable[[], bool] | None,
+    stop: Callable[[Mapping[str, Any]], bool] | None,
 ) -> RunResult:
     run = setup(config)
     log = MetricsLog(out_dir / METRICS_FILE)
@@ -196,7 +197,7 @@ def _run(
             state, record = _round_record(config, run, state, state.round)
             reached = _reached(config, record)
             log.append(record)
-            stopping = stop is not None and stop()
+            stopping = stop is not None and stop(record)
             last = reached or stopping or state.round == config.rounds
             if last or state.round % config.checkpoint_every == 0:
                 save_checkpoint(
