@@ -1,12 +1,14 @@
-"""Claim: on a GPU, clients with large local batches train fastest one at a time.
+"""Claim: the chunk size that trains a cohort fastest depends on B and the device.
 
 Under ``vmap`` a convolution with per-client weights becomes a grouped convolution
 (a group per client), which cuDNN runs as one small kernel per client
 (``benchmarks/gpu_profile.py``). With ``chunk_size = 1`` the vectorized runtime
-computes one client at a time: plain convolutions over that client's batch, which
-for B = ∞ (600 examples) fill the GPU's tensor cores; for B = 10 the cohort's
-batched step wins. This script measures where the line lies, to choose the chunk
-size of each cell of ``benchmarks/mcmahan2017`` on the device.
+computes one client at a time: plain convolutions over that client's batch. Which
+is faster was measured, not assumed (README, "The command line"): on the 2-core CPU
+one client at a time wins at B = ∞ and loses at B = 10; on an H200 the whole cohort
+wins at B = 10 and 50, and B = ∞ is level within the noise. The McMahan sweep on a
+GPU (``benchmarks/mcmahan2017/gpu.sh``) runs each (algorithm, B) at the fastest
+chunk size of this script's report for that GPU.
 
 Workload: the McMahan et al. 2017 CNN on Fashion-MNIST, 100 IID clients, C = 0.1,
 the vectorized runtime (CUDA graphs on a GPU), one local epoch at each batch size
@@ -17,7 +19,7 @@ after the last round and that round is not averaged. The ratio is to
 ``chunk_size = 10`` (the whole cohort at once) in the same run.
 
     python benchmarks/chunk_size.py --device cuda [--chunks 10 5 2 1] [--rounds 3]
-        [--json benchmarks/results/chunk_size_h200.json]
+        [--json benchmarks/results/chunk_size_nvidia_h200.json]
 """
 
 from __future__ import annotations

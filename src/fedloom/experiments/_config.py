@@ -260,8 +260,9 @@ class ExperimentConfig(BaseModel):
     pay: ``benchmarks/simulation_speed.py``)."""
     chunk_size: int | None = Field(default=None, ge=1)
     """``vectorized`` only: how many clients are computed at once (default 256).
-    Smaller chunks bound memory; on a GPU, clients with large local batches train
-    fastest one at a time (``chunk_size = 1``: ``benchmarks/chunk_size.py``)."""
+    Smaller chunks bound memory, and change the kernels: on a CPU, clients with
+    large local batches (B = all) train fastest one at a time, ``chunk_size = 1``;
+    with small batches, the whole cohort at once (``benchmarks/chunk_size.py``)."""
     device: str = "cpu"
     """Where the ``vectorized`` runtime computes the cohort, and where the test set is
     evaluated: "cpu", "cuda", "cuda:N". The server's state stays on the CPU."""
