@@ -9,6 +9,9 @@ seconds per round of, in the same process:
   then the weighted average of the state dicts;
 - ``fedloom local``: FedAvg on the sequential reference runtime;
 - ``fedloom vectorized``: the same FedAvg with the whole cohort batched by ``vmap``;
+- ``fedloom compiled``: the vectorized runtime with ``compile=True`` (its batched
+  step through ``torch.compile``; compiled in the warm-up round, whose seconds the
+  JSON keeps as ``first_round_seconds`` for every runner);
 
 and checks that all three reach the same test accuracy after the timed rounds. Speed
 is reported as the ratio to the torch loop measured in the same run; after a warm-up
@@ -140,12 +143,19 @@ def measure(
         "fedloom vectorized": lambda state, r: process.next(
             state, _cohort(clients, r), runtime=VectorizedRuntime()
         )[0],
+        "fedloom compiled": lambda state, r: process.next(
+            state, _cohort(clients, r), runtime=VectorizedRuntime(compile=True)
+        )[0],
     }
     torch.set_num_threads(threads)
+    torch._dynamo.reset()  # compiled afresh at this thread count
     states: dict[str, Any] = {}
+    first: dict[str, float] = {}
     for name, step in runners.items():
         state = model.init() if name == "torch loop" else process.init()
+        started = time.perf_counter()
         step(state, rounds)  # warm-up round, not timed and not kept
+        first[name] = time.perf_counter() - started
         states[name] = state
     # Round by round, the runners take turns, so a slow spell of a shared machine
     # falls on all of them rather than on whichever ran then.
@@ -168,6 +178,7 @@ def measure(
                 "runner": name,
                 "threads": threads,
                 "seconds_per_round": per_round,
+                "first_round_seconds": first[name],
                 "test_accuracy": accuracy,
             }
         )
@@ -294,19 +305,18 @@ def main() -> None:
                 )
         rows += workload
         best = best_of_each(workload)
-        vectorized = best["fedloom vectorized"]
-        line = {
+        line: dict[str, Any] = {
             "model": model_name,
             "epochs": epochs,
             "best_threads": {name: row["threads"] for name, row in best.items()},
-            "vectorized_over_torch_loop": best["torch loop"]["seconds_per_round"]
-            / vectorized["seconds_per_round"],
         }
-        if args.flower_python:
-            line["flower_over_vectorized"] = (
-                best["flower simulation"]["seconds_per_round"]
-                / vectorized["seconds_per_round"]
-            )
+        for runner in ("vectorized", "compiled"):
+            seconds = best[f"fedloom {runner}"]["seconds_per_round"]
+            loop = best["torch loop"]["seconds_per_round"]
+            line[f"{runner}_over_torch_loop"] = loop / seconds
+            if args.flower_python:
+                flower = best["flower simulation"]["seconds_per_round"]
+                line[f"flower_over_{runner}"] = flower / seconds
         summary.append(line)
     print(
         f"\n{'model':<6}{'E':>3}  {'runner':<20}{'threads':>8}{'s/round':>10}"
@@ -318,15 +328,17 @@ def main() -> None:
             f"{row['threads']:>8}{row['seconds_per_round']:>10.3f}"
             f"{row['speedup_vs_torch_loop']:>14.2f}x{row['test_accuracy']:>10.4f}"
         )
-    print("\neach runner at its best thread count: fedloom vectorized is")
-    for line in summary:
-        flower = line.get("flower_over_vectorized")
-        print(
-            f"  {line['model']:<6}E={line['epochs']:<3}"
-            f"{line['vectorized_over_torch_loop']:>6.2f}x faster than the torch loop"
-            + (f", {flower:.2f}x faster than Flower" if flower else "")
-            + f"  (threads: {line['best_threads']})"
-        )
+    for runner in ("vectorized", "compiled"):
+        print(f"\neach runner at its best thread count: fedloom {runner} is")
+        for line in summary:
+            flower = line.get(f"flower_over_{runner}")
+            print(
+                f"  {line['model']:<6}E={line['epochs']:<3}"
+                f"{line[f'{runner}_over_torch_loop']:>6.2f}x faster than the torch "
+                "loop"
+                + (f", {flower:.2f}x faster than Flower" if flower else "")
+                + f"  (threads: {line['best_threads']})"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "command": " ".join(sys.argv),

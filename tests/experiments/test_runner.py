@@ -279,6 +279,15 @@ def test_chunk_size_is_a_config_key_and_changes_no_result(tmp_path):
         _config(chunk_size=3)
 
 
+def test_compile_is_a_config_key_for_the_vectorized_runtime_on_the_cpu():
+    runtime = setup(_config(runtime="vectorized", compile=True)).runtime
+    assert isinstance(runtime, VectorizedRuntime) and runtime.options.compile
+    with pytest.raises(ValueError, match="compile: only the 'vectorized' runtime"):
+        _config(compile=True)
+    with pytest.raises(ValueError, match="device 'cuda'"):
+        _config(runtime="vectorized", device="cuda", compile=True)
+
+
 def test_tampered_checkpoint_round_is_refused(tmp_path):
     run_experiment(_config(rounds=2), out_dir=tmp_path, quiet=True)
     index = tmp_path / "checkpoint" / "checkpoint.json"

@@ -35,6 +35,7 @@ from fedloom.runtimes import LocalRuntime, VectorizedRuntime
 RUNTIMES = {
     "vectorized": lambda: VectorizedRuntime(),
     "vectorized-chunked": lambda: VectorizedRuntime(chunk_size=3),
+    "vectorized-compiled": lambda: VectorizedRuntime(compile=True),
     "cuda": lambda: VectorizedRuntime("cuda", cuda_graphs=False),
     "cuda-graphs": lambda: VectorizedRuntime("cuda"),
     "cuda-graphs-chunked": lambda: VectorizedRuntime("cuda", chunk_size=3),
@@ -44,8 +45,15 @@ GPU = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 NAMES = [pytest.param(n, marks=GPU if "cuda" in n else ()) for n in RUNTIMES]
-pytestmark = pytest.mark.usefixtures("no_tf32")
+pytestmark = pytest.mark.usefixtures("no_tf32", "fresh_compile")
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
+
+
+@pytest.fixture
+def fresh_compile():
+    # torch.compile keeps at most 8 compilations of a function per process; each
+    # test starts afresh, so that a compiled runtime really runs compiled code
+    torch._dynamo.reset()
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +83,11 @@ def test_fedavg(digits, runtime, partition):
     model = build_model("cnn", digits.input_shape, digits.num_classes, seed=0)
     process = fed_avg(model, client_learning_rate=0.1, local_epochs=2, batch_size=8)
     vectorized = RUNTIMES[runtime]()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     _assert_same_round(process, _cohort(digits, partition), vectorized)
     assert vectorized.fallbacks == 0  # the whole round ran batched
+    compiled = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
+    assert (compiled > 0) == ("compiled" in runtime)  # and compiled when asked
 
 
 @pytest.mark.parametrize("runtime", NAMES)
@@ -159,6 +170,11 @@ def test_poisoned_update_is_rejected_on_every_runtime(runtime):
 def test_chunk_size_must_be_positive():
     with pytest.raises(ValueError, match="chunk_size"):
         VectorizedRuntime(chunk_size=0)
+
+
+def test_compile_is_for_the_cpu():
+    with pytest.raises(ValueError, match="compile=True is for the CPU"):
+        VectorizedRuntime("cuda", compile=True)
 
 
 @pytest.mark.parametrize("runtime", NAMES)

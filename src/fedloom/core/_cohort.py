@@ -49,6 +49,10 @@ class CohortOptions:
     """Capture fixed-shape loops as CUDA graphs, keep them, and replay them on later
     cohorts of the same shape (only ever true on a CUDA device)."""
 
+    compile: bool = False
+    """Compile the batched step with ``torch.compile`` and keep it for later cohorts
+    (the vectorized runtime allows it on the CPU only)."""
+
 
 @runtime_checkable
 class CohortFunction(Protocol):

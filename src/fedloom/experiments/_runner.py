@@ -54,7 +54,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 # What may change when a run is resumed: how long it goes on and how its clients are
 # scheduled, not what it computes.
 RESUMABLE_CHANGES = frozenset(
-    {"rounds", "target_accuracy", "checkpoint_every", "chunk_size"}
+    {"rounds", "target_accuracy", "checkpoint_every", "chunk_size", "compile"}
 )
 ROUND_TENSOR = "run/round"
 

@@ -123,7 +123,10 @@ def setup(config: ExperimentConfig) -> Setup:
         )
     with _naming(f"runtime ({config.runtime!r}) / device ({config.device!r})"):
         runtime = get_runtime(
-            config.runtime, device=config.device, chunk_size=config.chunk_size
+            config.runtime,
+            device=config.device,
+            chunk_size=config.chunk_size,
+            compile=config.compile,
         )
     return Setup(
         dataset=dataset,

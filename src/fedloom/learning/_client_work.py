@@ -106,6 +106,11 @@ class LocalTraining:
         default_factory=GraphCache, init=False, repr=False, compare=False
     )
     """Captured epochs for the vectorized runtime on CUDA, kept between rounds."""
+    steps: dict[bool, CohortStep] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """The batched step, eager and compiled, kept between rounds (a compiled one
+    compiles once)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -145,7 +150,10 @@ class LocalTraining:
         """
         params, inputs = args
         examples, seeds = _inputs(inputs)
-        step = CohortStep(self.model, self.optimizer)
+        key = options.compile
+        if key not in self.steps:
+            self.steps[key] = CohortStep(self.model, self.optimizer, compile=key)
+        step = self.steps[key]
         plan = plan_training(
             params, examples, seeds, self.epochs, self.batch_size, device
         )

@@ -59,8 +59,14 @@ class PaddedCohort:
 
     def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each client's examples at ``index[c, :]`` (positions in its own data)."""
-        rows = torch.arange(self.size, device=index.device)[:, None]
-        return self.x[rows, index], self.y[rows, index]
+        return _gather(self.x, self.y, index)
+
+
+def _gather(
+    x: torch.Tensor, y: torch.Tensor, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = torch.arange(x.shape[0], device=index.device)[:, None]
+    return x[rows, index], y[rows, index]
 
 
 def stacked_params(payload: Any, size: int, device: torch.device) -> Params:
@@ -122,13 +128,20 @@ def _masked_loss(model: FunctionalModel) -> Any:
 
 class CohortStep:
     """One minibatch step of every client at once: gradients by ``vmap(grad)``, then
-    the optimizer; clients without a batch in this step keep what they had."""
+    the optimizer; clients without a batch in this step keep what they had.
 
-    def __init__(self, model: FunctionalModel, optimizer: Optimizer) -> None:
+    With ``compile`` the step runs through ``torch.compile``: one compilation per
+    shape (and per masked / unmasked step), kept as long as this object is.
+    """
+
+    def __init__(
+        self, model: FunctionalModel, optimizer: Optimizer, *, compile: bool = False
+    ) -> None:
         self.grad = vmap(grad_and_value(_masked_loss(model)))
         self.optimizer = optimizer
         # Elementwise optimizers apply to stacked parameters as they are.
         self._update = optimizer.update if optimizer.elementwise else None
+        self._run = torch.compile(self._step) if compile else self._step
 
     def init(self, params: Params) -> Any:
         """The optimizer state of every client, from stacked parameters."""
@@ -149,7 +162,24 @@ class CohortStep:
 
         ``masked=False`` promises that every client has a batch (no masking needed).
         """
-        x, y = data.gather(index)
+        if self._run is not self._step:  # compiled: same strides every step, so
+            # the broadcast's expanded parameters and an epoch's index slices do
+            # not each cost a recompilation (a no-op on contiguous tensors)
+            params = {k: v.contiguous() for k, v in params.items()}
+            index, batch_mask = index.contiguous(), batch_mask.contiguous()
+        return self._run(data.x, data.y, params, state, index, batch_mask, masked)
+
+    def _step(
+        self,
+        x_all: torch.Tensor,
+        y_all: torch.Tensor,
+        params: Params,
+        state: Any,
+        index: torch.Tensor,
+        batch_mask: torch.Tensor,
+        masked: bool,
+    ) -> tuple[Params, Any, torch.Tensor]:
+        x, y = _gather(x_all, y_all, index)
         grads, loss = self.grad(params, x, y, batch_mask)
         update = self._update or vmap(self.optimizer.update)
         new_params, new_state = update(grads, state, params)

@@ -19,12 +19,17 @@ RUNTIMES: dict[str, Callable[[], Runtime]] = {
 
 
 def get_runtime(
-    name: str, *, device: str = "cpu", chunk_size: int | None = None
+    name: str,
+    *,
+    device: str = "cpu",
+    chunk_size: int | None = None,
+    compile: bool = False,
 ) -> Runtime:
     """A new runtime by name ("local", "vectorized"), computing on ``device``.
 
-    Only ``vectorized`` computes on another device than the CPU ("cuda", "cuda:1")
-    and in chunks of ``chunk_size`` clients (its default when None).
+    Only ``vectorized`` computes on another device than the CPU ("cuda", "cuda:1"),
+    in chunks of ``chunk_size`` clients (its default when None), and with
+    ``compile`` (on the CPU) compiles its step.
 
     >>> get_runtime("local").name
     'local'
@@ -36,10 +41,12 @@ def get_runtime(
         if where.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: no CUDA device is available here")
         if chunk_size is None:
-            return VectorizedRuntime(where)
-        return VectorizedRuntime(where, chunk_size=chunk_size)
-    if chunk_size is not None:
-        raise ValueError(f"runtime {name!r} does not compute clients in chunks")
+            return VectorizedRuntime(where, compile=compile)
+        return VectorizedRuntime(where, chunk_size=chunk_size, compile=compile)
+    if chunk_size is not None or compile:
+        raise ValueError(
+            f"runtime {name!r} neither computes clients in chunks nor compiles"
+        )
     if where.type != "cpu":
         raise ValueError(
             f"runtime {name!r} computes on the CPU; use runtime 'vectorized' for "

@@ -75,6 +75,9 @@ class VectorizedRuntime:
     On a CUDA device, ``cuda_graphs`` (the default) lets client work capture its
     fixed-shape loops as CUDA graphs and replay them in later rounds (FedAvg's local
     training captures an epoch); ``cuda_graphs=False`` runs everything eagerly.
+    On the CPU, ``compile=True`` compiles FedAvg's batched step with
+    ``torch.compile`` (seconds to tens of seconds, once per shape; the 2NN's step
+    then runs about twice as fast, ``benchmarks/simulation_speed.py``).
 
     >>> from fedloom.core import CLIENTS, computation, map, mean
     >>> import torch
@@ -92,12 +95,20 @@ class VectorizedRuntime:
         *,
         chunk_size: int = 256,
         cuda_graphs: bool = True,
+        compile: bool = False,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.device = torch.device(device)
+        if compile and self.device.type != "cpu":
+            raise ValueError(
+                f"compile=True is for the CPU; on {self.device} the local training "
+                "is captured as CUDA graphs instead (cuda_graphs=True)"
+            )
         self.chunk_size = chunk_size
-        self.options = CohortOptions(capture=cuda_graphs and self.device.type == "cuda")
+        self.options = CohortOptions(
+            capture=cuda_graphs and self.device.type == "cuda", compile=compile
+        )
         """How cohort functions are asked to compute (graphs on CUDA only)."""
         self.fallbacks = 0
         """How many maps of stacked values could not be vmapped and ran in sequence."""
