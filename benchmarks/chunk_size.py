@@ -15,8 +15,10 @@ the vectorized runtime (CUDA graphs on a GPU), one local epoch at each batch siz
 (FedSGD, and FedAvg at B = ∞, 50, 10), for each chunk size. A row is the mean
 seconds of ``--rounds`` rounds of training after a first, untimed one (which
 captures the graphs), from the run's own records; the test set is evaluated only
-after the last round and that round is not averaged. The ratio is to
-``chunk_size = 10`` (the whole cohort at once) in the same run.
+after the last round and that round is not averaged. The ratio is to the first of
+``--chunks`` (by default 10, the whole cohort at once) in the same run. Each row
+records its torch threads (``--threads``; by default the vectorized runtime's, every
+core).
 
     python benchmarks/chunk_size.py --device cuda [--chunks 10 5 2 1] [--rounds 3]
         [--json benchmarks/results/chunk_size_nvidia_h200.json]
@@ -37,6 +39,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.fedavg_vs_fedsgd import command_line
 from benchmarks.mcmahan2017 import cells as grid
 from fedloom.experiments import config_from_dict, run_experiment
 
@@ -50,9 +53,9 @@ WORKLOADS = [  # (algorithm, E, B, learning rate): one local epoch each
 
 def round_seconds(
     workload: tuple[str, int, int | None, float], chunk: int, args: argparse.Namespace
-) -> list[float]:
+) -> tuple[list[float], int]:
     """Seconds of each training round after the first (the last, evaluated, one
-    left out)."""
+    left out), and the torch threads they ran with."""
     algorithm, epochs, batch, lr = workload
     cell = grid.Cell("cnn", "iid", algorithm, epochs, batch)
     rounds = args.rounds + 2
@@ -67,30 +70,42 @@ def round_seconds(
         checkpoint_every=rounds,
     )
     config.update(chunk_size=chunk, eval_every=rounds, threads=args.threads)
+    checked = config_from_dict(config)
     with tempfile.TemporaryDirectory() as out:
-        result = run_experiment(config_from_dict(config), out_dir=out, quiet=True)
-    return [r["seconds"] for r in result.records[1:-1]]
+        result = run_experiment(checked, out_dir=out, quiet=True)
+    return [r["seconds"] for r in result.records[1:-1]], checked.torch_threads()
+
+
+CLEARLY_FASTER = 1.1  # a smaller chunk must beat the largest by this much
 
 
 def fastest_chunk_sizes(path: Path) -> dict[tuple[str, int | None], int]:
-    """The fastest chunk size of each (algorithm, B) in a report this script wrote.
+    """The chunk size of each (algorithm, B) in a report this script wrote: the
+    largest measured, unless a smaller one was at least 10 % faster (less is noise).
 
     Example:
         >>> import tempfile
-        >>> rows = [{"algorithm": "fedavg", "B": None, "chunk_size": c,
-        ...          "seconds_per_round": s} for c, s in ((10, 0.5), (1, 0.2))]
+        >>> def row(b, c, s):
+        ...     return {"algorithm": "fedavg", "B": b, "chunk_size": c,
+        ...             "seconds_per_round": s}
+        >>> rows = [row(None, 10, 0.5), row(None, 1, 0.2),
+        ...         row(50, 10, 0.37), row(50, 5, 0.34)]
         >>> with tempfile.TemporaryDirectory() as d:
         ...     report = Path(d) / "r.json"
         ...     _ = report.write_text(json.dumps({"rows": rows}))
         ...     fastest_chunk_sizes(report)
-        {('fedavg', None): 1}
+        {('fedavg', None): 1, ('fedavg', 50): 10}
     """
-    best: dict[tuple[str, int | None], tuple[float, int]] = {}
+    rows: dict[tuple[str, int | None], list[tuple[int, float]]] = {}
     for row in json.loads(path.read_text())["rows"]:
         key = (row["algorithm"], row["B"])
-        timed = (row["seconds_per_round"], row["chunk_size"])
-        best[key] = min(best.get(key, timed), timed)
-    return {key: chunk for key, (_, chunk) in best.items()}
+        rows.setdefault(key, []).append((row["chunk_size"], row["seconds_per_round"]))
+    chosen = {}
+    for key, timed in rows.items():
+        largest, seconds = max(timed)
+        fastest, best = min(timed, key=lambda t: t[1])
+        chosen[key] = fastest if best * CLEARLY_FASTER <= seconds else largest
+    return chosen
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -124,7 +139,7 @@ def main() -> None:
         if args.batches is None or str(w[2] or "inf") in args.batches
     ]
     report: dict[str, Any] = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(),
         "machine": machine(torch.device(args.device)),
         "rows": [],
     }
@@ -134,7 +149,7 @@ def main() -> None:
         base = None
         for chunk in args.chunks:
             started = time.perf_counter()
-            seconds = round_seconds(workload, chunk, args)
+            seconds, threads = round_seconds(workload, chunk, args)
             mean = statistics.mean(seconds)
             base = base or mean
             report["rows"].append(
@@ -144,6 +159,7 @@ def main() -> None:
                     "B": batch,
                     "learning_rate": lr,
                     "chunk_size": chunk,
+                    "threads": threads,
                     "seconds_per_round": mean,
                     "rounds": seconds,
                     "speedup_over_first_chunk": base / mean,

@@ -13,7 +13,7 @@ seconds per round of, in the same process:
   step through ``torch.compile``; compiled in the warm-up round, whose seconds the
   JSON keeps as ``first_round_seconds`` for every runner);
 
-and checks that all three reach the same test accuracy after the timed rounds. Speed
+and checks that all of them reach the same test accuracy after the timed rounds. Speed
 is reported as the ratio to the torch loop measured in the same run; after a warm-up
 round each, the runners take turns round by round, so that the noise of a shared
 machine falls on all of them alike.

@@ -27,8 +27,8 @@
 # before; a run stopped by the budget resumes from its checkpoint, which runs.tar
 # brings back. Both are rewritten in $OUT after every run, so a call cut off early
 # still returns what it finished. Repeat until the sweep says it is done.
-# DEVICE=cpu PROBE_ARGS="--rounds 1 --chunks 10 1 --batches 10" OUT=/tmp/out \
-#     bash benchmarks/mcmahan2017/gpu.sh 5      tries it without one.
+# DEVICE=cpu PROBE=1 PROBE_ARGS="--rounds 1 --chunks 10 1 --batches 10" \
+#     OUT=/tmp/out bash benchmarks/mcmahan2017/gpu.sh 60      tries it without one.
 set -euo pipefail
 budget="${1:-500}"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -44,17 +44,20 @@ fi
 device="${DEVICE:-cuda}"
 # Each (algorithm, B) runs at the chunk size fastest on this GPU, from
 # benchmarks/chunk_size.py's report for it; measured first when none is committed
-# (about a minute on an H200; PROBE_ARGS narrows it for a dry run).
+# or PROBE=1 (about a minute on an H200, taken from the sweep's budget; PROBE_ARGS
+# narrows it for a dry run).
 name=$(python3 -c "import re, sys, torch
 d = torch.device(sys.argv[1])
 n = torch.cuda.get_device_name(d) if d.type == 'cuda' else 'cpu'
 print(re.sub('[^a-z0-9]+', '_', n.lower()))" "$device")
 probe="benchmarks/results/chunk_size_$name.json"
-if [ ! -f "$probe" ]; then
+if [ ! -f "$probe" ] || [ "${PROBE:-0}" = 1 ]; then
+    started=$SECONDS
     # shellcheck disable=SC2086
     python3 benchmarks/chunk_size.py --device "$device" ${PROBE_ARGS:-} \
         --json "$OUT/chunk_size_$name.json" 2>&1 | tee "$OUT/chunk_size.log"
     probe="$OUT/chunk_size_$name.json"
+    budget=$((budget - (SECONDS - started)))
 fi
 cp benchmarks/mcmahan2017/results/fashion_mnist.json "$OUT/"
 python3 -m benchmarks.mcmahan2017 run --model cnn --device "$device" \

@@ -58,6 +58,8 @@ class Settings:
     chunk_sizes: Mapping[tuple[str, int | None], int] = field(default_factory=dict)
 
     def chunk_size(self, cell: Cell) -> int | None:
+        if self.runtime != "vectorized":  # only it computes clients in chunks
+            return None
         return self.chunk_sizes.get((cell.algorithm, cell.batch_size))
 
     def target(self, cell: Cell) -> float:
@@ -180,8 +182,7 @@ def run_one(
     started = time.perf_counter()
     log = MetricsLog(out_dir / "metrics.jsonl")
     resume = (out_dir / "config.json").exists()
-    before = [r["test_accuracy"] for r in log.read()] if resume else []
-    watch = Watch(deadline, [a for a in before if a is not None])
+    watch = Watch(deadline, log.read() if resume else [])
     diverged = False
     try:
         result = run_experiment(
@@ -229,25 +230,35 @@ class Watch:
     CNN at E = 20, B = ∞, lr 0.464 sat at 10 % for 1,000 rounds on an H200). A run
     whose last ``STALL_ROUNDS`` test accuracies are all at most ``STALL_ACCURACY``
     (twice chance for ten classes) is ended there; the table marks its rate.
+    ``records`` are those the run logged before (resumed): accuracies are kept by
+    round, so rounds that rerun after the checkpoint count once.
 
     Example:
-        >>> watch = Watch(deadline=None, accuracies=[0.1] * (STALL_ROUNDS - 1))
-        >>> watch({"test_accuracy": 0.3}), watch.stalled
+        >>> low = [{"round": r, "test_accuracy": 0.1} for r in range(1, STALL_ROUNDS)]
+        >>> watch = Watch(deadline=None, records=low)
+        >>> watch({"round": STALL_ROUNDS, "test_accuracy": 0.3}), watch.stalled
         (False, False)
-        >>> watch = Watch(deadline=None, accuracies=[0.1] * (STALL_ROUNDS - 1))
-        >>> watch({"test_accuracy": 0.1}), watch.stalled
+        >>> watch({"round": STALL_ROUNDS, "test_accuracy": 0.1}), watch.stalled
         (True, True)
     """
 
-    def __init__(self, deadline: float | None, accuracies: Sequence[float]) -> None:
+    def __init__(
+        self, deadline: float | None, records: Sequence[Mapping[str, Any]]
+    ) -> None:
         self.deadline = deadline
-        self.accuracies = list(accuracies)
+        self.accuracies: dict[int, float] = {}
         self.stalled = False
+        for record in records:
+            self._note(record)
+
+    def _note(self, record: Mapping[str, Any]) -> None:
+        if record.get("test_accuracy") is not None:  # None: a round not evaluated
+            self.accuracies[record["round"]] = record["test_accuracy"]
 
     def __call__(self, record: Mapping[str, Any]) -> bool:
-        if record["test_accuracy"] is not None:  # None: a round not evaluated
-            self.accuracies.append(record["test_accuracy"])
-        window = self.accuracies[-STALL_ROUNDS:]
+        self._note(record)
+        rounds = sorted(self.accuracies)[-STALL_ROUNDS:]
+        window = [self.accuracies[r] for r in rounds]
         if len(window) == STALL_ROUNDS and max(window) <= STALL_ACCURACY:
             self.stalled = True
             return True

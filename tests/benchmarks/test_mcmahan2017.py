@@ -134,7 +134,9 @@ def test_a_run_past_its_deadline_stops_and_the_next_sweep_finishes_it(tmp_path):
 
 def test_a_stopped_run_resumes_with_the_chunk_size_measured_since(tmp_path):
     cell = Cell("2nn", "iid", "fedavg", 1, 10)
-    plain = dataclasses.replace(_settings(tmp_path, 0.999, 4), runtime="vectorized")
+    plain = dataclasses.replace(  # 3 clients a round: a chunk of 1 changes the kernels
+        _settings(tmp_path, 0.999, 4), runtime="vectorized", num_clients=30
+    )
     whole = run_one(plain, cell, 0.1, 4, None)
     stopped = dataclasses.replace(plain, runs_dir=tmp_path / "other")
     assert run_one(stopped, cell, 0.1, 4, deadline=0.0) is None
@@ -143,7 +145,12 @@ def test_a_stopped_run_resumes_with_the_chunk_size_measured_since(tmp_path):
     assert whole is not None and resumed is not None
     assert (whole["chunk_size"], resumed["chunk_size"]) == (None, 1)
     assert resumed["rounds_run"] == 4
-    assert resumed["final_accuracy"] == pytest.approx(whole["final_accuracy"], abs=0.02)
+    # the same rounds by other kernels: at most an example's worth of difference
+    assert resumed["final_accuracy"] == pytest.approx(
+        whole["final_accuracy"], abs=0.004
+    )
+    local = dataclasses.replace(chunked, runtime="local")  # no chunks to set there
+    assert local.chunk_size(cell) is None and chunked.chunk_size(cell) == 1
 
 
 def test_fastest_chunk_sizes_read_from_the_probe_report():

@@ -130,7 +130,7 @@ def test_a_stop_request_ends_the_run_with_a_checkpoint(tmp_path):
     asked = []
 
     def after_two_rounds(record):
-        asked.append(True)
+        asked.append(record["round"])
         return len(asked) >= 2
 
     stopped = run_experiment(
@@ -139,6 +139,7 @@ def test_a_stop_request_ends_the_run_with_a_checkpoint(tmp_path):
         quiet=True,
         stop=after_two_rounds,
     )
+    assert asked == [1, 2]  # asked with each round's record
     assert [r["round"] for r in stopped.records] == [1, 2]
     assert not stopped.target_reached
     assert load_checkpoint(tmp_path / "stopped" / "checkpoint")[1]["round"] == 2

@@ -51,8 +51,9 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         file.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-# What may change when a run is resumed: how long it goes on and how its clients are
-# scheduled, not what it computes.
+# What may change when a run is resumed: how long it goes on, and how its clients are
+# scheduled (chunk_size, compile: the same rounds by other kernels, so floats may round
+# differently from an uninterrupted run's), not what it computes.
 RESUMABLE_CHANGES = frozenset(
     {"rounds", "target_accuracy", "checkpoint_every", "chunk_size", "compile"}
 )
@@ -155,8 +156,9 @@ def run_experiment(
 
     After every round ``out_dir`` holds ``metrics.jsonl`` (one JSON object per round)
     and, every ``checkpoint_every`` rounds and at the end, a checkpoint (safetensors +
-    JSON, written atomically); a run resumed from it follows the same trajectory, bit
-    for bit, as one never stopped (the rounds logged after the checkpoint run again).
+    JSON, written atomically); a run resumed from it with the same configuration
+    follows the same trajectory, bit for bit, as one never stopped (the rounds
+    logged after the checkpoint run again).
     At the end it writes ``curves.png`` and prints a summary.
     """
     out_dir = Path(out_dir)

@@ -150,7 +150,7 @@ class LocalTraining:
         """
         params, inputs = args
         examples, seeds = _inputs(inputs)
-        key = options.compile
+        key = options.compile and not options.capture  # graphs capture eager steps
         if key not in self.steps:
             self.steps[key] = CohortStep(self.model, self.optimizer, compile=key)
         step = self.steps[key]

@@ -11,6 +11,7 @@ as the sequential code does, so both visit the same batches.
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -126,12 +127,31 @@ def _masked_loss(model: FunctionalModel) -> Any:
     return loss
 
 
+def _own_code(method: Any) -> Any:
+    """``method`` bound to a copy of its function with a code object of its own
+    (torch.compile keeps its compilations, and counts them, per code object)."""
+    function = method.__func__
+    copy = types.FunctionType(
+        function.__code__.replace(),
+        function.__globals__,
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+    return types.MethodType(copy, method.__self__)
+
+
 class CohortStep:
     """One minibatch step of every client at once: gradients by ``vmap(grad)``, then
     the optimizer; clients without a batch in this step keep what they had.
 
-    With ``compile`` the step runs through ``torch.compile``: one compilation per
-    shape (and per masked / unmasked step), kept as long as this object is.
+    With ``compile`` the step runs through ``torch.compile`` (shapes dynamic, so a
+    new padded length or cohort size does not recompile; masked and unmasked steps
+    compile once each), kept as long as this object is. Torch keeps at most
+    ``torch._dynamo.config.recompile_limit`` (8) compilations of one function and
+    then runs it eagerly; each step therefore compiles its own copy of the code, so
+    that a sweep of learning rates (constants of the optimizer, one compilation
+    each) in one process does not use up one shared allowance.
     """
 
     def __init__(
@@ -141,7 +161,12 @@ class CohortStep:
         self.optimizer = optimizer
         # Elementwise optimizers apply to stacked parameters as they are.
         self._update = optimizer.update if optimizer.elementwise else None
-        self._run = torch.compile(self._step) if compile else self._step
+        self.compiled = compile
+        self._run = (
+            torch.compile(_own_code(self._step), dynamic=True)
+            if compile
+            else self._step
+        )
 
     def init(self, params: Params) -> Any:
         """The optimizer state of every client, from stacked parameters."""
@@ -162,7 +187,7 @@ class CohortStep:
 
         ``masked=False`` promises that every client has a batch (no masking needed).
         """
-        if self._run is not self._step:  # compiled: same strides every step, so
+        if self.compiled:  # same strides every step, so
             # the broadcast's expanded parameters and an epoch's index slices do
             # not each cost a recompilation (a no-op on contiguous tensors)
             params = {k: v.contiguous() for k, v in params.items()}
