@@ -7,8 +7,8 @@ computes one client at a time: plain convolutions over that client's batch. Whic
 is faster was measured, not assumed (README, "The command line"): on the 2-core CPU
 one client at a time wins at B = ∞ and loses at B = 10; on an H200 the whole cohort
 wins at B = 10 and 50, and B = ∞ is level within the noise. The McMahan sweep on a
-GPU (``benchmarks/mcmahan2017/gpu.sh``) runs each (algorithm, B) at the fastest
-chunk size of this script's report for that GPU.
+GPU (``benchmarks/mcmahan2017/gpu.sh``) runs each (algorithm, B) at the chunk size
+:func:`fastest_chunk_sizes` picks from this script's report for that GPU.
 
 Workload: the McMahan et al. 2017 CNN on Fashion-MNIST, 100 IID clients, C = 0.1,
 the vectorized runtime (CUDA graphs on a GPU), one local epoch at each batch size

@@ -64,7 +64,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         metavar="JSON",
         help="benchmarks/chunk_size.py's report: each (algorithm, B) runs with "
-        "its fastest chunk size there (vectorized runtime)",
+        "the chunk size clearly fastest there (vectorized runtime)",
     )
     parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
     parser.add_argument("--results", type=Path, default=None, help="results JSON")

@@ -42,7 +42,7 @@ if [ -d .devdata/fashion-mnist ]; then
     export FEDLOOM_DATA="$PWD/.devdata"
 fi
 device="${DEVICE:-cuda}"
-# Each (algorithm, B) runs at the chunk size fastest on this GPU, from
+# Each (algorithm, B) runs at the chunk size clearly fastest on this GPU, from
 # benchmarks/chunk_size.py's report for it; measured first when none is committed
 # or PROBE=1 (about a minute on an H200, taken from the sweep's budget; PROBE_ARGS
 # narrows it for a dry run).
