@@ -58,14 +58,11 @@ class PaddedCohort:
         positions = torch.arange(longest)
         self.mask = (positions[None, :] < self.sizes[:, None]).to(device)
 
-    def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each client's examples at ``index[c, :]`` (positions in its own data)."""
-        return _gather(self.x, self.y, index)
-
 
 def _gather(
     x: torch.Tensor, y: torch.Tensor, index: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each client's examples at ``index[c, :]`` (positions in its own data)."""
     rows = torch.arange(x.shape[0], device=index.device)[:, None]
     return x[rows, index], y[rows, index]
 
