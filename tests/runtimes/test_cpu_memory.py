@@ -25,7 +25,7 @@ PROGRAM = textwrap.dedent(
         print("skip")
         raise SystemExit
     params = torch.ones(SIZE)
-    for _ in range(4):  # the heap settles
+    for _ in range(10):  # the heap settles (4 rounds were not always enough)
         params = params + 1
     before = faults()
     for _ in range(3):  # like a functional optimizer step: new from old, old freed
@@ -44,5 +44,5 @@ def test_a_step_that_replaces_a_large_tensor_faults_no_fresh_pages():
         pytest.skip("not glibc: nothing to tune")
     faults, pages, value, again = out
     assert int(faults) < int(pages) // 10
-    assert float(value) == 8.0
+    assert float(value) == 14.0  # 1 + 10 + 3 steps: the arithmetic is untouched
     assert again == "True"  # once is enough; later calls are free
