@@ -265,7 +265,7 @@ class ExperimentConfig(BaseModel):
     with small batches, the whole cohort at once (``benchmarks/chunk_size.py``)."""
     compile: bool = False
     """``vectorized`` on the CPU only: compile FedAvg's batched step with
-    ``torch.compile`` (once per shape, seconds to tens of seconds; then the 2NN's
+    ``torch.compile`` (in the first rounds, seconds to tens of seconds; then the 2NN's
     step runs about twice as fast: ``benchmarks/simulation_speed.py``)."""
     device: str = "cpu"
     """Where the ``vectorized`` runtime computes the cohort, and where the test set is

@@ -110,7 +110,7 @@ class LocalTraining:
         default_factory=dict, init=False, repr=False, compare=False
     )
     """The batched step, eager and compiled, kept between rounds (a compiled one
-    compiles once)."""
+    is not compiled again)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

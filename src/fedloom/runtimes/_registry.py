@@ -8,7 +8,7 @@ import torch
 
 from fedloom.core import LocalRuntime, Runtime
 
-from ._vectorized import VectorizedRuntime
+from ._vectorized import DEFAULT_CHUNK_SIZE, VectorizedRuntime
 
 __all__ = ["RUNTIMES", "get_runtime"]
 
@@ -41,7 +41,7 @@ def get_runtime(
         if where.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: no CUDA device is available here")
         if chunk_size is None:
-            return VectorizedRuntime(where, compile=compile)
+            chunk_size = DEFAULT_CHUNK_SIZE
         return VectorizedRuntime(where, chunk_size=chunk_size, compile=compile)
     if chunk_size is not None or compile:
         raise ValueError(

@@ -32,7 +32,10 @@ from fedloom.core import (
     unstack,
 )
 
-__all__ = ["VectorizedRuntime"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "VectorizedRuntime"]
+
+DEFAULT_CHUNK_SIZE = 256
+"""Clients computed at once unless ``chunk_size`` says otherwise."""
 
 Payload = Stacked | Replicated | list[Any]
 
@@ -76,8 +79,9 @@ class VectorizedRuntime:
     fixed-shape loops as CUDA graphs and replay them in later rounds (FedAvg's local
     training captures an epoch); ``cuda_graphs=False`` runs everything eagerly.
     On the CPU, ``compile=True`` compiles FedAvg's batched step with
-    ``torch.compile`` (seconds to tens of seconds, once per shape; the 2NN's step
-    then runs about twice as fast, ``benchmarks/simulation_speed.py``).
+    ``torch.compile`` (seconds to tens of seconds, once for steps where every client
+    has a batch and once for masked ones, for any cohort size above one; the 2NN's
+    step then runs about twice as fast, ``benchmarks/simulation_speed.py``).
 
     >>> from fedloom.core import CLIENTS, computation, map, mean
     >>> import torch
@@ -93,7 +97,7 @@ class VectorizedRuntime:
         self,
         device: str | torch.device = "cpu",
         *,
-        chunk_size: int = 256,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
         cuda_graphs: bool = True,
         compile: bool = False,
     ) -> None:
