@@ -390,3 +390,13 @@ def test_config_from_dict_errors_name_source() -> None:
 def test_direct_construction() -> None:
     cfg = ExperimentConfig(algorithm=AlgorithmConfig(clients_per_round=3))
     assert cfg.algorithm.cohort_size(cfg.data.num_clients) == 3
+
+
+def test_fedsgd_json_round_trip() -> None:
+    """A FedSGD run's config.json reads back (resume re-reads it): the unused
+    server_learning_rate, which config_from_dict refuses, is not written."""
+    algorithm = {"name": "fedsgd", "batch_size": "all", "client_fraction": 0.1}
+    cfg = config_from_dict({"algorithm": algorithm})
+    data = json.loads(json.dumps(config_to_dict(cfg)))
+    assert "server_learning_rate" not in data["algorithm"]
+    assert config_from_dict(data) == cfg

@@ -532,9 +532,13 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
 def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
     """A JSON-compatible dict of ``config`` (the inverse of :func:`config_from_dict`).
 
-    Full-batch training is written as ``"batch_size": "all"``, as in TOML.
+    Full-batch training is written as ``"batch_size": "all"``, as in TOML; FedSGD's
+    unused ``server_learning_rate`` is left out, as :func:`config_from_dict` requires.
     """
-    return config.model_dump(mode="json")
+    data = config.model_dump(mode="json")
+    if config.algorithm.name == "fedsgd":
+        del data["algorithm"]["server_learning_rate"]
+    return data
 
 
 def config_from_dict(
