@@ -75,11 +75,24 @@ def _assert_same_run(got, expected):
     assert _strip_seconds(got.records) == _strip_seconds(expected.records)
 
 
-def test_stop_after_three_and_resume_equals_uninterrupted_run(tmp_path):
-    whole = run_experiment(_config(), out_dir=tmp_path / "whole", quiet=True)
-    run_experiment(_config(rounds=3), out_dir=tmp_path / "split", quiet=True)
+# Every algorithm resumes (its config.json reads back, its server state restores).
+ALGORITHMS = {
+    "fedavg": {},
+    "fedsgd": {"name": "fedsgd", "batch_size": "all", "client_learning_rate": 0.5},
+    "fedadam": {"server_optimizer": "adam", "server_learning_rate": 0.01},
+}
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS.values(), ids=ALGORITHMS.keys())
+def test_stop_after_three_and_resume_equals_uninterrupted_run(tmp_path, algorithm):
+    def config(rounds):
+        base = _config().algorithm.model_dump(mode="json", exclude_unset=True)
+        return _config(rounds=rounds, algorithm={**base, **algorithm})
+
+    whole = run_experiment(config(6), out_dir=tmp_path / "whole", quiet=True)
+    run_experiment(config(3), out_dir=tmp_path / "split", quiet=True)
     resumed = run_experiment(
-        _config(rounds=6), out_dir=tmp_path / "split", resume=True, quiet=True
+        config(6), out_dir=tmp_path / "split", resume=True, quiet=True
     )
     _assert_same_run(resumed, whole)
 
