@@ -236,7 +236,7 @@ def test_the_table_puts_paper_and_fedloom_side_by_side(fedsgd_rounds, expected):
     assert any("| IID | FedSGD | 1 | ∞ | 1 | 1474 |" in line for line in lines)
 
 
-@pytest.mark.parametrize("module", ["cells", "results", "sweep", "table"])
+@pytest.mark.parametrize("module", ["cells", "results", "seeds", "sweep", "table"])
 def test_docstring_examples(module):
     imported = importlib.import_module(f"benchmarks.mcmahan2017.{module}")
     result = doctest.testmod(imported, report=True)

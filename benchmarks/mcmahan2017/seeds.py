@@ -1,0 +1,170 @@
+"""Claim: on pathological non-IID data the rounds to target move with the seed.
+
+Table 2 gives one number a cell, and so does our sweep (seed 0). Where FedAvg's
+advantage over FedSGD is small the ratio of two such numbers may say more about
+the draw than about the algorithms. This script reruns cells at the best rate the
+sweep found (from its results file) with other seeds (each seed draws its own
+partition, initial model and cohorts) and prints, for each cell, the rounds to
+target of every seed and their spread, beside the ratio of the cells' medians to
+the first cell's (put FedSGD first).
+
+    python -m benchmarks.mcmahan2017.seeds --cells 2nn/shards/fedsgd_E1_Binf \\
+        2nn/shards/fedavg_E5_Binf 2nn/shards/fedavg_E1_B50 --seeds 0 1 2 3 4 \\
+        [--json benchmarks/results/mcmahan2017_seeds.json]
+
+Seed 0's run is the sweep's own, read from its results file, not rerun. The others
+run here with the sweep's settings (cap, target, runtime; CPU by default) in a
+temporary directory; a run that does not reach the target within the cell's cap
+counts as the cap, marked ``>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from . import cells as grid
+from .results import best, load_runs, results_path, runs_of_cell
+from .sweep import Settings, run_one
+
+
+def best_rate(settings: Settings, cell: grid.Cell) -> dict[str, Any]:
+    runs = runs_of_cell(
+        load_runs(settings.results_path), settings.dataset, cell, settings.target(cell)
+    )
+    chosen = best(runs)
+    if chosen is None or chosen["rounds_to_target"] is None:
+        raise SystemExit(f"{cell.name}: no run of the sweep reached its target yet")
+    return dict(chosen)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=grid.DATASETS, default="fashion_mnist")
+    parser.add_argument("--cells", nargs="+", required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--runtime", choices=("local", "vectorized"), default="local")
+    parser.add_argument(
+        "--json", type=Path, default=Path("benchmarks/results/mcmahan2017_seeds.json")
+    )
+    args = parser.parse_args(argv)
+    by_name = {cell.name: cell for cell in grid.all_cells()}
+    unknown = [name for name in args.cells if name not in by_name]
+    if unknown:
+        raise SystemExit(f"unknown cell(s) {unknown}; e.g. {grid.all_cells()[0].name}")
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in args.cells:
+            cell = by_name[name]
+            base = Settings(
+                dataset=args.dataset, results_path=results_path(args.dataset)
+            )
+            chosen = best_rate(base, cell)
+            lr = chosen["learning_rate"]
+            for seed in args.seeds:
+                if seed == 0:
+                    run = chosen
+                else:
+                    settings = Settings(
+                        dataset=args.dataset,
+                        results_path=Path(scratch) / "results.json",
+                        runs_dir=Path(scratch) / f"seed{seed}",
+                        device=args.device,
+                        runtime=args.runtime,
+                        seed=seed,
+                    )
+                    outcome = run_one(settings, cell, lr, base.cap(cell), None)
+                    assert outcome is not None  # no deadline: every run ends
+                    run = outcome
+                reached = run["rounds_to_target"]
+                rows.append(
+                    {
+                        "cell": name,
+                        "learning_rate": lr,
+                        "seed": seed,
+                        "target": run["target"],
+                        "cap": base.cap(cell),
+                        "rounds_to_target": reached,
+                        "best_accuracy": run["best_accuracy"],
+                        "seconds": run["seconds"],
+                        "device": run["device"],
+                        "commit": run["commit"],
+                    }
+                )
+                shown = reached if reached is not None else f"> {base.cap(cell)}"
+                print(f"  {name} lr {lr:g} seed {seed}: {shown}", flush=True)
+    summary = summarize(rows, args.cells)
+    print_table(summary)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps(
+            {"benchmark": "mcmahan2017_seeds", "summary": summary, "runs": rows},
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"wrote {args.json}")
+    return 0
+
+
+def summarize(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """Per cell: the rounds of each seed (the cap where not reached), their min,
+    median and max, and the median's ratio to the first cell's median.
+
+    Example:
+        >>> def run(cell, seed, rounds):
+        ...     return {"cell": cell, "seed": seed, "learning_rate": 0.1,
+        ...             "rounds_to_target": rounds, "cap": 500}
+        >>> rows = [run("sgd", 0, 300), run("sgd", 1, 340), run("sgd", 2, 320),
+        ...         run("avg", 0, 150), run("avg", 1, None), run("avg", 2, 170)]
+        >>> sgd, avg = summarize(rows, ["sgd", "avg"])
+        >>> avg["rounds"], avg["not_reached"], avg["median"]
+        ([150, 500, 170], [1], 170)
+        >>> round(avg["speedup_of_medians"], 2)  # 320 / 170
+        1.88
+    """
+    summary = []
+    for name in names:
+        runs = [r for r in rows if r["cell"] == name]
+        rounds = [r["rounds_to_target"] or r["cap"] for r in runs]
+        summary.append(
+            {
+                "cell": name,
+                "learning_rate": runs[0]["learning_rate"],
+                "seeds": [r["seed"] for r in runs],
+                "rounds": rounds,
+                "not_reached": [
+                    r["seed"] for r in runs if r["rounds_to_target"] is None
+                ],
+                "min": min(rounds),
+                "median": statistics.median(rounds),
+                "max": max(rounds),
+            }
+        )
+    for row in summary:
+        row["speedup_of_medians"] = summary[0]["median"] / row["median"]
+    return summary
+
+
+def print_table(summary: list[dict[str, Any]]) -> None:
+    print("| cell | lr | rounds by seed | min | median | max | speed-up (medians) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for row in summary:
+        by_seed = ", ".join(
+            f"> {r}" if s in row["not_reached"] else str(r)
+            for s, r in zip(row["seeds"], row["rounds"], strict=True)
+        )
+        print(
+            f"| {row['cell']} | {row['learning_rate']:g} | {by_seed} | {row['min']} "
+            f"| {row['median']:g} | {row['max']} | {row['speedup_of_medians']:.2f}× |"  # noqa: RUF001
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
