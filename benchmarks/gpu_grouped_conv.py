@@ -7,7 +7,9 @@ This times that convolution alone, as the McMahan CNN's second layer has it
 (B = 10 examples a client, 32 -> 64 channels, 14 x 14, 5 x 5 kernels, padding 2):
 forward, input gradient and weight gradient, for each cohort size, in
 
-- ``grouped NCHW``: what vmap produces today (float32, cuDNN's default TF32),
+- ``vmap``: the runtime's own path, ``vmap`` over clients of a convolution and its
+  gradients (which lowers to the next row),
+- ``grouped NCHW``: what vmap produces (float32, cuDNN's default TF32),
 - ``grouped NHWC``: the same convolution in channels-last memory,
 - ``grouped NCHW bf16`` / ``grouped NHWC bf16``: in bfloat16,
 - ``per client``: a loop of plain convolutions, one client at a time,
@@ -61,6 +63,22 @@ def grouped(
     def run() -> None:
         y = F.conv2d(x, w, padding=KERNEL // 2, groups=clients)
         torch.autograd.grad(y, (x, w), grad)
+
+    return run
+
+
+def vmapped(clients: int, device: torch.device) -> Callable[[], None]:
+    x = torch.randn(clients, BATCH, IN, SIDE, SIDE, device=device)
+    w = torch.randn(clients, OUT, IN, KERNEL, KERNEL, device=device)
+    grad = torch.randn(clients, BATCH, OUT, SIDE, SIDE, device=device)
+
+    def one(x: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return (F.conv2d(x, w, padding=KERNEL // 2) * g).sum()
+
+    both = torch.func.vmap(torch.func.grad(one, argnums=(0, 1)))
+
+    def run() -> None:
+        both(x, w, grad)
 
     return run
 
@@ -130,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     f32, bf16 = torch.float32, torch.bfloat16
     variants: dict[str, Callable[[int], Callable[[], None]]] = {
         "grouped NCHW": lambda n: grouped(n, device, f32, nhwc=False),
+        "vmap": lambda n: vmapped(n, device),
         "grouped NHWC": lambda n: grouped(n, device, f32, nhwc=True),
         "grouped NCHW bf16": lambda n: grouped(n, device, bf16, nhwc=False),
         "grouped NHWC bf16": lambda n: grouped(n, device, bf16, nhwc=True),
