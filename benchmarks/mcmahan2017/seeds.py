@@ -12,19 +12,23 @@ the first cell's (put FedSGD first).
         2nn/shards/fedavg_E5_Binf 2nn/shards/fedavg_E1_B50 --seeds 0 1 2 3 4 \\
         [--json benchmarks/results/mcmahan2017_seeds.json]
 
-Seed 0's run is the sweep's own, read from its results file, not rerun. The others
-run here with the sweep's settings (cap, target, runtime; CPU by default) in a
-temporary directory; a run that does not reach the target within the cell's cap
-counts as the cap, marked ``>``.
+Seed 0's run is the sweep's own, read from its results file, not rerun (it may
+have run on another device or runtime; each row says which). The others run here
+with the sweep's settings (target, one thread a run; the local runtime on the CPU
+by default) in a temporary directory, ``--processes`` at a time; a run that does
+not reach the target within the cell's cap (or ``--max-rounds``) counts as that
+many rounds, marked ``>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,30 @@ def best_rate(settings: Settings, cell: grid.Cell) -> dict[str, Any]:
     return dict(chosen)
 
 
+def run_seed(job: tuple[str, str, str, str, float, int, int]) -> dict[str, Any]:
+    """One rerun (in a worker process when ``--processes`` > 1)."""
+    dataset, device, runtime, name, lr, seed, limit = job
+    cell = {cell.name: cell for cell in grid.all_cells()}[name]
+    with tempfile.TemporaryDirectory() as scratch:
+        settings = Settings(
+            dataset=dataset,
+            results_path=Path(scratch) / "results.json",
+            runs_dir=Path(scratch),
+            device=device,
+            runtime=runtime,
+            seed=seed,
+        )
+        outcome = run_one(settings, cell, lr, limit, None)
+    assert outcome is not None  # no deadline: every run ends
+    print(f"  {name} lr {lr:g} seed {seed}: {shown(outcome)}", flush=True)
+    return outcome
+
+
+def shown(run: dict[str, Any]) -> str:
+    reached = run["rounds_to_target"]
+    return str(reached) if reached is not None else f"> {run['max_rounds']}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=grid.DATASETS, default="fashion_mnist")
@@ -51,6 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--runtime", choices=("local", "vectorized"), default="local")
     parser.add_argument(
+        "--max-rounds",
+        type=int,
+        default=None,
+        help="end a rerun here if it has not reached the target (default: the "
+        "cell's cap); it counts as this many rounds",
+    )
+    parser.add_argument(
+        "--processes", type=int, default=1, help="reruns at once (one thread each)"
+    )
+    parser.add_argument(
         "--json", type=Path, default=Path("benchmarks/results/mcmahan2017_seeds.json")
     )
     args = parser.parse_args(argv)
@@ -58,47 +96,52 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in args.cells if name not in by_name]
     if unknown:
         raise SystemExit(f"unknown cell(s) {unknown}; e.g. {grid.all_cells()[0].name}")
+    base = Settings(dataset=args.dataset, results_path=results_path(args.dataset))
+    chosen = {name: best_rate(base, by_name[name]) for name in args.cells}
+    jobs = [
+        (
+            args.dataset,
+            args.device,
+            args.runtime,
+            name,
+            chosen[name]["learning_rate"],
+            seed,
+            args.max_rounds or base.cap(by_name[name]),
+        )
+        for name in args.cells
+        for seed in args.seeds
+        if seed != 0
+    ]
+    if args.processes > 1:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.processes, mp_context=context) as pool:
+            outcomes = list(pool.map(run_seed, jobs))
+    else:
+        outcomes = [run_seed(job) for job in jobs]
+    reruns = {
+        (job[3], job[5]): outcome for job, outcome in zip(jobs, outcomes, strict=True)
+    }
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for name in args.cells:
-            cell = by_name[name]
-            base = Settings(
-                dataset=args.dataset, results_path=results_path(args.dataset)
+    for name in args.cells:
+        for seed in args.seeds:
+            run = chosen[name] if seed == 0 else reruns[(name, seed)]
+            if seed == 0:
+                print(f"  {name} lr {run['learning_rate']:g} seed 0: {shown(run)}")
+            rows.append(
+                {
+                    "cell": name,
+                    "learning_rate": run["learning_rate"],
+                    "seed": seed,
+                    "target": run["target"],
+                    "cap": run["max_rounds"],
+                    "rounds_to_target": run["rounds_to_target"],
+                    "best_accuracy": run["best_accuracy"],
+                    "seconds": run["seconds"],
+                    "device": run["device"],
+                    "runtime": run["runtime"],
+                    "commit": run["commit"],
+                }
             )
-            chosen = best_rate(base, cell)
-            lr = chosen["learning_rate"]
-            for seed in args.seeds:
-                if seed == 0:
-                    run = chosen
-                else:
-                    settings = Settings(
-                        dataset=args.dataset,
-                        results_path=Path(scratch) / "results.json",
-                        runs_dir=Path(scratch) / f"seed{seed}",
-                        device=args.device,
-                        runtime=args.runtime,
-                        seed=seed,
-                    )
-                    outcome = run_one(settings, cell, lr, base.cap(cell), None)
-                    assert outcome is not None  # no deadline: every run ends
-                    run = outcome
-                reached = run["rounds_to_target"]
-                rows.append(
-                    {
-                        "cell": name,
-                        "learning_rate": lr,
-                        "seed": seed,
-                        "target": run["target"],
-                        "cap": base.cap(cell),
-                        "rounds_to_target": reached,
-                        "best_accuracy": run["best_accuracy"],
-                        "seconds": run["seconds"],
-                        "device": run["device"],
-                        "commit": run["commit"],
-                    }
-                )
-                shown = reached if reached is not None else f"> {base.cap(cell)}"
-                print(f"  {name} lr {lr:g} seed {seed}: {shown}", flush=True)
     summary = summarize(rows, args.cells)
     print_table(summary)
     args.json.parent.mkdir(parents=True, exist_ok=True)
