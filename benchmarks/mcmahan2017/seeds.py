@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         "--json", type=Path, default=Path("benchmarks/results/mcmahan2017_seeds.json")
     )
     args = parser.parse_args(argv)
+    if args.processes < 1 or (args.max_rounds is not None and args.max_rounds < 1):
+        parser.error("--processes and --max-rounds must be at least 1")
     by_name = {cell.name: cell for cell in grid.all_cells()}
     unknown = [name for name in args.cells if name not in by_name]
     if unknown:
