@@ -90,6 +90,7 @@ class Service:
         self._call(self._server.stop(grace=0))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+        self.loop.close()  # else its self-pipe sockets warn when collected
         self.store.close()
 
 
