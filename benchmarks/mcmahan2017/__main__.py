@@ -78,19 +78,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def selected_cells(args: argparse.Namespace) -> list[grid.Cell]:
     """The cells named by --cell, or those of --model and --partition."""
-    every = grid.all_cells()
     if args.cell:
-        by_name = {cell.name: cell for cell in every}
-        unknown = [name for name in args.cell if name not in by_name]
-        if unknown:
-            raise SystemExit(
-                f"unknown cell(s) {unknown}; cells are e.g. {every[0].name}, "
-                f"{every[-1].name}"
-            )
-        return [by_name[name] for name in args.cell]
+        return grid.cells_named(args.cell)
     models = args.model or grid.MODELS
     partitions = args.partition or grid.PARTITIONS
-    return [c for c in every if c.model in models and c.partition in partitions]
+    return [
+        c for c in grid.all_cells() if c.model in models and c.partition in partitions
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

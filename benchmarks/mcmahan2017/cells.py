@@ -9,6 +9,7 @@ rounds are known only where Table 1 (C = 0.1, E = 1) holds the same cell.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -130,6 +131,20 @@ def all_cells(models: tuple[str, ...] = MODELS) -> list[Cell]:
         for partition in PARTITIONS
         for algorithm, epochs, batch in table_rows()
     ]
+
+
+def cells_named(names: Sequence[str]) -> list[Cell]:
+    """The cells of ``names`` (e.g. ``2nn/iid/fedavg_E5_B10``), in that order; a
+    command line's exit with the names it does not know otherwise."""
+    every = all_cells()
+    by_name = {cell.name: cell for cell in every}
+    unknown = [name for name in names if name not in by_name]
+    if unknown:
+        raise SystemExit(
+            f"unknown cell(s) {unknown}; cells are e.g. {every[0].name}, "
+            f"{every[-1].name}"
+        )
+    return [by_name[name] for name in names]
 
 
 def paper_rounds(cell: Cell) -> int | None:

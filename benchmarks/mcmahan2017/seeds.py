@@ -47,10 +47,9 @@ def best_rate(settings: Settings, cell: grid.Cell) -> dict[str, Any]:
     return dict(chosen)
 
 
-def run_seed(job: tuple[str, str, str, str, float, int, int]) -> dict[str, Any]:
+def run_seed(job: tuple[str, str, str, grid.Cell, float, int, int]) -> dict[str, Any]:
     """One rerun (in a worker process when ``--processes`` > 1)."""
-    dataset, device, runtime, name, lr, seed, limit = job
-    cell = {cell.name: cell for cell in grid.all_cells()}[name]
+    dataset, device, runtime, cell, lr, seed, limit = job
     with tempfile.TemporaryDirectory() as scratch:
         settings = Settings(
             dataset=dataset,
@@ -62,7 +61,7 @@ def run_seed(job: tuple[str, str, str, str, float, int, int]) -> dict[str, Any]:
         )
         outcome = run_one(settings, cell, lr, limit, None)
     assert outcome is not None  # no deadline: every run ends
-    print(f"  {name} lr {lr:g} seed {seed}: {shown(outcome)}", flush=True)
+    print(f"  {cell.name} lr {lr:g} seed {seed}: {shown(outcome)}", flush=True)
     return outcome
 
 
@@ -94,23 +93,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.processes < 1 or (args.max_rounds is not None and args.max_rounds < 1):
         parser.error("--processes and --max-rounds must be at least 1")
-    by_name = {cell.name: cell for cell in grid.all_cells()}
-    unknown = [name for name in args.cells if name not in by_name]
-    if unknown:
-        raise SystemExit(f"unknown cell(s) {unknown}; e.g. {grid.all_cells()[0].name}")
+    cells = grid.cells_named(args.cells)
     base = Settings(dataset=args.dataset, results_path=results_path(args.dataset))
-    chosen = {name: best_rate(base, by_name[name]) for name in args.cells}
+    chosen = {cell.name: best_rate(base, cell) for cell in cells}
     jobs = [
         (
             args.dataset,
             args.device,
             args.runtime,
-            name,
-            chosen[name]["learning_rate"],
+            cell,
+            chosen[cell.name]["learning_rate"],
             seed,
-            args.max_rounds or base.cap(by_name[name]),
+            args.max_rounds or base.cap(cell),
         )
-        for name in args.cells
+        for cell in cells
         for seed in args.seeds
         if seed != 0
     ]
@@ -121,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         outcomes = [run_seed(job) for job in jobs]
     reruns = {
-        (job[3], job[5]): outcome for job, outcome in zip(jobs, outcomes, strict=True)
+        (job[3].name, job[5]): outcome
+        for job, outcome in zip(jobs, outcomes, strict=True)
     }
     rows: list[dict[str, Any]] = []
     for name in args.cells:
