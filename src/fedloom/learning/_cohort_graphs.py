@@ -22,9 +22,15 @@ from typing import Any
 
 import torch
 
-from fedloom.core import tree_flatten, tree_map
+from fedloom.core import tree_map
 
-from ._cohort_work import CohortStep, PaddedCohort, TrainingPlan, training_result
+from ._cohort_work import (
+    CohortStep,
+    PaddedCohort,
+    TrainingPlan,
+    copy_tree,
+    training_result,
+)
 from ._types import Params
 
 __all__ = ["EpochProgram", "GraphCache", "captured_local_training"]
@@ -70,7 +76,7 @@ class EpochProgram:
         self.data.mask.copy_(data.mask)
         for k, v in start.items():
             self.params[k].copy_(v)
-        _copy_tree(self.state, state)
+        copy_tree(self.state, state)
         self.loss_sum.zero_()
 
     def set_epoch(self, index: torch.Tensor, mask: torch.Tensor) -> None:
@@ -90,7 +96,7 @@ class EpochProgram:
             )
             for k, v in params.items():
                 self.params[k].copy_(v)
-            _copy_tree(self.state, state)
+            copy_tree(self.state, state)
             self.loss_sum += loss
 
     def run(self) -> None:
@@ -120,13 +126,6 @@ class EpochProgram:
                 "run it eagerly with VectorizedRuntime(..., cuda_graphs=False)"
             ) from error
         self.graph = graph
-
-
-def _copy_tree(into: Any, values: Any) -> None:
-    targets, _ = tree_flatten(into)
-    sources, _ = tree_flatten(values)
-    for target, source in zip(targets, sources, strict=True):
-        target.copy_(source)
 
 
 class GraphCache:

@@ -18,10 +18,11 @@ from typing import Any, NamedTuple
 import torch
 from torch.func import grad_and_value, vmap
 
-from fedloom.core import Replicated, Stacked, tree_map
+from fedloom.core import Replicated, Stacked, tree_flatten, tree_map
 from fedloom.data import Examples
 
 from ._functional import FunctionalModel
+from ._gemm_update import FoldUpdateIntoGemm
 from ._optimizers import Optimizer
 from ._types import Params
 
@@ -33,6 +34,7 @@ __all__ = [
     "cohort_gradient",
     "cohort_evaluation",
     "cohort_local_training",
+    "copy_tree",
     "plan_training",
     "stacked_params",
     "training_result",
@@ -111,6 +113,14 @@ def _keep_where(active: torch.Tensor, new: Any, old: Any) -> Any:
     return tree_map(pick, new, old)
 
 
+def copy_tree(into: Any, values: Any) -> None:
+    """Copy the leaves of ``values`` into the matching tensors of ``into``."""
+    targets, _ = tree_flatten(into)
+    sources, _ = tree_flatten(values)
+    for target, source in zip(targets, sources, strict=True):
+        target.copy_(source)
+
+
 def _masked_loss(model: FunctionalModel) -> Any:
     def loss(
         params: Params, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
@@ -144,7 +154,10 @@ class CohortStep:
 
     With ``compile`` the step runs through ``torch.compile`` (shapes dynamic, so a
     new padded length or cohort size does not recompile; masked and unmasked steps
-    compile once each), kept as long as this object is. Torch keeps at most
+    compile once each), kept as long as this object is. Compiled, it updates the
+    parameters and optimizer state in place (start from :meth:`begin`), which lets
+    :class:`FoldUpdateIntoGemm` accumulate SGD's update of a linear layer straight
+    into its weights. Torch keeps at most
     ``torch._dynamo.config.recompile_limit`` (8) compilations of one function and
     then runs it eagerly; each step therefore compiles its own copy of the code, so
     that a sweep of learning rates (constants of the optimizer, one compilation
@@ -159,17 +172,28 @@ class CohortStep:
         # Elementwise optimizers apply to stacked parameters as they are.
         self._update = optimizer.update if optimizer.elementwise else None
         self.compiled = compile
-        self._run = (
-            torch.compile(_own_code(self._step), dynamic=True)
-            if compile
-            else self._step
-        )
+        self.fold = FoldUpdateIntoGemm()
+        """The compiler pass of the compiled step (its ``folded`` counts rewrites)."""
+        if compile:
+            self._run = torch.compile(
+                _own_code(self._step_in_place),
+                dynamic=True,
+                options={"post_grad_custom_post_pass": self.fold},
+            )
 
     def init(self, params: Params) -> Any:
         """The optimizer state of every client, from stacked parameters."""
         if self.optimizer.elementwise:
             return self.optimizer.init(params)
         return vmap(self.optimizer.init)(params)
+
+    def begin(self, start: Params) -> tuple[Params, Any]:
+        """Parameters and optimizer state to train from: a copy of ``start`` (left
+        as it is) and fresh state, both the step's own to update in place."""
+        params = {
+            k: v.clone(memory_format=torch.contiguous_format) for k, v in start.items()
+        }
+        return params, self.init(params)
 
     def __call__(
         self,
@@ -183,13 +207,33 @@ class CohortStep:
         """(new params, new state, each client's summed loss in this step).
 
         ``masked=False`` promises that every client has a batch (no masking needed).
+        Compiled, the new params and state are ``params`` and ``state`` themselves,
+        updated in place (so they must be the step's own, from :meth:`begin`).
         """
-        if self.compiled:  # same strides every step, so
-            # the broadcast's expanded parameters and an epoch's index slices do
-            # not each cost a recompilation (a no-op on contiguous tensors)
-            params = {k: v.contiguous() for k, v in params.items()}
-            index, batch_mask = index.contiguous(), batch_mask.contiguous()
-        return self._run(data.x, data.y, params, state, index, batch_mask, masked)
+        if not self.compiled:
+            return self._step(data.x, data.y, params, state, index, batch_mask, masked)
+        # Same strides every step, so an epoch's index slices do not each cost a
+        # recompilation (a no-op on contiguous tensors).
+        index, batch_mask = index.contiguous(), batch_mask.contiguous()
+        loss = self._run(data.x, data.y, params, state, index, batch_mask, masked)
+        return params, state, loss
+
+    def _step_in_place(
+        self,
+        x_all: torch.Tensor,
+        y_all: torch.Tensor,
+        params: Params,
+        state: Any,
+        index: torch.Tensor,
+        batch_mask: torch.Tensor,
+        masked: bool,
+    ) -> torch.Tensor:
+        new_params, new_state, loss = self._step(
+            x_all, y_all, params, state, index, batch_mask, masked
+        )
+        copy_tree(params, new_params)
+        copy_tree(state, new_state)
+        return loss
 
     def _step(
         self,
@@ -253,7 +297,7 @@ def cohort_local_training(
 ) -> tuple[Params, torch.Tensor, torch.Tensor]:
     """FedAvg's local training for every client at once: (deltas, weights, losses)."""
     data, index, mask = plan.data, plan.batch_index, plan.batch_mask
-    local, state = plan.start, step.init(plan.start)
+    local, state = step.begin(plan.start)
     loss_sum = torch.zeros(data.size, dtype=torch.float64, device=index.device)
     for e in range(index.shape[1]):
         for s in range(index.shape[2]):

@@ -1,0 +1,169 @@
+"""FoldUpdateIntoGemm: SGD's update accumulated into the gradient's matrix product.
+
+The pass is checked on small hand-built post-grad graphs (what it rewrites, what it
+must leave alone, and that the rewritten graph computes the float64 reference), then
+end to end: the compiled cohort step, which uses it, against the eager step.
+"""
+
+import pytest
+import torch
+from torch import fx
+
+from fedloom.core import Replicated
+from fedloom.data import ClientData, load_dataset
+from fedloom.learning import build_model, momentum, sgd
+from fedloom.learning._cohort_work import CohortStep, plan_training
+from fedloom.learning._gemm_update import FoldUpdateIntoGemm
+
+aten = torch.ops.aten
+ALPHA = -0.1
+
+
+def _inputs(product=aten.bmm.default):
+    generator = torch.Generator().manual_seed(0)
+    if product is aten.bmm.default:
+        shapes = [(3, 4, 5), (3, 4, 2), (3, 2, 5)]
+    else:
+        shapes = [(4, 5), (4, 2), (2, 5)]
+    return [torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes]
+
+
+def _graph(product=aten.bmm.default, *, weight_shape=None, extra=None):
+    """``w.copy_(w + ALPHA * product(a, b))`` as AOT leaves an in-place update.
+
+    ``extra(graph, nodes)`` may add nodes before the copy and return extra outputs.
+    """
+    w_val, a_val, b_val = _inputs(product)
+    if weight_shape is not None:
+        w_val = torch.zeros(weight_shape, dtype=torch.float64)
+    graph = fx.Graph()
+    nodes = {}
+    for name, val in (("w", w_val), ("a", a_val), ("b", b_val)):
+        nodes[name] = graph.placeholder(name)
+        nodes[name].meta["val"] = val
+    nodes["product"] = graph.call_function(product, (nodes["a"], nodes["b"]))
+    nodes["product"].meta["val"] = product(a_val, b_val)
+    nodes["total"] = graph.call_function(
+        aten.add.Tensor, (nodes["w"], nodes["product"]), {"alpha": ALPHA}
+    )
+    outputs = list(extra(graph, nodes)) if extra else []
+    graph.call_function(aten.copy_.default, (nodes["w"], nodes["total"]))
+    graph.output(tuple(outputs))
+    return graph
+
+
+def _targets(graph):
+    return [n.target for n in graph.nodes if n.op == "call_function"]
+
+
+def _fold(graph):
+    fold = FoldUpdateIntoGemm()
+    fold(graph)
+    return fold.folded
+
+
+@pytest.mark.parametrize(
+    ("product", "in_place"),
+    [(aten.bmm.default, aten.baddbmm_.default), (aten.mm.default, aten.addmm_.default)],
+)
+def test_an_sgd_update_becomes_one_accumulating_product(product, in_place):
+    graph = _graph(product)
+    assert _fold(graph) == 1
+    assert _targets(graph) == [in_place]
+    w, a, b = _inputs(product)
+    expected = w + ALPHA * (a @ b)
+    fx.GraphModule(torch.nn.Module(), graph)(w, a, b)
+    torch.testing.assert_close(w, expected, rtol=1e-12, atol=1e-12)
+
+
+def _product_also_returned(graph, nodes):
+    return [nodes["product"]]
+
+
+def _weight_read_after_the_copy(graph, nodes):
+    return [nodes["w"]]  # the output reads w after its update: nothing to fold
+
+
+def _factor_is_a_view_of_the_weight(graph, nodes):
+    view = graph.call_function(aten.permute.default, (nodes["w"], [0, 2, 1]))
+    nodes["product"].args = (nodes["a"], view)
+    return []
+
+
+def _update_of_another_tensor(graph, nodes):
+    other = graph.placeholder("other")
+    other.meta["val"] = nodes["w"].meta["val"]
+    nodes["total"].args = (other, nodes["product"])
+    return []
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        _product_also_returned,
+        _weight_read_after_the_copy,
+        _factor_is_a_view_of_the_weight,
+        _update_of_another_tensor,
+    ],
+)
+def test_what_is_not_the_pattern_is_left_alone(extra):
+    graph = _graph(extra=extra)
+    before = _targets(graph)
+    assert _fold(graph) == 0
+    assert _targets(graph) == before
+
+
+def test_a_broadcast_product_is_left_alone():
+    graph = _graph(weight_shape=(2, 3, 4, 5))  # w + (a @ b) broadcasts
+    assert _fold(graph) == 0
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _steps(digits, optimizer, compile, count=3):
+    model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
+    clients = ClientData.from_dataset(digits, "quantity_skew", 30, seed=3)
+    examples = [clients.client(i) for i in range(4)]
+    params = Replicated(model.init(), 4)
+    plan = plan_training(params, examples, [1, 2, 3, 4], 1, 8, torch.device("cpu"))
+    step = CohortStep(model, optimizer, compile=compile)
+    params, state = step.begin(plan.start)
+    start = {k: v.clone() for k, v in plan.start.items()}
+    losses = []
+    assert plan.everyone[0][0] and not plan.everyone[0][-1]
+    for s in [*range(count - 1), -1]:  # the last step is masked: clients ran out
+        masked = not plan.everyone[0][s]
+        index, mask = plan.batch_index[:, 0, s], plan.batch_mask[:, 0, s]
+        params, state, loss = step(plan.data, params, state, index, mask, masked)
+        losses.append(loss)
+    for k, v in plan.start.items():
+        torch.testing.assert_close(v, start[k], rtol=0, atol=0)  # begin() copied
+    return step, params, state, torch.stack(losses)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "folded"), [(lambda: sgd(0.1), 3), (lambda: momentum(0.05), 0)]
+)
+def test_the_compiled_step_folds_sgd_and_matches_the_eager_step(
+    digits, optimizer, folded
+):
+    torch._dynamo.reset()
+    step, params, state, losses = _steps(digits, optimizer(), compile=True)
+    _, expected_params, expected_state, expected_losses = _steps(
+        digits, optimizer(), compile=False
+    )
+    # the 2NN's three weights (not its biases), in the unmasked step's graph; the
+    # masked step's update is a torch.where of old and new, which stays as it is
+    assert step.fold.folded == folded
+    for k, v in expected_params.items():
+        torch.testing.assert_close(params[k], v, rtol=1e-5, atol=1e-6)
+    for got, want in zip(
+        torch.utils._pytree.tree_leaves(state),
+        torch.utils._pytree.tree_leaves(expected_state),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses, expected_losses, rtol=1e-5, atol=1e-6)
