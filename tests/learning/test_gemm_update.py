@@ -151,7 +151,12 @@ def test_the_compiled_step_folds_sgd_and_matches_the_eager_step(
     digits, optimizer, folded
 ):
     torch._dynamo.reset()
-    step, params, state, losses = _steps(digits, optimizer(), compile=True)
+    # compiled afresh, not found in inductor's on-disk cache, so the pass runs
+    with (
+        torch._inductor.config.patch(fx_graph_cache=False),
+        torch._functorch.config.patch(enable_autograd_cache=False),
+    ):
+        step, params, state, losses = _steps(digits, optimizer(), compile=True)
     _, expected_params, expected_state, expected_losses = _steps(
         digits, optimizer(), compile=False
     )

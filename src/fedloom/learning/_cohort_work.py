@@ -154,14 +154,15 @@ class CohortStep:
 
     With ``compile`` the step runs through ``torch.compile`` (shapes dynamic, so a
     new padded length or cohort size does not recompile; masked and unmasked steps
-    compile once each), kept as long as this object is. Compiled, it updates the
-    parameters and optimizer state in place (start from :meth:`begin`), which lets
-    :class:`FoldUpdateIntoGemm` accumulate SGD's update of a linear layer straight
-    into its weights. Torch keeps at most
+    compile once each), kept as long as this object is. Torch keeps at most
     ``torch._dynamo.config.recompile_limit`` (8) compilations of one function and
     then runs it eagerly; each step therefore compiles its own copy of the code, so
     that a sweep of learning rates (constants of the optimizer, one compilation
     each) in one process does not use up one shared allowance.
+
+    Compiled, the step updates the parameters and optimizer state in place (start
+    from :meth:`begin`), which lets :class:`FoldUpdateIntoGemm` accumulate SGD's
+    update of a linear layer straight into its weights.
     """
 
     def __init__(

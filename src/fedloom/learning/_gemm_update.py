@@ -6,8 +6,10 @@ layer's inputs and the gradient at its outputs), and SGD's update of the weight 
 runtime's cohort step (which updates the stacked parameters in place), calls the
 product as a library kernel that writes the whole gradient, then runs a loop that
 reads the weight and that gradient and writes the weight. For a cohort of the 2NN
-the first layer's weights are 10 x 784 x 200 floats (6 MB), streamed four times a
-step that way. :class:`FoldUpdateIntoGemm` rewrites the pattern::
+the first layer's weights are 10 x 784 x 200 floats (6 MB), and weight-sized memory
+is streamed five times a step that way (read for the forward pass; the gradient
+written, then read with the weight; the weight written), three times with the fold.
+:class:`FoldUpdateIntoGemm` rewrites the pattern::
 
     w.copy_(aten.add(w, aten.bmm(a, b), alpha=alpha))   # how an in-place update
                                                        # reaches the post-grad graph
@@ -16,12 +18,12 @@ into::
     w.baddbmm_(a, b, alpha=alpha)                       # (aten.mm: w.addmm_)
 
 one library call that accumulates the product into the weight where it lies, so the
-gradient is never stored. On this 2-core CPU it takes a 10-client 2NN step (B = 10)
-from 1.45 to 0.95 ms (``benchmarks/simulation_speed.py`` measures whole rounds).
+gradient is never stored: a 10-client 2NN step (B = 10) runs 1.4-1.9x faster on a
+2-core CPU (``benchmarks/gemm_update.py``; ``simulation_speed.py`` times rounds).
 It only rewrites what it can prove is the same computation: ``w`` is a graph input
-written nowhere else, every other reader of ``w`` comes before the copy, the product
-and the sum feed nothing else, shapes and dtypes agree, and neither factor is a view
-of ``w``. Anything else (momentum, Adam, masked updates) compiles as before.
+whose other users all come before the copy, the product and the sum feed nothing
+else, shapes and dtypes agree, and neither factor is a view of ``w``. Anything else
+(momentum, Adam, masked updates) compiles as before.
 """
 
 from __future__ import annotations
@@ -106,7 +108,9 @@ class FoldUpdateIntoGemm(CustomGraphPass):
     ``w.baddbmm_(a, b, alpha=alpha)`` (and ``mm`` becomes ``addmm_``).
 
     Pass it as ``torch.compile(..., options={"post_grad_custom_post_pass":
-    FoldUpdateIntoGemm()})``. ``folded`` counts the rewrites over all graphs.
+    FoldUpdateIntoGemm()})``. ``folded`` counts the rewrites in the graphs it was
+    run on: a graph that inductor finds in its on-disk cache is not compiled again,
+    and the pass does not see it (the cache keys on :meth:`uuid`).
     """
 
     def __init__(self) -> None:
