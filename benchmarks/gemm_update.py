@@ -127,7 +127,7 @@ def main() -> None:
             "variant": name,
             "ms_per_step": best[name] * 1e3,
             "speedup_vs_functional": best["functional"] / best[name],
-            "folded": step.fold.folded,
+            "folded": step.fold.folded if step.fold else 0,
         }
         for name, step in variants.items()
     ]

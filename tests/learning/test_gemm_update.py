@@ -162,7 +162,7 @@ def test_the_compiled_step_folds_sgd_and_matches_the_eager_step(
     )
     # the 2NN's three weights (not its biases), in the unmasked step's graph; the
     # masked step's update is a torch.where of old and new, which stays as it is
-    assert step.fold.folded == folded
+    assert step.fold is not None and step.fold.folded == folded
     for k, v in expected_params.items():
         torch.testing.assert_close(params[k], v, rtol=1e-5, atol=1e-6)
     for got, want in zip(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import types
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch.func import grad_and_value, vmap
@@ -22,9 +22,11 @@ from fedloom.core import Replicated, Stacked, tree_flatten, tree_map
 from fedloom.data import Examples
 
 from ._functional import FunctionalModel
-from ._gemm_update import FoldUpdateIntoGemm
 from ._optimizers import Optimizer
 from ._types import Params
+
+if TYPE_CHECKING:
+    from ._gemm_update import FoldUpdateIntoGemm
 
 __all__ = [
     "CohortStep",
@@ -173,9 +175,13 @@ class CohortStep:
         # Elementwise optimizers apply to stacked parameters as they are.
         self._update = optimizer.update if optimizer.elementwise else None
         self.compiled = compile
-        self.fold = FoldUpdateIntoGemm()
+        self.fold: FoldUpdateIntoGemm | None = None
         """The compiler pass of the compiled step (its ``folded`` counts rewrites)."""
         if compile:
+            # torch._inductor takes seconds to import: only when compiling
+            from ._gemm_update import FoldUpdateIntoGemm
+
+            self.fold = FoldUpdateIntoGemm()
             self._run = torch.compile(
                 _own_code(self._step_in_place),
                 dynamic=True,
