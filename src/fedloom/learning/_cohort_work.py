@@ -231,13 +231,10 @@ class CohortStep:
         y_all: torch.Tensor,
         params: Params,
         state: Any,
-        index: torch.Tensor,
-        batch_mask: torch.Tensor,
-        masked: bool,
+        *batch: Any,
     ) -> torch.Tensor:
-        new_params, new_state, loss = self._step(
-            x_all, y_all, params, state, index, batch_mask, masked
-        )
+        """:meth:`_step`, its results written into ``params`` and ``state``."""
+        new_params, new_state, loss = self._step(x_all, y_all, params, state, *batch)
         copy_tree(params, new_params)
         copy_tree(state, new_state)
         return loss
