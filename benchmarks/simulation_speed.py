@@ -12,6 +12,8 @@ seconds per round of, in the same process:
 - ``fedloom compiled``: the vectorized runtime with ``compile=True`` (its batched
   step through ``torch.compile``; compiled in the warm-up round, whose seconds the
   JSON keeps as ``first_round_seconds`` for every runner);
+- ``fedloom compiled xK`` (with ``--steps-per-call K``): the same with
+  ``steps_per_call=K``, K local steps unrolled into each compiled call;
 
 and checks that all of them reach the same test accuracy after the timed rounds. Speed
 is reported as the ratio to the torch loop measured in the same run; after a warm-up
@@ -39,7 +41,7 @@ otherwise fault in fresh pages every step); ``--no-reuse-cpu-memory`` leaves gli
 default.
 
     python benchmarks/simulation_speed.py [--rounds 2] [--threads 1 2] [--quick]
-        [--models 2nn cnn] [--epochs 1 5] [--no-reuse-cpu-memory]
+        [--models 2nn cnn] [--epochs 1 5] [--steps-per-call 5] [--no-reuse-cpu-memory]
         [--flower-python /tmp/flower-venv/bin/python]
 """
 
@@ -125,6 +127,7 @@ def measure(
     epochs: int,
     rounds: int,
     threads: int,
+    steps_per_call: int = 1,
 ) -> list[dict[str, Any]]:
     model = build_model(model_name, dataset.input_shape, dataset.num_classes, seed=0)
     process = fed_avg(
@@ -147,6 +150,12 @@ def measure(
             state, _cohort(clients, r), runtime=VectorizedRuntime(compile=True)
         )[0],
     }
+    if steps_per_call > 1:
+        runners[f"fedloom compiled x{steps_per_call}"] = lambda state, r: process.next(
+            state,
+            _cohort(clients, r),
+            runtime=VectorizedRuntime(compile=True, steps_per_call=steps_per_call),
+        )[0]
     torch.set_num_threads(threads)
     torch._dynamo.reset()  # compiled afresh at this thread count
     states: dict[str, Any] = {}
@@ -272,6 +281,12 @@ def main() -> None:
         help="torch threads (Flower: actors) to run every workload with",
     )
     parser.add_argument("--quick", action="store_true", help="2NN, E=1, one round")
+    parser.add_argument(
+        "--steps-per-call",
+        type=int,
+        default=1,
+        help="K > 1 adds a 'fedloom compiled xK' runner: K local steps a compiled call",
+    )
     parser.add_argument("--models", nargs="+", default=["2nn", "cnn"])
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 5])
     parser.add_argument(
@@ -294,10 +309,21 @@ def main() -> None:
     rounds = 1 if args.quick else args.rounds
     rows: list[dict[str, Any]] = []
     summary = []
+    compared = ["vectorized", "compiled"]
+    if args.steps_per_call > 1:
+        compared.append(f"compiled x{args.steps_per_call}")
     for model_name, epochs in grid:
         workload = []
         for threads in args.threads:
-            measured = measure(dataset, clients, model_name, epochs, rounds, threads)
+            measured = measure(
+                dataset,
+                clients,
+                model_name,
+                epochs,
+                rounds,
+                threads,
+                args.steps_per_call,
+            )
             workload += measured
             if args.flower_python:
                 workload.append(
@@ -310,7 +336,7 @@ def main() -> None:
             "epochs": epochs,
             "best_threads": {name: row["threads"] for name, row in best.items()},
         }
-        for runner in ("vectorized", "compiled"):
+        for runner in compared:
             seconds = best[f"fedloom {runner}"]["seconds_per_round"]
             loop = best["torch loop"]["seconds_per_round"]
             line[f"{runner}_over_torch_loop"] = loop / seconds
@@ -328,7 +354,7 @@ def main() -> None:
             f"{row['threads']:>8}{row['seconds_per_round']:>10.3f}"
             f"{row['speedup_vs_torch_loop']:>14.2f}x{row['test_accuracy']:>10.4f}"
         )
-    for runner in ("vectorized", "compiled"):
+    for runner in compared:
         print(f"\neach runner at its best thread count: fedloom {runner} is")
         for line in summary:
             flower = line.get(f"flower_over_{runner}")

@@ -300,6 +300,10 @@ def test_compile_is_a_config_key_for_the_vectorized_runtime_on_the_cpu():
         _config(compile=True)
     with pytest.raises(ValueError, match="device 'cuda'"):
         _config(runtime="vectorized", device="cuda", compile=True)
+    config = _config(runtime="vectorized", compile=True, steps_per_call=5)
+    assert setup(config).runtime.options.steps_per_call == 5
+    with pytest.raises(ValueError, match="steps_per_call: more than one step a call"):
+        _config(runtime="vectorized", steps_per_call=5)
 
 
 def test_tampered_checkpoint_round_is_refused(tmp_path):

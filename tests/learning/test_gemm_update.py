@@ -12,7 +12,11 @@ from torch import fx
 from fedloom.core import Replicated
 from fedloom.data import ClientData, load_dataset
 from fedloom.learning import build_model, momentum, sgd
-from fedloom.learning._cohort_work import CohortStep, plan_training
+from fedloom.learning._cohort_work import (
+    CohortStep,
+    cohort_local_training,
+    plan_training,
+)
 from fedloom.learning._gemm_update import FoldUpdateIntoGemm
 
 aten = torch.ops.aten
@@ -118,6 +122,65 @@ def test_a_broadcast_product_is_left_alone():
     assert _fold(graph) == 0
 
 
+def _chain_graph(reader_after=False, view_reader=False):
+    """Two steps' updates, ``w.copy_((w + ALPHA * a1 @ b1) + ALPHA * a2 @ b2)``, and
+    ``r = 2 * (w + ALPHA * a1 @ b1)`` returned: read before the second update, or
+    (``reader_after``) after it; with ``view_reader`` a view of ``w`` made before the
+    first update is read after it."""
+    w, a1, b1 = _inputs()
+    _, a2, b2 = (t.flip(0) for t in _inputs())
+    graph = fx.Graph()
+    n = {}
+    for name, val in (("w", w), ("a1", a1), ("b1", b1), ("a2", a2), ("b2", b2)):
+        n[name] = graph.placeholder(name)
+        n[name].meta["val"] = val
+
+    def call(op, args, val, kwargs=None):
+        node = graph.call_function(op, args, kwargs or {})
+        node.meta["val"] = val
+        return node
+
+    if view_reader:
+        view = call(aten.permute.default, (n["w"], [0, 2, 1]), w.permute(0, 2, 1))
+    t1_val = w + ALPHA * (a1 @ b1)
+    p1 = call(aten.bmm.default, (n["a1"], n["b1"]), a1 @ b1)
+    t1 = call(aten.add.Tensor, (n["w"], p1), t1_val, {"alpha": ALPHA})
+    outputs = []
+    if view_reader:
+        outputs.append(call(aten.mul.Tensor, (view, 2.0), 2 * w.permute(0, 2, 1)))
+    if not reader_after:
+        outputs.append(call(aten.mul.Tensor, (t1, 2.0), 2 * t1_val))
+    p2 = call(aten.bmm.default, (n["a2"], n["b2"]), a2 @ b2)
+    t2 = call(aten.add.Tensor, (t1, p2), t1_val + ALPHA * (a2 @ b2), {"alpha": ALPHA})
+    if reader_after:
+        outputs.append(call(aten.mul.Tensor, (t1, 2.0), 2 * t1_val))
+    graph.call_function(aten.copy_.default, (n["w"], t2))
+    graph.output(tuple(outputs))
+    return graph, (w, a1, b1, a2, b2)
+
+
+def test_updates_of_several_steps_fold_in_a_chain():
+    graph, (w, a1, b1, a2, b2) = _chain_graph()
+    assert _fold(graph) == 2
+    assert _targets(graph).count(aten.baddbmm_.default) == 2
+    assert aten.add.Tensor not in _targets(graph)
+    first = w + ALPHA * (a1 @ b1)
+    expected = first + ALPHA * (a2 @ b2)
+    (read,) = fx.GraphModule(torch.nn.Module(), graph)(w, a1, b1, a2, b2)
+    torch.testing.assert_close(read, 2 * first, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(w, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("how", ["reader_after", "view_reader"])
+def test_a_chain_read_after_its_update_is_left_alone(how):
+    # the first step's weights (or a view of the weights) still read after the
+    # update: accumulating in place would hand the reader the wrong values
+    graph, _ = _chain_graph(**{how: True})
+    before = _targets(graph)
+    assert _fold(graph) == 0
+    assert _targets(graph) == before
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
@@ -174,3 +237,40 @@ def test_the_compiled_step_folds_sgd_and_matches_the_eager_step(
     ):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(losses, expected_losses, rtol=1e-5, atol=1e-6)
+
+
+def _local_training(digits, compile, steps_per_call=1):
+    model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
+    clients = ClientData.from_dataset(digits, "quantity_skew", 30, seed=1)
+    examples = [clients.client(i) for i in (0, 1, 2, 4)]  # 56, 89, 55, 97 examples
+    params = Replicated(model.init(), 4)
+    plan = plan_training(params, examples, [1, 2, 3, 4], 2, 8, torch.device("cpu"))
+    step = CohortStep(model, sgd(0.1), compile=compile, steps_per_call=steps_per_call)
+    return step, plan, cohort_local_training(step, plan)
+
+
+def test_several_steps_a_call_train_as_one_step_at_a_time(digits, monkeypatch):
+    monkeypatch.setenv("CI", "1")
+    torch._dynamo.reset()
+    with (
+        torch._inductor.config.patch(fx_graph_cache=False),
+        torch._functorch.config.patch(enable_autograd_cache=False),
+    ):
+        step, plan, (deltas, weights, losses) = _local_training(digits, True, 4)
+    _, _, (want_deltas, want_weights, want_losses) = _local_training(digits, False)
+    # 13 steps an epoch, every client has a batch in the first 7: steps 0-3 run as
+    # one call, 4-6 one by one, 7-12 one by one and masked (no fold there)
+    assert plan.everyone[0] == [True] * 7 + [False] * 6 == plan.everyone[1]
+    assert step.fold is not None and step.fold.folded == 3 * 4 + 3
+    for k, v in want_deltas.items():
+        torch.testing.assert_close(deltas[k], v, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(weights, want_weights)
+    torch.testing.assert_close(losses, want_losses, rtol=1e-5, atol=1e-6)
+
+
+def test_steps_per_call_needs_a_compiled_step(digits):
+    model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
+    with pytest.raises(ValueError, match="compile=True"):
+        CohortStep(model, sgd(0.1), steps_per_call=2)
+    with pytest.raises(ValueError, match=">= 1"):
+        CohortStep(model, sgd(0.1), compile=True, steps_per_call=0)

@@ -30,7 +30,7 @@ from fedloom.learning import (
     federated_evaluate,
     momentum,
 )
-from fedloom.runtimes import LocalRuntime, VectorizedRuntime
+from fedloom.runtimes import LocalRuntime, VectorizedRuntime, get_runtime
 
 RUNTIMES = {
     "vectorized": lambda: VectorizedRuntime(),
@@ -175,6 +175,15 @@ def test_chunk_size_must_be_positive():
 def test_compile_is_for_the_cpu():
     with pytest.raises(ValueError, match="compile=True is for the CPU"):
         VectorizedRuntime("cuda", compile=True)
+
+
+def test_steps_per_call_is_for_the_compiled_step():
+    with pytest.raises(ValueError, match="compile=True"):
+        VectorizedRuntime(steps_per_call=5)
+    with pytest.raises(ValueError, match="steps_per_call must be >= 1"):
+        VectorizedRuntime(compile=True, steps_per_call=0)
+    with pytest.raises(ValueError, match="neither computes clients in chunks"):
+        get_runtime("local", steps_per_call=5)
 
 
 @pytest.mark.parametrize("runtime", NAMES)

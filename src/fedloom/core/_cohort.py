@@ -42,7 +42,7 @@ class Replicated:
 class CohortOptions:
     """How a batched runtime asks a :class:`CohortFunction` to compute.
 
-    Neither changes what is computed, only how (up to floating-point rounding).
+    None changes what is computed, only how (up to floating-point rounding).
     """
 
     capture: bool = False
@@ -52,6 +52,10 @@ class CohortOptions:
     compile: bool = False
     """Compile the batched step with ``torch.compile`` and keep it for later cohorts
     (the vectorized runtime allows it on the CPU only)."""
+
+    steps_per_call: int = 1
+    """With ``compile``: how many local steps one compiled call runs (unrolled into
+    one graph), where every client has a batch in each."""
 
 
 @runtime_checkable

@@ -266,7 +266,12 @@ class ExperimentConfig(BaseModel):
     compile: bool = False
     """``vectorized`` on the CPU only: compile FedAvg's batched step with
     ``torch.compile`` (in the first rounds, seconds to tens of seconds; then the 2NN's
-    step runs about twice as fast: ``benchmarks/simulation_speed.py``)."""
+    step runs several times as fast: ``benchmarks/simulation_speed.py``)."""
+    steps_per_call: int = Field(default=1, ge=1)
+    """With ``compile``: how many local steps one compiled call runs (unrolled into
+    one graph where every client has a batch). More saves per-call overhead (the
+    2NN's step 1.1-1.25x faster with 5 on a CPU: ``benchmarks/compiled_step.py``)
+    and compiles as many times as long; worth it for small models."""
     device: str = "cpu"
     """Where the ``vectorized`` runtime computes the cohort, and where the test set is
     evaluated: "cpu", "cuda", "cuda:N". The server's state stays on the CPU."""
@@ -298,6 +303,10 @@ class ExperimentConfig(BaseModel):
                 "chunk_size",
                 f"only the 'vectorized' runtime computes clients in chunks "
                 f"(runtime is {self.runtime!r})",
+            )
+        if self.steps_per_call > 1 and not self.compile:
+            raise _FieldError(
+                "steps_per_call", "more than one step a call needs compile = true"
             )
         if self.compile and (self.runtime, self.device) != ("vectorized", "cpu"):
             raise _FieldError(

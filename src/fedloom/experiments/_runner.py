@@ -52,10 +52,17 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 # What may change when a run is resumed: how long it goes on, and how its clients are
-# scheduled (chunk_size, compile: the same rounds by other kernels, so floats may round
-# differently from an uninterrupted run's), not what it computes.
+# scheduled (chunk_size, compile, steps_per_call: the same rounds by other kernels, so
+# floats may round differently from an uninterrupted run's), not what it computes.
 RESUMABLE_CHANGES = frozenset(
-    {"rounds", "target_accuracy", "checkpoint_every", "chunk_size", "compile"}
+    {
+        "rounds",
+        "target_accuracy",
+        "checkpoint_every",
+        "chunk_size",
+        "compile",
+        "steps_per_call",
+    }
 )
 ROUND_TENSOR = "run/round"
 

@@ -127,6 +127,7 @@ def setup(config: ExperimentConfig) -> Setup:
             device=config.device,
             chunk_size=config.chunk_size,
             compile=config.compile,
+            steps_per_call=config.steps_per_call,
         )
     return Setup(
         dataset=dataset,

@@ -106,7 +106,7 @@ class LocalTraining:
         default_factory=GraphCache, init=False, repr=False, compare=False
     )
     """Captured epochs for the vectorized runtime on CUDA, kept between rounds."""
-    steps: dict[bool, CohortStep] = field(
+    steps: dict[tuple[bool, int], CohortStep] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
     """The batched step, eager and compiled, kept between rounds (a compiled one
@@ -150,9 +150,12 @@ class LocalTraining:
         """
         params, inputs = args
         examples, seeds = _inputs(inputs)
-        key = options.compile and not options.capture  # graphs capture eager steps
+        compile = options.compile and not options.capture  # graphs capture eager steps
+        key = (compile, options.steps_per_call if compile else 1)
         if key not in self.steps:
-            self.steps[key] = CohortStep(self.model, self.optimizer, compile=key)
+            self.steps[key] = CohortStep(
+                self.model, self.optimizer, compile=compile, steps_per_call=key[1]
+            )
         step = self.steps[key]
         plan = plan_training(
             params, examples, seeds, self.epochs, self.batch_size, device

@@ -24,12 +24,14 @@ def get_runtime(
     device: str = "cpu",
     chunk_size: int | None = None,
     compile: bool = False,
+    steps_per_call: int = 1,
 ) -> Runtime:
     """A new runtime by name ("local", "vectorized"), computing on ``device``.
 
     Only ``vectorized`` computes on another device than the CPU ("cuda", "cuda:1"),
     in chunks of ``chunk_size`` clients (its default when None), and with
-    ``compile`` (on the CPU) compiles its step.
+    ``compile`` (on the CPU) compiles its step, ``steps_per_call`` local steps a
+    call.
 
     >>> get_runtime("local").name
     'local'
@@ -42,8 +44,10 @@ def get_runtime(
             raise ValueError(f"device {device!r}: no CUDA device is available here")
         if chunk_size is None:
             chunk_size = DEFAULT_CHUNK_SIZE
-        return VectorizedRuntime(where, chunk_size=chunk_size, compile=compile)
-    if chunk_size is not None or compile:
+        return VectorizedRuntime(
+            where, chunk_size=chunk_size, compile=compile, steps_per_call=steps_per_call
+        )
+    if chunk_size is not None or compile or steps_per_call != 1:
         raise ValueError(
             f"runtime {name!r} neither computes clients in chunks nor compiles"
         )

@@ -80,8 +80,12 @@ class VectorizedRuntime:
     training captures an epoch); ``cuda_graphs=False`` runs everything eagerly.
     On the CPU, ``compile=True`` compiles FedAvg's batched step with
     ``torch.compile`` (seconds to tens of seconds, once for steps where every client
-    has a batch and once for masked ones, for any cohort size above one; the 2NN's
-    step then runs about twice as fast, ``benchmarks/simulation_speed.py``).
+    has a batch and once for masked ones, and once more each when a shape changes;
+    the 2NN's step then runs several times as fast, ``benchmarks/simulation_speed.py``).
+    With it, ``steps_per_call`` > 1 unrolls that many of FedAvg's local steps (where
+    every client has a batch) into one compiled call, which saves the overhead of
+    the calls (about 0.1 ms each on a CPU; the 2NN's step runs 1.1-1.25x as fast
+    with 5, ``benchmarks/compiled_step.py``) and compiles as many times as long.
 
     >>> from fedloom.core import CLIENTS, computation, map, mean
     >>> import torch
@@ -100,9 +104,16 @@ class VectorizedRuntime:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         cuda_graphs: bool = True,
         compile: bool = False,
+        steps_per_call: int = 1,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if steps_per_call < 1:
+            raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
+        if steps_per_call > 1 and not compile:
+            raise ValueError(
+                "steps_per_call > 1 is for the compiled step (compile=True)"
+            )
         self.device = torch.device(device)
         if compile and self.device.type != "cpu":
             raise ValueError(
@@ -111,7 +122,9 @@ class VectorizedRuntime:
             )
         self.chunk_size = chunk_size
         self.options = CohortOptions(
-            capture=cuda_graphs and self.device.type == "cuda", compile=compile
+            capture=cuda_graphs and self.device.type == "cuda",
+            compile=compile,
+            steps_per_call=steps_per_call,
         )
         """How cohort functions are asked to compute (graphs on CUDA only)."""
         self.fallbacks = 0

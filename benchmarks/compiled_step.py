@@ -1,0 +1,207 @@
+"""Claim: each change to the compiled cohort step made it faster.
+
+Times one compiled step of the vectorized runtime (a cohort of Fashion-MNIST
+clients, B = 10, SGD lr 0.05, the 2NN by default) in five variants, one process:
+
+- ``functional, dynamic``: the step returns new parameters, every dimension
+  symbolic (``torch.compile(dynamic=True)``), as the step was first compiled;
+- ``in place, dynamic``: the step writes the new parameters into its own;
+- ``+ fold``: with ``FoldUpdateIntoGemm`` (``w.baddbmm_(a, b, alpha=-lr)`` for each
+  linear layer's weight, the gradient never stored);
+- ``+ static shapes``: shapes static until one changes (``torch.compile``'s
+  default), so fewer guards run before each call;
+- ``+ cpp_wrapper``: the calls between kernels made from C++ rather than Python,
+  as the runtime compiles it (``fedloom.learning._cohort_work.compile_step``);
+- ``+ 5 steps a call``: five steps unrolled into each compiled call
+  (``steps_per_call=5``), so the call's overhead is paid once for five.
+
+The variants take turns, ``--repeats`` times ``--steps`` steps each, and the best
+time per step of each is kept (the noise of a shared machine only adds time). Each
+speed-up is the ratio to the first variant and to the one before, in the same run.
+It also checks that all leave the same parameters after the same three steps
+(float32 tolerance). ``--steps`` must be a multiple of 5.
+
+    python benchmarks/compiled_step.py [--threads 2] [--clients 10] [--model 2nn]
+        [--steps 20] [--repeats 40] [--json benchmarks/results/compiled_step.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedloom.core import Replicated
+from fedloom.data import ClientData, load_dataset
+from fedloom.learning import build_model, sgd
+from fedloom.learning._cohort_work import (
+    CohortStep,
+    TrainingPlan,
+    _own_code,
+    plan_training,
+)
+from fedloom.learning._gemm_update import FoldUpdateIntoGemm
+from fedloom.runtimes import reuse_cpu_memory
+
+LEARNING_RATE = 0.05
+CHECKED_STEPS = 5
+
+
+class Variant(CohortStep):
+    """The cohort step compiled with the given settings."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        in_place: bool,
+        fold: bool,
+        static: bool,
+        cpp: bool,
+        steps_per_call: int = 1,
+    ) -> None:
+        super().__init__(
+            model, sgd(LEARNING_RATE), compile=True, steps_per_call=steps_per_call
+        )
+        self.in_place = in_place
+        if in_place and fold and static and cpp:
+            return  # the runtime's own compile_step
+        self.fold = FoldUpdateIntoGemm() if fold else None
+        options: dict[str, Any] = {"cpp_wrapper": cpp}
+        if self.fold is not None:
+            options["post_grad_custom_post_pass"] = self.fold
+        method = self._step_in_place if in_place else self._step
+        dynamic = None if static else True
+        self._run = torch.compile(_own_code(method), dynamic=dynamic, options=options)
+
+    def __call__(self, data, params, state, index, mask, masked):  # type: ignore[no-untyped-def]
+        if self.in_place:
+            return super().__call__(data, params, state, index, mask, masked)
+        index, mask = index.contiguous(), mask.contiguous()
+        return self._run(data.x, data.y, params, state, index, mask, masked)
+
+
+VARIANTS = {
+    "functional, dynamic": dict(in_place=False, fold=False, static=False, cpp=False),
+    "in place, dynamic": dict(in_place=True, fold=False, static=False, cpp=False),
+    "+ fold": dict(in_place=True, fold=True, static=False, cpp=False),
+    "+ static shapes": dict(in_place=True, fold=True, static=True, cpp=False),
+    "+ cpp_wrapper": dict(in_place=True, fold=True, static=True, cpp=True),
+    "+ 5 steps a call": dict(
+        in_place=True, fold=True, static=True, cpp=True, steps_per_call=5
+    ),
+}
+
+
+def _run(step: CohortStep, plan: TrainingPlan, steps: int) -> dict[str, torch.Tensor]:
+    params, state = step.begin(plan.start)
+    if step.steps_per_call > 1:  # as cohort_local_training runs it
+        k = step.steps_per_call
+        for s in range(0, steps, k):
+            index, mask = (
+                plan.batch_index[:, 0, s : s + k],
+                plan.batch_mask[:, 0, s : s + k],
+            )
+            step.steps(plan.data, params, state, index, mask)
+        return params
+    for s in range(steps):
+        index, mask = plan.batch_index[:, 0, s], plan.batch_mask[:, 0, s]
+        params, state, _ = step(plan.data, params, state, index, mask, False)
+    return params
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--model", default="2nn")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument(
+        "--json", type=Path, default=Path("benchmarks/results/compiled_step.json")
+    )
+    args = parser.parse_args()
+    reuse_cpu_memory()
+    torch.set_num_threads(args.threads)
+    dataset = load_dataset("fashion_mnist")
+    clients = ClientData.from_dataset(dataset, "iid", 100, seed=0)
+    model = build_model(args.model, dataset.input_shape, dataset.num_classes, seed=0)
+    examples = [clients.client(i) for i in range(args.clients)]
+    seeds = list(range(args.clients))
+    plan = plan_training(
+        Replicated(model.init(), args.clients),
+        examples,
+        seeds,
+        1,
+        10,
+        torch.device("cpu"),
+    )
+    if args.steps > plan.batch_index.shape[2] or args.steps % 5:
+        sys.exit(f"--steps: a multiple of 5, at most {plan.batch_index.shape[2]}")
+    # Compiled afresh (not from inductor's on-disk cache), so "folded" counts.
+    torch._inductor.config.fx_graph_cache = False
+    torch._functorch.config.enable_autograd_cache = False
+    variants = {name: Variant(model, **how) for name, how in VARIANTS.items()}
+    # Compile each, then check that a few steps agree (after many, float32
+    # rounding differences may flip a ReLU and the runs drift apart).
+    results, compile_seconds = {}, {}
+    for name, step in variants.items():
+        started = time.perf_counter()
+        results[name] = _run(step, plan, CHECKED_STEPS)
+        compile_seconds[name] = time.perf_counter() - started
+    first = next(iter(variants))
+    for params in results.values():
+        for k, v in results[first].items():
+            torch.testing.assert_close(params[k], v, rtol=1e-4, atol=1e-6)
+    best = dict.fromkeys(variants, float("inf"))
+    for _ in range(args.repeats):
+        for name, step in variants.items():
+            started = time.perf_counter()
+            _run(step, plan, args.steps)
+            best[name] = min(best[name], (time.perf_counter() - started) / args.steps)
+    names = list(variants)
+    rows = [
+        {
+            "variant": name,
+            "ms_per_step": best[name] * 1e3,
+            "speedup_vs_first": best[first] / best[name],
+            "speedup_vs_previous": best[names[max(i - 1, 0)]] / best[name],
+            "folded": variants[name].fold.folded if variants[name].fold else 0,
+            "first_steps_seconds": compile_seconds[name],
+        }
+        for i, name in enumerate(names)
+    ]
+    print(f"{args.model}, {args.clients} clients, B = 10, {args.threads} thread(s)")
+    print(
+        f"{'variant':<20} {'ms/step':>8} {'vs first':>9} {'vs previous':>12}"
+        f" {'folded':>7} {'compile s':>10}"
+    )
+    for row in rows:
+        print(
+            f"{row['variant']:<20} {row['ms_per_step']:8.3f}"
+            f" {row['speedup_vs_first']:8.2f}x {row['speedup_vs_previous']:11.2f}x"
+            f" {row['folded']:7d} {row['first_steps_seconds']:10.1f}"
+        )
+    record = {
+        "command": " ".join(sys.argv),
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+        },
+        "workload": vars(args) | {"json": str(args.json)},
+        "rows": rows,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
