@@ -21,6 +21,12 @@ speed-up is the ratio to the first variant and to the one before, in the same ru
 It also checks that all leave the same parameters after the same three steps
 (float32 tolerance). ``--steps`` must be a multiple of 5.
 
+To say how close a step comes to what the CPU can do, it also counts the step's
+floating-point operations (``torch.utils.flop_counter`` on the eager step: its
+batched matrix products) and measures, in the same run, the rate of one large
+float32 matrix product (2048 x 2048 x 2048, best of 5) at the same thread count;
+each variant's GFLOP/s is given as a share of that rate.
+
     python benchmarks/compiled_step.py [--threads 2] [--clients 10] [--model 2nn]
         [--steps 20] [--repeats 40] [--json benchmarks/results/compiled_step.json]
 """
@@ -37,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from fedloom.core import Replicated
 from fedloom.data import ClientData, load_dataset
@@ -98,6 +105,28 @@ VARIANTS = {
         in_place=True, fold=True, static=True, cpp=True, steps_per_call=5
     ),
 }
+
+
+def _step_flops(model: Any, plan: TrainingPlan) -> int:
+    """Floating-point operations of one cohort step (counted on the eager step)."""
+    step = CohortStep(model, sgd(LEARNING_RATE))
+    params, state = step.begin(plan.start)
+    index, mask = plan.batch_index[:, 0, 0], plan.batch_mask[:, 0, 0]
+    with FlopCounterMode(display=False) as counter:
+        step(plan.data, params, state, index, mask, False)
+    return int(counter.get_total_flops())
+
+
+def _matmul_rate(size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of one large float32 matrix product, best of ``repeats``."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
 
 
 def _run(step: CohortStep, plan: TrainingPlan, steps: int) -> dict[str, torch.Tensor]:
@@ -167,6 +196,7 @@ def main() -> None:
             _run(step, plan, args.steps)
             best[name] = min(best[name], (time.perf_counter() - started) / args.steps)
     names = list(variants)
+    flops, matmul = _step_flops(model, plan), _matmul_rate()
     rows = [
         {
             "variant": name,
@@ -175,19 +205,26 @@ def main() -> None:
             "speedup_vs_previous": best[names[max(i - 1, 0)]] / best[name],
             "folded": variants[name].fold.folded if variants[name].fold else 0,
             "first_steps_seconds": compile_seconds[name],
+            "gflop_per_s": flops / best[name] / 1e9,
+            "share_of_matmul_rate": flops / best[name] / matmul,
         }
         for i, name in enumerate(names)
     ]
-    print(f"{args.model}, {args.clients} clients, B = 10, {args.threads} thread(s)")
+    print(
+        f"{args.model}, {args.clients} clients, B = 10, {args.threads} thread(s):"
+        f" {flops / 1e6:.1f} MFLOP a step; a 2048^3 float32 matrix product runs at"
+        f" {matmul / 1e9:.0f} GFLOP/s"
+    )
     print(
         f"{'variant':<20} {'ms/step':>8} {'vs first':>9} {'vs previous':>12}"
-        f" {'folded':>7} {'compile s':>10}"
+        f" {'folded':>7} {'compile s':>10} {'GFLOP/s':>8} {'of matmul':>10}"
     )
     for row in rows:
         print(
             f"{row['variant']:<20} {row['ms_per_step']:8.3f}"
             f" {row['speedup_vs_first']:8.2f}x {row['speedup_vs_previous']:11.2f}x"
             f" {row['folded']:7d} {row['first_steps_seconds']:10.1f}"
+            f" {row['gflop_per_s']:8.1f} {row['share_of_matmul_rate']:9.0%}"
         )
     record = {
         "command": " ".join(sys.argv),
@@ -197,6 +234,8 @@ def main() -> None:
             "torch": torch.__version__,
         },
         "workload": vars(args) | {"json": str(args.json)},
+        "step_flops": flops,
+        "matmul_flop_per_s": matmul,
         "rows": rows,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

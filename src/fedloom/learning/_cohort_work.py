@@ -156,11 +156,12 @@ def compile_step(method: Any, fold: Any = None) -> Any:
 
     Shapes start static: a dimension that changes later (the padded length of a new
     cohort, a smaller last chunk) is made dynamic by one recompilation. A 10-client
-    2NN step ran 4-5 % faster so than with every dimension symbolic from the start
-    (fewer guards to check before each call, and sizes known to the generated code),
-    and 5-7 % faster again with ``cpp_wrapper`` (the calls between kernels made from
-    C++, not Python), which costs seconds more at compilation
-    (``benchmarks/compiled_step.py``). ``fold``, if given, is the post-grad pass.
+    2NN step ran about 5 % faster so than with every dimension symbolic from the
+    start (fewer guards to check before each call, and sizes known to the generated
+    code), and 2-3 % faster again with ``cpp_wrapper`` (the calls between kernels
+    made from C++, not Python), which can cost seconds more at compilation
+    (``benchmarks/compiled_step.py``, at 1 and 2 threads). ``fold``, if given, is
+    the post-grad pass.
     """
     options: dict[str, Any] = {"cpp_wrapper": True}
     if fold is not None:
