@@ -239,13 +239,18 @@ def test_the_compiled_step_folds_sgd_and_matches_the_eager_step(
     torch.testing.assert_close(losses, expected_losses, rtol=1e-5, atol=1e-6)
 
 
-def _local_training(digits, compile, steps_per_call=1):
+def _unequal_cohort(digits, compile, steps_per_call=1):
     model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
     clients = ClientData.from_dataset(digits, "quantity_skew", 30, seed=1)
     examples = [clients.client(i) for i in (0, 1, 2, 4)]  # 56, 89, 55, 97 examples
     params = Replicated(model.init(), 4)
     plan = plan_training(params, examples, [1, 2, 3, 4], 2, 8, torch.device("cpu"))
     step = CohortStep(model, sgd(0.1), compile=compile, steps_per_call=steps_per_call)
+    return step, plan
+
+
+def _local_training(digits, compile, steps_per_call=1):
+    step, plan = _unequal_cohort(digits, compile, steps_per_call)
     return step, plan, cohort_local_training(step, plan)
 
 
@@ -274,3 +279,11 @@ def test_steps_per_call_needs_a_compiled_step(digits):
         CohortStep(model, sgd(0.1), steps_per_call=2)
     with pytest.raises(ValueError, match=">= 1"):
         CohortStep(model, sgd(0.1), compile=True, steps_per_call=0)
+
+
+def test_several_steps_a_call_refuse_a_step_where_a_client_has_no_batch(digits):
+    step, plan = _unequal_cohort(digits, True, 4)
+    params, state = step.begin(plan.start)
+    index, mask = plan.batch_index[:, 0, 5:9], plan.batch_mask[:, 0, 5:9]
+    with pytest.raises(ValueError, match="a batch for every client"):
+        step.steps(plan.data, params, state, index, mask)

@@ -276,6 +276,8 @@ class CohortStep:
         """
         if not self.compiled:
             raise RuntimeError("steps() runs the compiled step (compile=True)")
+        if not bool(batch_mask.any(dim=2).all()):  # on the CPU: no device sync
+            raise ValueError("steps() needs a batch for every client at every step")
         index, batch_mask = index.contiguous(), batch_mask.contiguous()
         loss: torch.Tensor = self._run_steps(
             data.x, data.y, params, state, index, batch_mask
