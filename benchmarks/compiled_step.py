@@ -1,13 +1,15 @@
 """Claim: each change to the compiled cohort step made it faster.
 
 Times one compiled step of the vectorized runtime (a cohort of Fashion-MNIST
-clients, B = 10, SGD lr 0.05, the 2NN by default) in five variants, one process:
+clients, B = 10, lr 0.05, SGD or ``--optimizer momentum`` (beta 0.9), the 2NN by
+default) in six variants, one process:
 
 - ``functional, dynamic``: the step returns new parameters, every dimension
   symbolic (``torch.compile(dynamic=True)``), as the step was first compiled;
 - ``in place, dynamic``: the step writes the new parameters into its own;
 - ``+ fold``: with ``FoldUpdateIntoGemm`` (``w.baddbmm_(a, b, alpha=-lr)`` for each
-  linear layer's weight, the gradient never stored);
+  linear layer's weight, or with momentum ``v.baddbmm_(a, b, beta=0.9)`` for its
+  velocity: the gradient never stored);
 - ``+ static shapes``: shapes static until one changes (``torch.compile``'s
   default), so fewer guards run before each call;
 - ``+ cpp_wrapper``: the calls between kernels made from C++ rather than Python,
@@ -28,6 +30,7 @@ float32 matrix product (2048 x 2048 x 2048, best of 5) at the same thread count;
 each variant's GFLOP/s is given as a share of that rate.
 
     python benchmarks/compiled_step.py [--threads 2] [--clients 10] [--model 2nn]
+        [--optimizer sgd|momentum]
         [--steps 20] [--repeats 40] [--json benchmarks/results/compiled_step.json]
 """
 
@@ -47,7 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fedloom.core import Replicated
 from fedloom.data import ClientData, load_dataset
-from fedloom.learning import build_model, sgd
+from fedloom.learning import build_model, momentum, sgd
 from fedloom.learning._cohort_work import (
     CohortStep,
     TrainingPlan,
@@ -58,6 +61,7 @@ from fedloom.learning._gemm_update import FoldUpdateIntoGemm
 from fedloom.runtimes import reuse_cpu_memory
 
 LEARNING_RATE = 0.05
+OPTIMIZERS = {"sgd": sgd, "momentum": momentum}  # momentum: beta 0.9
 CHECKED_STEPS = 5
 
 
@@ -67,6 +71,7 @@ class Variant(CohortStep):
     def __init__(
         self,
         model: Any,
+        optimizer: Any,
         *,
         in_place: bool,
         fold: bool,
@@ -74,9 +79,7 @@ class Variant(CohortStep):
         cpp: bool,
         steps_per_call: int = 1,
     ) -> None:
-        super().__init__(
-            model, sgd(LEARNING_RATE), compile=True, steps_per_call=steps_per_call
-        )
+        super().__init__(model, optimizer, compile=True, steps_per_call=steps_per_call)
         self.in_place = in_place
         if in_place and fold and static and cpp:
             return  # the runtime's own compile_step
@@ -107,9 +110,9 @@ VARIANTS = {
 }
 
 
-def _step_flops(model: Any, plan: TrainingPlan) -> int:
+def _step_flops(model: Any, optimizer: Any, plan: TrainingPlan) -> int:
     """Floating-point operations of one cohort step (counted on the eager step)."""
-    step = CohortStep(model, sgd(LEARNING_RATE))
+    step = CohortStep(model, optimizer)
     params, state = step.begin(plan.start)
     index, mask = plan.batch_index[:, 0, 0], plan.batch_mask[:, 0, 0]
     with FlopCounterMode(display=False) as counter:
@@ -151,6 +154,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--model", default="2nn")
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument(
@@ -177,7 +181,10 @@ def main() -> None:
     # Compiled afresh (not from inductor's on-disk cache), so "folded" counts.
     torch._inductor.config.fx_graph_cache = False
     torch._functorch.config.enable_autograd_cache = False
-    variants = {name: Variant(model, **how) for name, how in VARIANTS.items()}
+    optimizer = OPTIMIZERS[args.optimizer](LEARNING_RATE)
+    variants = {
+        name: Variant(model, optimizer, **how) for name, how in VARIANTS.items()
+    }
     # Compile each, then check that a few steps agree (after many, float32
     # rounding differences may flip a ReLU and the runs drift apart).
     results, compile_seconds = {}, {}
@@ -196,7 +203,7 @@ def main() -> None:
             _run(step, plan, args.steps)
             best[name] = min(best[name], (time.perf_counter() - started) / args.steps)
     names = list(variants)
-    flops, matmul = _step_flops(model, plan), _matmul_rate()
+    flops, matmul = _step_flops(model, optimizer, plan), _matmul_rate()
     rows = [
         {
             "variant": name,
@@ -211,7 +218,8 @@ def main() -> None:
         for i, name in enumerate(names)
     ]
     print(
-        f"{args.model}, {args.clients} clients, B = 10, {args.threads} thread(s):"
+        f"{args.model}, {args.optimizer}, {args.clients} clients, B = 10,"
+        f" {args.threads} thread(s):"
         f" {flops / 1e6:.1f} MFLOP a step; a 2048^3 float32 matrix product runs at"
         f" {matmul / 1e9:.0f} GFLOP/s"
     )

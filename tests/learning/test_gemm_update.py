@@ -32,7 +32,7 @@ def _inputs(product=aten.bmm.default):
     return [torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes]
 
 
-def _graph(product=aten.bmm.default, *, weight_shape=None, extra=None):
+def _graph(product=aten.bmm.default, *, weight_shape=None, extra=None, velocity=False):
     """``w.copy_(w + ALPHA * product(a, b))`` as AOT leaves an in-place update.
 
     ``extra(graph, nodes)`` may add nodes before the copy and return extra outputs.
@@ -47,9 +47,11 @@ def _graph(product=aten.bmm.default, *, weight_shape=None, extra=None):
         nodes[name].meta["val"] = val
     nodes["product"] = graph.call_function(product, (nodes["a"], nodes["b"]))
     nodes["product"].meta["val"] = product(a_val, b_val)
-    nodes["total"] = graph.call_function(
-        aten.add.Tensor, (nodes["w"], nodes["product"]), {"alpha": ALPHA}
+    # velocity: momentum's ``g + beta * v`` (the product first) instead of SGD's
+    summands = (
+        (nodes["product"], nodes["w"]) if velocity else (nodes["w"], nodes["product"])
     )
+    nodes["total"] = graph.call_function(aten.add.Tensor, summands, {"alpha": ALPHA})
     outputs = list(extra(graph, nodes)) if extra else []
     graph.call_function(aten.copy_.default, (nodes["w"], nodes["total"]))
     graph.output(tuple(outputs))
@@ -76,6 +78,16 @@ def test_an_sgd_update_becomes_one_accumulating_product(product, in_place):
     assert _targets(graph) == [in_place]
     w, a, b = _inputs(product)
     expected = w + ALPHA * (a @ b)
+    fx.GraphModule(torch.nn.Module(), graph)(w, a, b)
+    torch.testing.assert_close(w, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_a_momentum_velocity_becomes_one_accumulating_product():
+    graph = _graph(velocity=True)
+    assert _fold(graph) == 1
+    assert _targets(graph) == [aten.baddbmm_.default]
+    w, a, b = _inputs()
+    expected = (a @ b) + ALPHA * w
     fx.GraphModule(torch.nn.Module(), graph)(w, a, b)
     torch.testing.assert_close(w, expected, rtol=1e-12, atol=1e-12)
 
@@ -171,6 +183,34 @@ def test_updates_of_several_steps_fold_in_a_chain():
     torch.testing.assert_close(w, expected, rtol=1e-12, atol=1e-12)
 
 
+def test_elementwise_updates_of_several_steps_are_written_back_at_once():
+    # momentum's w - lr * v, step after step: each sum goes into w as it is made,
+    # not into a new buffer a step, copied once at the end
+    generator = torch.Generator().manual_seed(1)
+    w, x1, x2 = (torch.randn(4, 5, generator=generator).double() for _ in range(3))
+    graph = fx.Graph()
+    n = {}
+    for name, val in (("w", w), ("x1", x1), ("x2", x2)):
+        n[name] = graph.placeholder(name)
+        n[name].meta["val"] = val
+    t1 = graph.call_function(aten.add.Tensor, (n["w"], n["x1"]), {"alpha": ALPHA})
+    t1.meta["val"] = w + ALPHA * x1
+    read = graph.call_function(aten.mul.Tensor, (t1, 2.0))
+    t2 = graph.call_function(aten.add.Tensor, (t1, n["x2"]), {"alpha": ALPHA})
+    t2.meta["val"] = t1.meta["val"] + ALPHA * x2
+    graph.call_function(aten.copy_.default, (n["w"], t2))
+    graph.output((read,))
+    fold = FoldUpdateIntoGemm()
+    fold(graph)
+    assert (fold.folded, fold.written_back) == (0, 2)
+    assert _targets(graph).count(aten.copy_.default) == 2
+    first = w + ALPHA * x1
+    expected = first + ALPHA * x2
+    (got,) = fx.GraphModule(torch.nn.Module(), graph)(w, x1, x2)
+    torch.testing.assert_close(got, 2 * first, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(w, expected, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("how", ["reader_after", "view_reader"])
 def test_a_chain_read_after_its_update_is_left_alone(how):
     # the first step's weights (or a view of the weights) still read after the
@@ -208,9 +248,9 @@ def _steps(digits, optimizer, compile, count=3):
 
 
 @pytest.mark.parametrize(
-    ("optimizer", "folded"), [(lambda: sgd(0.1), 3), (lambda: momentum(0.05), 0)]
+    ("optimizer", "folded"), [(lambda: sgd(0.1), 3), (lambda: momentum(0.05), 3)]
 )
-def test_the_compiled_step_folds_sgd_and_matches_the_eager_step(
+def test_the_compiled_step_folds_the_update_and_matches_the_eager_step(
     digits, optimizer, folded, monkeypatch
 ):
     # with CI set, inductor refuses implicit fallbacks to ops it could decompose
@@ -225,8 +265,9 @@ def test_the_compiled_step_folds_sgd_and_matches_the_eager_step(
     _, expected_params, expected_state, expected_losses = _steps(
         digits, optimizer(), compile=False
     )
-    # the 2NN's three weights (not its biases), in the unmasked step's graph; the
-    # masked step's update is a torch.where of old and new, which stays as it is
+    # the 2NN's three weights (SGD) or their velocities (momentum: v = g + beta v
+    # becomes v.baddbmm_(a, b, beta=beta)), not the biases, in the unmasked step's
+    # graph; the masked step's update is a torch.where of old and new, left as is
     assert step.fold is not None and step.fold.folded == folded
     for k, v in expected_params.items():
         torch.testing.assert_close(params[k], v, rtol=1e-5, atol=1e-6)
@@ -239,34 +280,46 @@ def test_the_compiled_step_folds_sgd_and_matches_the_eager_step(
     torch.testing.assert_close(losses, expected_losses, rtol=1e-5, atol=1e-6)
 
 
-def _unequal_cohort(digits, compile, steps_per_call=1):
+def _unequal_cohort(digits, compile, steps_per_call=1, optimizer=None):
     model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
     clients = ClientData.from_dataset(digits, "quantity_skew", 30, seed=1)
     examples = [clients.client(i) for i in (0, 1, 2, 4)]  # 56, 89, 55, 97 examples
     params = Replicated(model.init(), 4)
     plan = plan_training(params, examples, [1, 2, 3, 4], 2, 8, torch.device("cpu"))
-    step = CohortStep(model, sgd(0.1), compile=compile, steps_per_call=steps_per_call)
+    optimizer = optimizer or sgd(0.1)
+    step = CohortStep(model, optimizer, compile=compile, steps_per_call=steps_per_call)
     return step, plan
 
 
-def _local_training(digits, compile, steps_per_call=1):
-    step, plan = _unequal_cohort(digits, compile, steps_per_call)
+def _local_training(digits, compile, steps_per_call=1, optimizer=None):
+    step, plan = _unequal_cohort(digits, compile, steps_per_call, optimizer)
     return step, plan, cohort_local_training(step, plan)
 
 
-def test_several_steps_a_call_train_as_one_step_at_a_time(digits, monkeypatch):
+@pytest.mark.parametrize(
+    ("optimizer", "written_back"),
+    # SGD: the three biases' updates in the block of 4 steps; momentum: the
+    # weights' and biases' (w - lr v), while the velocities of the weights fold
+    [(lambda: sgd(0.1), 3 * 4), (lambda: momentum(0.05), 6 * 4)],
+)
+def test_several_steps_a_call_train_as_one_step_at_a_time(
+    digits, monkeypatch, optimizer, written_back
+):
     monkeypatch.setenv("CI", "1")
     torch._dynamo.reset()
     with (
         torch._inductor.config.patch(fx_graph_cache=False),
         torch._functorch.config.patch(enable_autograd_cache=False),
     ):
-        step, plan, (deltas, weights, losses) = _local_training(digits, True, 4)
-    _, _, (want_deltas, want_weights, want_losses) = _local_training(digits, False)
+        trained = _local_training(digits, True, 4, optimizer())
+    step, plan, (deltas, weights, losses) = trained
+    _, _, want = _local_training(digits, False, optimizer=optimizer())
+    want_deltas, want_weights, want_losses = want
     # 13 steps an epoch, every client has a batch in the first 7: steps 0-3 run as
     # one call, 4-6 one by one, 7-12 one by one and masked (no fold there)
     assert plan.everyone[0] == [True] * 7 + [False] * 6 == plan.everyone[1]
     assert step.fold is not None and step.fold.folded == 3 * 4 + 3
+    assert step.fold.written_back == written_back
     for k, v in want_deltas.items():
         torch.testing.assert_close(deltas[k], v, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(weights, want_weights)

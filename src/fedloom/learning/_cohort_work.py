@@ -185,7 +185,8 @@ class CohortStep:
 
     Compiled, the step updates the parameters and optimizer state in place (start
     from :meth:`begin`), which lets :class:`FoldUpdateIntoGemm` accumulate SGD's
-    update of a linear layer straight into its weights.
+    update of a linear layer straight into its weights (momentum's, into its
+    velocity).
     """
 
     def __init__(
