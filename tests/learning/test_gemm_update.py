@@ -5,6 +5,8 @@ must leave alone, and that the rewritten graph computes the float64 reference), 
 end to end: the compiled cohort step, which uses it, against the eager step.
 """
 
+import contextlib
+
 import pytest
 import torch
 from torch import fx
@@ -221,6 +223,20 @@ def test_a_chain_read_after_its_update_is_left_alone(how):
     assert _targets(graph) == before
 
 
+@contextlib.contextmanager
+def _compiled_afresh(monkeypatch):
+    """Compile as CI does, and afresh (not from inductor's on-disk cache), so the
+    pass runs and its counters count."""
+    # with CI set, inductor refuses implicit fallbacks to ops it could decompose
+    monkeypatch.setenv("CI", "1")
+    torch._dynamo.reset()
+    with (
+        torch._inductor.config.patch(fx_graph_cache=False),
+        torch._functorch.config.patch(enable_autograd_cache=False),
+    ):
+        yield
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
@@ -253,14 +269,7 @@ def _steps(digits, optimizer, compile, count=3):
 def test_the_compiled_step_folds_the_update_and_matches_the_eager_step(
     digits, optimizer, folded, monkeypatch
 ):
-    # with CI set, inductor refuses implicit fallbacks to ops it could decompose
-    monkeypatch.setenv("CI", "1")
-    torch._dynamo.reset()
-    # compiled afresh, not found in inductor's on-disk cache, so the pass runs
-    with (
-        torch._inductor.config.patch(fx_graph_cache=False),
-        torch._functorch.config.patch(enable_autograd_cache=False),
-    ):
+    with _compiled_afresh(monkeypatch):
         step, params, state, losses = _steps(digits, optimizer(), compile=True)
     _, expected_params, expected_state, expected_losses = _steps(
         digits, optimizer(), compile=False
@@ -305,12 +314,7 @@ def _local_training(digits, compile, steps_per_call=1, optimizer=None):
 def test_several_steps_a_call_train_as_one_step_at_a_time(
     digits, monkeypatch, optimizer, written_back
 ):
-    monkeypatch.setenv("CI", "1")
-    torch._dynamo.reset()
-    with (
-        torch._inductor.config.patch(fx_graph_cache=False),
-        torch._functorch.config.patch(enable_autograd_cache=False),
-    ):
+    with _compiled_afresh(monkeypatch):
         trained = _local_training(digits, True, 4, optimizer())
     step, plan, (deltas, weights, losses) = trained
     _, _, want = _local_training(digits, False, optimizer=optimizer())

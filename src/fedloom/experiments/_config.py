@@ -270,7 +270,7 @@ class ExperimentConfig(BaseModel):
     steps_per_call: int = Field(default=1, ge=1)
     """With ``compile``: how many local steps one compiled call runs (unrolled into
     one graph where every client has a batch). More saves per-call overhead (the
-    2NN's step 1.07-1.15x faster with 5 on a CPU: ``benchmarks/compiled_step.py``)
+    2NN's step 1.07-1.2x faster with 5 on a CPU: ``benchmarks/compiled_step.py``)
     and compiles as many times as long; worth it for small models."""
     device: str = "cpu"
     """Where the ``vectorized`` runtime computes the cohort, and where the test set is

@@ -295,14 +295,13 @@ class CohortStep:
         batch_mask: torch.Tensor,
     ) -> torch.Tensor:
         """:meth:`_step_in_place` for each of ``index.shape[1]`` steps."""
-        total = self._step_in_place(
-            x_all, y_all, params, state, index[:, 0], batch_mask[:, 0], False
-        )
-        for j in range(1, index.shape[1]):
-            total = total + self._step_in_place(
+        losses = [
+            self._step_in_place(
                 x_all, y_all, params, state, index[:, j], batch_mask[:, j], False
             )
-        return total
+            for j in range(index.shape[1])
+        ]
+        return torch.stack(losses).sum(dim=0)
 
     def _step_in_place(
         self,

@@ -84,7 +84,7 @@ class VectorizedRuntime:
     the 2NN's step then runs several times as fast, ``benchmarks/simulation_speed.py``).
     With it, ``steps_per_call`` > 1 unrolls that many of FedAvg's local steps (where
     every client has a batch) into one compiled call, which saves the overhead of
-    the calls (about 0.1 ms each on a CPU; the 2NN's step runs 1.07-1.15x as fast
+    the calls (about 0.1 ms each on a CPU; the 2NN's step runs 1.07-1.2x as fast
     with 5, ``benchmarks/compiled_step.py``) and compiles as many times as long.
 
     >>> from fedloom.core import CLIENTS, computation, map, mean
