@@ -15,7 +15,11 @@ forward, input gradient and weight gradient, for each cohort size, in
 - ``per client``: a loop of plain convolutions, one client at a time,
 - ``shared weights``: one ungrouped convolution over all clients' examples, the
   same FLOPs as the cohort's (the rate cuDNN reaches on this shape when the
-  weights are shared; not a way to train, a ceiling to compare with).
+  weights are shared; not a way to train, a ceiling to compare with),
+- ``triton BMxBNxBK``: ``benchmarks/triton_client_conv.py``'s kernels, the whole
+  cohort in one launch per pass, on per-client channels-last tensors, at a few
+  tilings (where Triton imports and the device is a GPU; their correctness is
+  checked first, against float64, and a variant that fails is not timed).
 
 Each row is the median of ``--repeats`` timings of ``--iterations`` passes, in
 milliseconds a pass, and its ratio to ``grouped NCHW`` in the same run.
@@ -114,6 +118,40 @@ def shared(clients: int, device: torch.device) -> Callable[[], None]:
     return run
 
 
+def triton_variants(device: torch.device, report: dict[str, Any]) -> dict[str, Any]:
+    """The Triton prototype at three tilings, if it runs here and passes its check
+    (whose relative errors go into ``report["triton_check"]``)."""
+    if device.type != "cuda":
+        return {}
+    try:
+        import triton_client_conv as tcc  # beside this file
+    except ImportError as error:  # no Triton in this environment
+        print(f"no triton rows: {error}")
+        return {}
+    tilings = [(64, 64, 32), (128, 64, 32), (32, 64, 32)]
+    errors = tcc.check(device, tilings)
+    report["triton_check"] = errors
+    worst = max(errors.values())
+    print(f"triton kernels against float64: worst relative error {worst:.2e}")
+    if not worst <= 2e-3:  # TF32 products; NaN fails too
+        print(f"no triton rows: {errors}")
+        return {}
+
+    def make(clients: int, blocks: tuple[int, int, int]) -> Callable[[], None]:
+        x = torch.randn(clients, BATCH, SIDE, SIDE, IN, device=device)
+        w = torch.randn(clients, KERNEL, KERNEL, IN, OUT, device=device)
+        grad = torch.randn(clients, BATCH, SIDE, SIDE, OUT, device=device)
+
+        def run() -> None:
+            tcc.forward(x, w, None, blocks=blocks)
+            tcc.input_grad(grad, w, blocks=blocks)
+            tcc.weight_grad(x, grad, KERNEL, blocks=blocks)
+
+        return run
+
+    return {"triton {}x{}x{}".format(*b): (lambda n, b=b: make(n, b)) for b in tilings}
+
+
 def time_ms(
     run: Callable[[], None], device: torch.device, iterations: int, repeats: int
 ) -> float:
@@ -162,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "triton_check": None,
         "rows": [],
     }
+    variants.update(triton_variants(device, report))
     print(f"{name}: ms per pass (forward + both gradients), ratio to grouped NCHW")
     print("| clients | variant | ms | ratio | TFLOP/s |")
     print("| --- | --- | --- | --- | --- |")

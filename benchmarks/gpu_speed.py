@@ -18,8 +18,11 @@ Rows for each cohort size, all on the same GPU in the same process:
 - the vectorized runtime, in the variants ``--runners`` names (default: all):
   ``graphs`` (``VectorizedRuntime("cuda")``: each epoch a replayed CUDA graph; the
   first round captures it and is not timed), ``eager`` (``cuda_graphs=False``),
-  ``graphs autotune`` (``torch.backends.cudnn.benchmark = True``) and ``graphs
-  tf32`` (TF32 matrix products as well as convolutions).
+  ``graphs autotune`` (``torch.backends.cudnn.benchmark = True``), ``graphs
+  tf32`` (TF32 matrix products as well as convolutions) and ``graphs
+  triton-conv`` (the convolutions through ``benchmarks/client_conv_op.py``: one
+  Triton launch a cohort for each convolution and each of its gradients, instead
+  of cuDNN's grouped convolution; the row says whether Triton ran).
 
 A round is timed from the host, device synchronized, and includes everything:
 padding the cohort's data and copying it to the GPU, the training, the checked
@@ -80,6 +83,7 @@ class Variant(NamedTuple):
     graphs: bool = True
     autotune: bool = False  # torch.backends.cudnn.benchmark
     tf32_matmul: bool = False  # torch.backends.cuda.matmul.allow_tf32
+    triton_conv: bool = False  # benchmarks/client_conv_op.py's convolutions
 
 
 VARIANTS = {
@@ -89,6 +93,7 @@ VARIANTS = {
         Variant("eager", graphs=False),
         Variant("graphs autotune", autotune=True),
         Variant("graphs tf32", tf32_matmul=True),
+        Variant("graphs triton-conv", triton_conv=True),
     ]
 }
 
@@ -275,8 +280,19 @@ class Bench:
             chunk_size=self.args.chunk_size,
             cuda_graphs=variant.graphs,
         )
+        model, extra = self.model, {}
+        if variant.triton_conv:
+            import client_conv_op  # beside this file; imports Triton if it can
+
+            module, swapped = client_conv_op.swap_convs(self.model.module)
+            model = FunctionalModel(module)
+            probe = torch.zeros(1, device=self.device)
+            extra = {
+                "convs_swapped": swapped,
+                "triton": client_conv_op.uses_triton(probe),
+            }
         process = fed_avg(
-            self.model,
+            model,
             client_learning_rate=LEARNING_RATE,
             local_epochs=EPOCHS,
             batch_size=BATCH_SIZE,
@@ -309,6 +325,7 @@ class Bench:
             test_accuracy=accuracy,
             captures=process.client_work.graphs.captures,
             **variant._asdict(),
+            **extra,
         )
         return state.params
 

@@ -1,0 +1,75 @@
+"""benchmarks/client_conv_op.py: its convolutions equal nn.Conv2d's under vmap(grad).
+
+Without Triton (as in CI) the cohort ops are the grouped-convolution fallback; these
+tests check the plumbing (the vmap rules of the convolution and of both its
+gradients, the layouts, the swap) in float64, which is what the GPU's Triton rows
+rest on.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks import client_conv_op as op
+from fedloom.learning import build_model
+
+
+def _gradients(module: nn.Module, params, x, y):
+    def loss(p, x, y):
+        logits = functional_call(module, p, (x,))
+        return nn.functional.cross_entropy(logits, y)
+
+    return vmap(grad(loss))(params, x, y)
+
+
+def test_swapped_cnn_has_the_same_gradients_under_vmap():
+    model = build_model("cnn", (1, 28, 28), 10, seed=0)
+    swapped, count = op.swap_convs(model.module)
+    assert count == 2
+    assert [type(m) for m in swapped.modules()].count(op.ClientConv2d) == 2
+    assert dict(swapped.named_parameters()).keys() == model.init().keys()
+    generator = torch.Generator().manual_seed(0)
+    clients, n = 3, 4
+    params = {
+        k: v.double() + 0.01 * torch.randn(clients, *v.shape, generator=generator)
+        for k, v in model.init().items()
+    }
+    x = torch.randn(clients, n, 1, 28, 28, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 10, (clients, n), generator=generator)
+    expected = _gradients(model.module.double(), params, x, y)
+    got = _gradients(swapped.double(), params, x, y)
+    for name, value in expected.items():
+        error = (got[name] - value).norm() / value.norm()
+        assert error < 1e-12, name
+
+
+def test_unbatched_call_is_a_plain_convolution():
+    conv = nn.Conv2d(3, 5, kernel_size=3, padding=1).double()
+    swapped, _ = op.swap_convs(conv)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(swapped(x), conv(x))
+    (dx,) = torch.autograd.grad(swapped(x).sum(), x)
+    (expected,) = torch.autograd.grad(conv(x).sum(), x)
+    torch.testing.assert_close(dx, expected)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 5, kernel_size=3, stride=2, padding=1),
+        nn.Conv2d(3, 5, kernel_size=3, padding=0),
+        nn.Conv2d(3, 5, kernel_size=2, padding=1),
+        nn.Conv2d(4, 4, kernel_size=3, padding=1, groups=2),
+        nn.Conv2d(3, 5, kernel_size=3, padding=1, bias=False),
+    ],
+)
+def test_only_same_size_stride_one_convolutions_are_swapped(conv):
+    swapped, count = op.swap_convs(nn.Sequential(conv))
+    assert count == 0
+    assert type(swapped[0]) is nn.Conv2d
