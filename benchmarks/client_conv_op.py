@@ -181,9 +181,10 @@ class ClientConv(torch.autograd.Function):
         ctx.save_for_backward(x, w)
 
     @staticmethod
-    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
         x, w = ctx.saved_tensors
-        dx = _InputGrad.apply(dy, w)
+        # the first layer's input is data: no gradient to compute for it
+        dx = _InputGrad.apply(dy, w) if ctx.needs_input_grad[0] else None
         dw = _WeightGrad.apply(x, dy, w.shape[-1])
         return dx, dw, dy.sum(dim=(0, 2, 3))
 
