@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The open GPU work in one device-tool call, most decisive first:
+#
+# 1. benchmarks/gpu_grouped_conv.py: the CNN's second convolution alone, cuDNN's
+#    layouts and precisions beside benchmarks/triton_client_conv.py's kernels
+#    (checked against float64 first);
+# 2. benchmarks/gpu_speed.py, whole FedAvg rounds at cohorts 10 and 100: the
+#    runtime as it is ("graphs") beside the same with its convolutions through
+#    benchmarks/client_conv_op.py ("graphs triton-conv");
+# 3. benchmarks/mcmahan2017/gpu.sh with the seconds left: the Table 2 cells still
+#    to run, resuming from their checkpoints (see that file for what it needs:
+#    .whl/ and .devdata/, both ignored by git).
+#
+#   run(command="FEDLOOM_COMMIT=<git rev-parse --short HEAD, here> \
+#                bash benchmarks/gpu_session.sh 560", timeout_s=590, kind="nvidia-h200",
+#       carry=[".whl", ".devdata", "runs/mcmahan2017/fashion_mnist/cnn"])
+#
+# (nvidia-h200: the GPU of the earlier CNN rows and of benchmarks/results'
+# chunk_size_nvidia_h200.json). Then here, with the call's files under FILES:
+#
+#   cp FILES/gpu_grouped_conv.json FILES/gpu_speed_triton.json benchmarks/results/
+#   and what benchmarks/mcmahan2017/gpu.sh says for the rest.
+#
+# A dry run without a GPU (the Triton rows are then left out):
+#   DEVICE=cpu OUT=/tmp/out CONV_ARGS="--cohort 2 --iterations 1 --repeats 1" \
+#       SPEED_ARGS="--sizes 2 --rounds 1" bash benchmarks/gpu_session.sh 60
+set -uo pipefail
+budget="${1:-560}"
+started=$SECONDS
+export PYTHONUNBUFFERED=1
+if ! python3 -c "import pydantic" 2> /dev/null && compgen -G ".whl/*.whl" > /dev/null
+then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+device="${DEVICE:-cuda}"
+# shellcheck disable=SC2086
+timeout 150 python3 benchmarks/gpu_grouped_conv.py --device "$device" ${CONV_ARGS:-} \
+    --json "$OUT/gpu_grouped_conv.json" 2>&1 | tee "$OUT/gpu_grouped_conv.log"
+# shellcheck disable=SC2086
+timeout 200 python3 benchmarks/gpu_speed.py --device "$device" \
+    ${SPEED_ARGS:---sizes 10 100 --rounds 3} --budget-s 170 \
+    --runners graphs "graphs triton-conv" --json "$OUT/gpu_speed_triton.json" \
+    2>&1 | tee "$OUT/gpu_speed_triton.log"
+left=$((budget - (SECONDS - started)))
+if [ "$left" -gt 60 ]; then
+    bash benchmarks/mcmahan2017/gpu.sh "$left"
+else
+    echo "no time left for benchmarks/mcmahan2017/gpu.sh ($left s)"
+fi
