@@ -3,13 +3,13 @@
 ``swap_convs(module)`` replaces each same-size stride-1 ``nn.Conv2d`` of a model by a
 :class:`ClientConv2d` (the same parameters, so the same names and shapes), whose
 forward is :class:`ClientConv`. Alone it is ``F.conv2d``; under the vectorized
-runtime's ``vmap`` over clients its vmap rule calls the cohort op
-``fedloom_bench::cohort_conv`` instead, and its gradients are custom ops whose vmap
-rules call the cohort's. On a
-CUDA device with Triton the cohort ops are ``benchmarks/triton_client_conv.py``'s
-kernels (per-client channels-last: the tensors are permuted in and out); elsewhere
-they are the grouped convolution that ``vmap`` makes of ``F.conv2d`` anyway, so that
-the composition can be tested without a GPU. ``benchmarks/gpu_speed.py``'s
+runtime's ``vmap`` over clients its vmap rule calls :func:`cohort_conv` instead, and
+its backward calls two more ``autograd.Function``s (input and weight gradient) whose
+vmap rules call the cohort's gradients. On a CUDA device with Triton the cohort
+functions are ``benchmarks/triton_client_conv.py``'s kernels (per-client
+channels-last: the tensors are permuted in and out); elsewhere they are the grouped
+convolution that ``vmap`` makes of ``F.conv2d`` anyway, so that the composition can
+be tested without a GPU. ``benchmarks/gpu_speed.py``'s
 ``graphs triton-conv`` row times a whole round with it.
 
 This is a measurement aid, not part of fedloom: whether it belongs in the runtime
@@ -62,7 +62,6 @@ def _hwio(w: Tensor) -> Tensor:
     return w.permute(0, 3, 4, 2, 1).contiguous()
 
 
-@torch.library.custom_op("fedloom_bench::cohort_conv", mutates_args=())
 def cohort_conv(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
     """Every client's ``conv(x[c], w[c]) + b[c]``: x [C, N, Ci, H, W], w [C, Co, Ci,
     k, k], b [C, Co] -> [C, N, Co, H, W] (same size, stride 1)."""
@@ -74,12 +73,6 @@ def cohort_conv(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
     return _ungrouped(y, clients).contiguous()
 
 
-@cohort_conv.register_fake
-def _(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
-    return x.new_empty(x.shape[0], x.shape[1], w.shape[1], *x.shape[3:])
-
-
-@torch.library.custom_op("fedloom_bench::cohort_conv_input_grad", mutates_args=())
 def cohort_conv_input_grad(dy: Tensor, w: Tensor) -> Tensor:
     """dx of :func:`cohort_conv` from dy [C, N, Co, H, W]."""
     clients, pad = dy.shape[0], w.shape[-1] // 2
@@ -94,7 +87,6 @@ def cohort_conv_input_grad(dy: Tensor, w: Tensor) -> Tensor:
     return _ungrouped(dx, clients).contiguous()
 
 
-@torch.library.custom_op("fedloom_bench::cohort_conv_weight_grad", mutates_args=())
 def cohort_conv_weight_grad(x: Tensor, dy: Tensor, kernel: int) -> Tensor:
     """dw [C, Co, Ci, k, k] of :func:`cohort_conv`."""
     clients, pad = x.shape[0], kernel // 2
@@ -167,9 +159,9 @@ class _WeightGrad(torch.autograd.Function):
 
 class ClientConv(torch.autograd.Function):
     """One client's same-size stride-1 convolution, x [N, Ci, H, W]: ``F.conv2d``
-    alone, :func:`cohort_conv` under ``vmap``, its gradients custom ops that
-    ``vmap`` sends to the cohort's too. (``autograd.Function``s rather than custom
-    ops with ``register_autograd``: only they compose with ``torch.func.grad``.)"""
+    alone, :func:`cohort_conv` under ``vmap``, and so its gradients. (Functions
+    rather than custom ops with ``register_autograd``: in torch 2.13 only these
+    compose with ``torch.func.grad``.)"""
 
     @staticmethod
     def forward(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
