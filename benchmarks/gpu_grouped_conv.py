@@ -203,7 +203,13 @@ def main(argv: list[str] | None = None) -> int:
         "triton_check": None,
         "rows": [],
     }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every row: a run cut off keeps what it measured
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
     variants.update(triton_variants(device, report))
+    save()
     print(f"{name}: ms per pass (forward + both gradients), ratio to grouped NCHW")
     print("| clients | variant | ms | ratio | TFLOP/s |")
     print("| --- | --- | --- | --- | --- |")
@@ -223,8 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"| {clients} | {variant} | {ms:.3f} | {base / ms:.2f}x | {rate:.2f} |"
             )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+            save()
     print(f"wrote {args.json}")
     return 0
 
