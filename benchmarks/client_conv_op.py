@@ -35,10 +35,12 @@ __all__ = ["ClientConv", "ClientConv2d", "swap_convs", "uses_triton"]
 
 
 def uses_triton(x: Tensor) -> bool:
-    """Whether the cohort ops run Triton's kernels for tensors like ``x``: on a GPU,
-    or on the CPU in Triton's interpreter (``TRITON_INTERPRET=1``, for tests)."""
+    """Whether the cohort functions run Triton's kernels for tensors like ``x``:
+    float32, on a GPU or on the CPU in Triton's interpreter (``TRITON_INTERPRET=1``,
+    for tests)."""
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    return kernels is not None and (x.is_cuda or interpreted)
+    on_device = x.is_cuda or interpreted
+    return kernels is not None and x.dtype == torch.float32 and on_device
 
 
 def _grouped(x: Tensor) -> Tensor:

@@ -131,11 +131,11 @@ def triton_variants(device: torch.device, report: dict[str, Any]) -> dict[str, A
     tilings = [(64, 64, 32), (128, 64, 32), (32, 64, 32)]
     errors = tcc.check(device, tilings)
     report["triton_check"] = errors
-    worst = max(errors.values())
-    print(f"triton kernels against float64: worst relative error {worst:.2e}")
-    if not worst <= 2e-3:  # TF32 products; NaN fails too
-        print(f"no triton rows: {errors}")
+    bad = {k: e for k, e in errors.items() if not e <= 2e-3}  # TF32; NaN is bad
+    if bad:
+        print(f"no triton rows, the check failed: {bad}")
         return {}
+    print(f"triton kernels against float64: worst {max(errors.values()):.2e}")
 
     def make(clients: int, blocks: tuple[int, int, int]) -> Callable[[], None]:
         x = torch.randn(clients, BATCH, SIDE, SIDE, IN, device=device)

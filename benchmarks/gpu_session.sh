@@ -37,7 +37,7 @@ fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 device="${DEVICE:-cuda}"
 # shellcheck disable=SC2086
-timeout 150 python3 benchmarks/gpu_grouped_conv.py --device "$device" ${CONV_ARGS:-} \
+timeout 180 python3 benchmarks/gpu_grouped_conv.py --device "$device" ${CONV_ARGS:-} \
     --json "$OUT/gpu_grouped_conv.json" 2>&1 | tee "$OUT/gpu_grouped_conv.log"
 # shellcheck disable=SC2086
 timeout 200 python3 benchmarks/gpu_speed.py --device "$device" \

@@ -161,6 +161,13 @@ def _output(out: torch.Tensor | None, *shape: int, like: torch.Tensor) -> torch.
     return out
 
 
+def _fit(block: int, size: int) -> int:
+    """A tile side no longer than ``size`` needs (a power of two, and at least 16,
+    ``tl.dot``'s least): the first convolution's single input channel would
+    otherwise fill a reduction tile of 32 with padding."""
+    return max(16, min(block, triton.next_power_of_2(size)))
+
+
 def forward(
     x: torch.Tensor,
     w: torch.Tensor,
@@ -179,7 +186,7 @@ def forward(
     ):
         raise ValueError(f"b must be a contiguous float32 {(clients, c_out)}")
     y = _output(out, clients, n, h, width, c_out, like=x)
-    bm, bn, bk = blocks
+    bm, bn, bk = blocks[0], _fit(blocks[1], c_out), _fit(blocks[2], c_in)
     grid = (triton.cdiv(n * h * width, bm), triton.cdiv(c_out, bn), clients)
     _conv_kernel[grid](
         x, w, b if b is not None else w, y,
@@ -206,7 +213,7 @@ def input_grad(
     clients, n, h, width, c_out = dy.shape
     kh, kw, c_in = w.shape[1], w.shape[2], w.shape[3]
     dx = _output(out, clients, n, h, width, c_in, like=dy)
-    bm, bn, bk = blocks
+    bm, bn, bk = blocks[0], _fit(blocks[1], c_in), _fit(blocks[2], c_out)
     grid = (triton.cdiv(n * h * width, bm), triton.cdiv(c_in, bn), clients)
     _conv_kernel[grid](
         dy, w, w, dx,
@@ -236,7 +243,7 @@ def weight_grad(
     clients, n, h, width, c_in = x.shape
     c_out = dy.shape[4]
     dw = _output(out, clients, kernel, kernel, c_in, c_out, like=x)
-    bm, bn, bk = blocks
+    bm, bn, bk = _fit(blocks[0], c_in), _fit(blocks[1], c_out), blocks[2]
     tiles = triton.cdiv(c_in, bm) * triton.cdiv(c_out, bn)
     _weight_grad_kernel[(kernel * kernel, tiles, clients)](
         x, dy, dw,
