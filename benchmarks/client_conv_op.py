@@ -64,22 +64,22 @@ def _hwio(w: Tensor) -> Tensor:
     return w.permute(0, 3, 4, 2, 1).contiguous()
 
 
-def cohort_conv(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+def cohort_conv(x: Tensor, w: Tensor, b: Tensor, tiling: Any = None) -> Tensor:
     """Every client's ``conv(x[c], w[c]) + b[c]``: x [C, N, Ci, H, W], w [C, Co, Ci,
     k, k], b [C, Co] -> [C, N, Co, H, W] (same size, stride 1)."""
     clients, pad = x.shape[0], w.shape[-1] // 2
     if uses_triton(x):
-        y = kernels.forward(_nhwc(x), _hwio(w), b.contiguous())
+        y = kernels.forward(_nhwc(x), _hwio(w), b.contiguous(), tiling=_tiling(tiling))
         return y.permute(0, 1, 4, 2, 3)
     y = F.conv2d(_grouped(x), w.flatten(0, 1), b.flatten(), padding=pad, groups=clients)
     return _ungrouped(y, clients).contiguous()
 
 
-def cohort_conv_input_grad(dy: Tensor, w: Tensor) -> Tensor:
+def cohort_conv_input_grad(dy: Tensor, w: Tensor, tiling: Any = None) -> Tensor:
     """dx of :func:`cohort_conv` from dy [C, N, Co, H, W]."""
     clients, pad = dy.shape[0], w.shape[-1] // 2
     if uses_triton(dy):
-        dx = kernels.input_grad(_nhwc(dy), _hwio(w))
+        dx = kernels.input_grad(_nhwc(dy), _hwio(w), tiling=_tiling(tiling))
         return dx.permute(0, 1, 4, 2, 3)
     n, h, width = dy.shape[1], dy.shape[3], dy.shape[4]
     shape = (n, clients * w.shape[2], h, width)
@@ -89,11 +89,13 @@ def cohort_conv_input_grad(dy: Tensor, w: Tensor) -> Tensor:
     return _ungrouped(dx, clients).contiguous()
 
 
-def cohort_conv_weight_grad(x: Tensor, dy: Tensor, kernel: int) -> Tensor:
+def cohort_conv_weight_grad(
+    x: Tensor, dy: Tensor, kernel: int, tiling: Any = None
+) -> Tensor:
     """dw [C, Co, Ci, k, k] of :func:`cohort_conv`."""
     clients, pad = x.shape[0], kernel // 2
     if uses_triton(x):
-        dw = kernels.weight_grad(_nhwc(x), _nhwc(dy), kernel)
+        dw = kernels.weight_grad(_nhwc(x), _nhwc(dy), kernel, tiling=_tiling(tiling))
         return dw.permute(0, 4, 3, 1, 2).contiguous()
     c_in, c_out = x.shape[2], dy.shape[2]
     shape = (clients * c_out, c_in, kernel, kernel)
@@ -101,6 +103,10 @@ def cohort_conv_weight_grad(x: Tensor, dy: Tensor, kernel: int) -> Tensor:
         _grouped(x), shape, _grouped(dy), padding=pad, groups=clients
     )
     return dw.reshape(clients, c_out, c_in, kernel, kernel)
+
+
+def _tiling(tiling: Any) -> Any:
+    return kernels.DEFAULT if tiling is None else tiling
 
 
 def _batched(value: Tensor, dim: int | None, size: int) -> Tensor:
@@ -114,7 +120,7 @@ class _InputGrad(torch.autograd.Function):
     """One client's dx of a same-size stride-1 convolution; the cohort's under vmap."""
 
     @staticmethod
-    def forward(dy: Tensor, w: Tensor) -> Tensor:
+    def forward(dy: Tensor, w: Tensor, tiling: Any) -> Tensor:
         shape = (dy.shape[0], w.shape[1], *dy.shape[2:])
         return torch.nn.grad.conv2d_input(shape, w, dy, padding=w.shape[-1] // 2)
 
@@ -127,17 +133,20 @@ class _InputGrad(torch.autograd.Function):
         raise RuntimeError("ClientConv has no second derivative")
 
     @staticmethod
-    def vmap(info: Any, in_dims: tuple[Any, ...], dy: Tensor, w: Tensor) -> Any:
+    def vmap(
+        info: Any, in_dims: tuple[Any, ...], dy: Tensor, w: Tensor, tiling: Any
+    ) -> Any:
         size = info.batch_size
-        dys, ws = (_batched(v, d, size) for v, d in zip((dy, w), in_dims, strict=True))
-        return cohort_conv_input_grad(dys, ws), 0
+        pair = zip((dy, w), in_dims[:2], strict=True)
+        dys, ws = (_batched(v, d, size) for v, d in pair)
+        return cohort_conv_input_grad(dys, ws, tiling), 0
 
 
 class _WeightGrad(torch.autograd.Function):
     """One client's dw of a same-size stride-1 convolution; the cohort's under vmap."""
 
     @staticmethod
-    def forward(x: Tensor, dy: Tensor, kernel: int) -> Tensor:
+    def forward(x: Tensor, dy: Tensor, kernel: int, tiling: Any) -> Tensor:
         shape = (dy.shape[1], x.shape[1], kernel, kernel)
         return torch.nn.grad.conv2d_weight(x, shape, dy, padding=kernel // 2)
 
@@ -151,12 +160,17 @@ class _WeightGrad(torch.autograd.Function):
 
     @staticmethod
     def vmap(
-        info: Any, in_dims: tuple[Any, ...], x: Tensor, dy: Tensor, kernel: int
+        info: Any,
+        in_dims: tuple[Any, ...],
+        x: Tensor,
+        dy: Tensor,
+        kernel: int,
+        tiling: Any,
     ) -> Any:
         size = info.batch_size
         pair = zip((x, dy), in_dims[:2], strict=True)
         xs, dys = (_batched(v, d, size) for v, d in pair)
-        return cohort_conv_weight_grad(xs, dys, kernel), 0
+        return cohort_conv_weight_grad(xs, dys, kernel, tiling), 0
 
 
 class ClientConv(torch.autograd.Function):
@@ -166,38 +180,47 @@ class ClientConv(torch.autograd.Function):
     compose with ``torch.func.grad``.)"""
 
     @staticmethod
-    def forward(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    def forward(x: Tensor, w: Tensor, b: Tensor, tiling: Any) -> Tensor:
         return F.conv2d(x, w, b, padding=w.shape[-1] // 2)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        x, w, _ = inputs
+        x, w, _, tiling = inputs
         ctx.save_for_backward(x, w)
+        ctx.tiling = tiling
 
     @staticmethod
-    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
+    def backward(ctx: Any, dy: Tensor) -> tuple[Tensor | None, Tensor, Tensor, None]:
         x, w = ctx.saved_tensors
         # the first layer's input is data: no gradient to compute for it
-        dx = _InputGrad.apply(dy, w) if ctx.needs_input_grad[0] else None
-        dw = _WeightGrad.apply(x, dy, w.shape[-1])
-        return dx, dw, dy.sum(dim=(0, 2, 3))
+        needs_dx = ctx.needs_input_grad[0]
+        dx = _InputGrad.apply(dy, w, ctx.tiling) if needs_dx else None
+        dw = _WeightGrad.apply(x, dy, w.shape[-1], ctx.tiling)
+        return dx, dw, dy.sum(dim=(0, 2, 3)), None
 
     @staticmethod
     def vmap(
-        info: Any, in_dims: tuple[Any, ...], x: Tensor, w: Tensor, b: Tensor
+        info: Any,
+        in_dims: tuple[Any, ...],
+        x: Tensor,
+        w: Tensor,
+        b: Tensor,
+        tiling: Any,
     ) -> tuple[Tensor, int]:
         size = info.batch_size
-        xs, ws, bs = (
-            _batched(v, d, size) for v, d in zip((x, w, b), in_dims, strict=True)
-        )
-        return cohort_conv(xs, ws, bs), 0
+        triple = zip((x, w, b), in_dims[:3], strict=True)
+        xs, ws, bs = (_batched(v, d, size) for v, d in triple)
+        return cohort_conv(xs, ws, bs, tiling), 0
 
 
 class ClientConv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same-size, stride 1, with bias) through :class:`ClientConv`."""
+    """``nn.Conv2d`` (same-size, stride 1, with bias) through :class:`ClientConv`;
+    ``tiling``: the Triton kernels' (``triton_client_conv.Tiling``, None: theirs)."""
+
+    tiling: Any = None
 
     def forward(self, x: Tensor) -> Tensor:
-        return ClientConv.apply(x, self.weight, self.bias)
+        return ClientConv.apply(x, self.weight, self.bias, self.tiling)
 
 
 def _swappable(conv: nn.Conv2d) -> bool:
@@ -214,13 +237,15 @@ def _swappable(conv: nn.Conv2d) -> bool:
     )
 
 
-def swap_convs(module: nn.Module) -> tuple[nn.Module, int]:
+def swap_convs(module: nn.Module, tiling: Any = None) -> tuple[nn.Module, int]:
     """A copy of ``module`` with every swappable ``nn.Conv2d`` a
-    :class:`ClientConv2d` (same parameters); and how many were swapped."""
+    :class:`ClientConv2d` (same parameters) with ``tiling``; and how many were
+    swapped."""
     module = copy.deepcopy(module)
     swapped = 0
     for child in module.modules():
         if type(child) is nn.Conv2d and _swappable(child):
             child.__class__ = ClientConv2d
+            child.tiling = tiling
             swapped += 1
     return module, swapped

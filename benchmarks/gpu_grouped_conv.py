@@ -16,10 +16,11 @@ forward, input gradient and weight gradient, for each cohort size, in
 - ``shared weights``: one ungrouped convolution over all clients' examples, the
   same FLOPs as the cohort's (the rate cuDNN reaches on this shape when the
   weights are shared; not a way to train, a ceiling to compare with),
-- ``triton BMxBNxBK``: ``benchmarks/triton_client_conv.py``'s kernels, the whole
-  cohort in one launch per pass, on per-client channels-last tensors, at a few
-  tilings (where Triton imports and the device is a GPU; their correctness is
-  checked first, against float64, and a variant that fails is not timed).
+- ``triton RxCxS unrolled|flat``: ``benchmarks/triton_client_conv.py``'s kernels,
+  the whole cohort in one launch per pass, on per-client channels-last tensors, at
+  a few tilings, the convolution's loop over kernel offsets unrolled or flat
+  (where Triton imports and the device is a GPU; their correctness is checked
+  first, against float64, and if that fails none is timed).
 
 Each row is the median of ``--repeats`` timings of ``--iterations`` passes, in
 milliseconds a pass, and its ratio to ``grouped NCHW`` in the same run.
@@ -119,7 +120,7 @@ def shared(clients: int, device: torch.device) -> Callable[[], None]:
 
 
 def triton_variants(device: torch.device, report: dict[str, Any]) -> dict[str, Any]:
-    """The Triton prototype at three tilings, if it runs here and passes its check
+    """The Triton prototype at four tilings, if it runs here and passes its check
     (whose relative errors go into ``report["triton_check"]``)."""
     if device.type != "cuda":
         return {}
@@ -128,7 +129,12 @@ def triton_variants(device: torch.device, report: dict[str, Any]) -> dict[str, A
     except ImportError as error:  # no Triton in this environment
         print(f"no triton rows: {error}")
         return {}
-    tilings = [(64, 64, 32), (128, 64, 32), (32, 64, 32)]
+    tilings = [
+        tcc.Tiling(64, 64, 32),
+        tcc.Tiling(64, 64, 32, flat=True),
+        tcc.Tiling(128, 64, 32, flat=True),
+        tcc.Tiling(32, 64, 32, flat=True),
+    ]
     errors = tcc.check(device, tilings)
     report["triton_check"] = errors
     bad = {k: e for k, e in errors.items() if not e <= 2e-3}  # TF32; NaN is bad
@@ -137,19 +143,19 @@ def triton_variants(device: torch.device, report: dict[str, Any]) -> dict[str, A
         return {}
     print(f"triton kernels against float64: worst {max(errors.values()):.2e}")
 
-    def make(clients: int, blocks: tuple[int, int, int]) -> Callable[[], None]:
+    def make(clients: int, tiling: Any) -> Callable[[], None]:
         x = torch.randn(clients, BATCH, SIDE, SIDE, IN, device=device)
         w = torch.randn(clients, KERNEL, KERNEL, IN, OUT, device=device)
         grad = torch.randn(clients, BATCH, SIDE, SIDE, OUT, device=device)
 
         def run() -> None:
-            tcc.forward(x, w, None, blocks=blocks)
-            tcc.input_grad(grad, w, blocks=blocks)
-            tcc.weight_grad(x, grad, KERNEL, blocks=blocks)
+            tcc.forward(x, w, None, tiling=tiling)
+            tcc.input_grad(grad, w, tiling=tiling)
+            tcc.weight_grad(x, grad, KERNEL, tiling=tiling)
 
         return run
 
-    return {"triton {}x{}x{}".format(*b): (lambda n, b=b: make(n, b)) for b in tilings}
+    return {f"triton {t}": (lambda n, t=t: make(n, t)) for t in tilings}
 
 
 def time_ms(

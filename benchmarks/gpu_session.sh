@@ -6,7 +6,7 @@
 #    (checked against float64 first);
 # 2. benchmarks/gpu_speed.py, whole FedAvg rounds at cohorts 10 and 100: the
 #    runtime as it is ("graphs") beside the same with its convolutions through
-#    benchmarks/client_conv_op.py ("graphs triton-conv");
+#    benchmarks/client_conv_op.py ("graphs triton-conv", and "... flat");
 # 3. benchmarks/mcmahan2017/gpu.sh with the seconds left: the Table 2 cells still
 #    to run, resuming from their checkpoints (see that file for what it needs:
 #    .whl/ and .devdata/, both ignored by git).
@@ -42,7 +42,8 @@ timeout 180 python3 benchmarks/gpu_grouped_conv.py --device "$device" ${CONV_ARG
 # shellcheck disable=SC2086
 timeout 200 python3 benchmarks/gpu_speed.py --device "$device" \
     ${SPEED_ARGS:---sizes 10 100 --rounds 3} --budget-s 170 \
-    --runners graphs "graphs triton-conv" --json "$OUT/gpu_speed_triton.json" \
+    --runners graphs "graphs triton-conv" "graphs triton-conv flat" \
+    --json "$OUT/gpu_speed_triton.json" \
     2>&1 | tee "$OUT/gpu_speed_triton.log"
 left=$((budget - (SECONDS - started)))
 if [ "$left" -gt 60 ]; then

@@ -19,10 +19,11 @@ Rows for each cohort size, all on the same GPU in the same process:
   ``graphs`` (``VectorizedRuntime("cuda")``: each epoch a replayed CUDA graph; the
   first round captures it and is not timed), ``eager`` (``cuda_graphs=False``),
   ``graphs autotune`` (``torch.backends.cudnn.benchmark = True``), ``graphs
-  tf32`` (TF32 matrix products as well as convolutions) and ``graphs
-  triton-conv`` (the convolutions through ``benchmarks/client_conv_op.py``: one
-  Triton launch a cohort for each convolution and each of its gradients, instead
-  of cuDNN's grouped convolution; the row says whether Triton ran).
+  tf32`` (TF32 matrix products as well as convolutions), ``graphs triton-conv``
+  and ``graphs triton-conv flat`` (the convolutions through
+  ``benchmarks/client_conv_op.py``: one Triton launch a cohort for each
+  convolution and each of its gradients, instead of cuDNN's grouped convolution;
+  the loop over kernel offsets unrolled or flat; the row says whether Triton ran).
 
 A round is timed from the host, device synchronized, and includes everything:
 padding the cohort's data and copying it to the GPU, the training, the checked
@@ -83,7 +84,7 @@ class Variant(NamedTuple):
     graphs: bool = True
     autotune: bool = False  # torch.backends.cudnn.benchmark
     tf32_matmul: bool = False  # torch.backends.cuda.matmul.allow_tf32
-    triton_conv: bool = False  # benchmarks/client_conv_op.py's convolutions
+    triton_conv: str = ""  # "unrolled" or "flat": benchmarks/client_conv_op.py's
 
 
 VARIANTS = {
@@ -93,7 +94,8 @@ VARIANTS = {
         Variant("eager", graphs=False),
         Variant("graphs autotune", autotune=True),
         Variant("graphs tf32", tf32_matmul=True),
-        Variant("graphs triton-conv", triton_conv=True),
+        Variant("graphs triton-conv", triton_conv="unrolled"),
+        Variant("graphs triton-conv flat", triton_conv="flat"),
     ]
 }
 
@@ -284,7 +286,10 @@ class Bench:
         if variant.triton_conv:
             import client_conv_op  # beside this file; imports Triton if it can
 
-            module, swapped = client_conv_op.swap_convs(self.model.module)
+            kernels = client_conv_op.kernels
+            flat = variant.triton_conv == "flat"
+            tiling = kernels.Tiling(flat=flat) if kernels is not None else None
+            module, swapped = client_conv_op.swap_convs(self.model.module, tiling)
             model = FunctionalModel(module)
             probe = torch.zeros(1, device=self.device)
             extra = {

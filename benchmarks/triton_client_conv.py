@@ -32,14 +32,56 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-BLOCKS = (64, 64, 32)
-"""A program's tile by default: (rows, columns, reduction step)."""
+
+class Tiling(NamedTuple):
+    """How a kernel's work is cut: a program's tile (rows, columns, reduction step,
+    each clamped to what the sizes need), its warps, and for the convolution
+    kernel whether its loop over kernel offsets is flat (pipelined) or unrolled."""
+
+    rows: int = 64
+    columns: int = 64
+    step: int = 32
+    warps: int = 4
+    flat: bool = False
+
+    def __str__(self) -> str:
+        loop = "flat" if self.flat else "unrolled"
+        return f"{self.rows}x{self.columns}x{self.step} {loop}"
+
+
+DEFAULT = Tiling()
+
+
+@triton.jit
+def _tap(
+    acc, x_c, w_c, n, h, w, row_ok, cols, col_ok, kh, kw, k0, H, W,
+    sx_n, sx_h, sx_w, sw_kh, sw_kw, sw_k, sw_n,
+    K: tl.constexpr, PAD: tl.constexpr, SIGN: tl.constexpr, BK: tl.constexpr,
+):  # fmt: skip
+    """``acc`` plus one kernel offset's (kh, kw) product over channels k0 + [0, BK)."""
+    ih = h + SIGN * (kh - PAD)
+    iw = w + SIGN * (kw - PAD)
+    inside = row_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    ks = k0 + tl.arange(0, BK)
+    k_ok = ks < K
+    a = tl.load(
+        (x_c + n * sx_n + ih * sx_h + iw * sx_w)[:, None] + ks[None, :],
+        mask=inside[:, None] & k_ok[None, :],
+        other=0.0,
+    )
+    b = tl.load(
+        w_c + kh * sw_kh + kw * sw_kw + ks[:, None] * sw_k + cols[None, :] * sw_n,
+        mask=k_ok[:, None] & col_ok[None, :],
+        other=0.0,
+    )
+    return acc + tl.dot(a, b)
 
 
 @triton.jit
@@ -49,12 +91,14 @@ def _conv_kernel(
     sx_c, sx_n, sx_h, sx_w,
     sw_c, sw_kh, sw_kw, sw_k, sw_n,
     K: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, PAD: tl.constexpr,
-    SIGN: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    SIGN: tl.constexpr, HAS_BIAS: tl.constexpr, FLAT: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, K_BLOCKS: tl.constexpr,
 ):  # fmt: skip
     """y[c, n, h, w, :] = sum over (kh, kw, k) of
-    x[c, n, h + SIGN (kh - PAD), w + SIGN (kw - PAD), k] * w[c, kh, kw, k, :]."""
+    x[c, n, h + SIGN (kh - PAD), w + SIGN (kw - PAD), k] * w[c, kh, kw, k, :].
+
+    The kernel offsets are unrolled (FLAT false), or one loop over (offset, channel
+    block) that Triton's pipeliner can prefetch across (FLAT true)."""
     pid_m, pid_n, c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows = pid_m * BM + tl.arange(0, BM)  # (n, h, w) flattened
     cols = pid_n * BN + tl.arange(0, BN)  # output channels
@@ -66,27 +110,25 @@ def _conv_kernel(
     x_c = x_ptr + c * sx_c
     w_c = w_ptr + c * sw_c
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for kh in tl.static_range(KH):
-        for kw in tl.static_range(KW):
-            ih = h + SIGN * (kh - PAD)
-            iw = w + SIGN * (kw - PAD)
-            inside = row_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            base = x_c + n * sx_n + ih * sx_h + iw * sx_w
-            for k0 in range(0, K, BK):
-                ks = k0 + tl.arange(0, BK)
-                k_ok = ks < K
-                a = tl.load(
-                    base[:, None] + ks[None, :],
-                    mask=inside[:, None] & k_ok[None, :],
-                    other=0.0,
-                )
-                b = tl.load(
-                    w_c + kh * sw_kh + kw * sw_kw
-                    + ks[:, None] * sw_k + cols[None, :] * sw_n,
-                    mask=k_ok[:, None] & col_ok[None, :],
-                    other=0.0,
-                )  # fmt: skip
-                acc += tl.dot(a, b)
+    strides = (sx_n, sx_h, sx_w, sw_kh, sw_kw, sw_k, sw_n)
+    if FLAT:  # K_BLOCKS = cdiv(K, BK)
+        for t in range(KH * KW * K_BLOCKS):
+            offset = t // K_BLOCKS
+            k0 = (t % K_BLOCKS) * BK
+            kh = offset // KW
+            kw = offset % KW
+            acc = _tap(
+                acc, x_c, w_c, n, h, w, row_ok, cols, col_ok, kh, kw, k0, H, W,
+                *strides, K, PAD, SIGN, BK,
+            )  # fmt: skip
+    else:
+        for kh in tl.static_range(KH):
+            for kw in tl.static_range(KW):
+                for k0 in range(0, K, BK):
+                    acc = _tap(
+                        acc, x_c, w_c, n, h, w, row_ok, cols, col_ok, kh, kw, k0,
+                        H, W, *strides, K, PAD, SIGN, BK,
+                    )  # fmt: skip
     if HAS_BIAS:
         acc += tl.load(b_ptr + c * C_OUT + cols, mask=col_ok, other=0.0)[None, :]
     out = y_ptr + c * N * H * W * C_OUT + rows[:, None] * C_OUT + cols[None, :]
@@ -174,8 +216,7 @@ def forward(
     b: torch.Tensor | None,
     *,
     out: torch.Tensor | None = None,
-    blocks: tuple[int, int, int] = BLOCKS,
-    warps: int = 4,
+    tiling: Tiling = DEFAULT,
 ) -> torch.Tensor:
     """Every client's ``conv(x[c], w[c]) + b[c]``, same-size output."""
     _check_layout(x, w, channels=3)
@@ -186,7 +227,7 @@ def forward(
     ):
         raise ValueError(f"b must be a contiguous float32 {(clients, c_out)}")
     y = _output(out, clients, n, h, width, c_out, like=x)
-    bm, bn, bk = blocks[0], _fit(blocks[1], c_out), _fit(blocks[2], c_in)
+    bm, bn, bk = tiling.rows, _fit(tiling.columns, c_out), _fit(tiling.step, c_in)
     grid = (triton.cdiv(n * h * width, bm), triton.cdiv(c_out, bn), clients)
     _conv_kernel[grid](
         x, w, b if b is not None else w, y,
@@ -194,7 +235,8 @@ def forward(
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         w.stride(0), w.stride(1), w.stride(2), w.stride(3), w.stride(4),
         K=c_in, KH=kh, KW=kw, PAD=kh // 2, SIGN=1, HAS_BIAS=b is not None,
-        BM=bm, BN=bn, BK=bk, num_warps=warps,
+        FLAT=tiling.flat, BM=bm, BN=bn, BK=bk, K_BLOCKS=triton.cdiv(c_in, bk),
+        num_warps=tiling.warps,
     )  # fmt: skip
     return y
 
@@ -204,8 +246,7 @@ def input_grad(
     w: torch.Tensor,
     *,
     out: torch.Tensor | None = None,
-    blocks: tuple[int, int, int] = BLOCKS,
-    warps: int = 4,
+    tiling: Tiling = DEFAULT,
 ) -> torch.Tensor:
     """``dx`` of :func:`forward`: ``dy`` convolved with the mirrored kernel, the
     weights read with input and output channels swapped."""
@@ -213,7 +254,7 @@ def input_grad(
     clients, n, h, width, c_out = dy.shape
     kh, kw, c_in = w.shape[1], w.shape[2], w.shape[3]
     dx = _output(out, clients, n, h, width, c_in, like=dy)
-    bm, bn, bk = blocks[0], _fit(blocks[1], c_in), _fit(blocks[2], c_out)
+    bm, bn, bk = tiling.rows, _fit(tiling.columns, c_in), _fit(tiling.step, c_out)
     grid = (triton.cdiv(n * h * width, bm), triton.cdiv(c_in, bn), clients)
     _conv_kernel[grid](
         dy, w, w, dx,
@@ -221,7 +262,8 @@ def input_grad(
         dy.stride(0), dy.stride(1), dy.stride(2), dy.stride(3),
         w.stride(0), w.stride(1), w.stride(2), w.stride(4), w.stride(3),
         K=c_out, KH=kh, KW=kw, PAD=kh // 2, SIGN=-1, HAS_BIAS=False,
-        BM=bm, BN=bn, BK=bk, num_warps=warps,
+        FLAT=tiling.flat, BM=bm, BN=bn, BK=bk, K_BLOCKS=triton.cdiv(c_out, bk),
+        num_warps=tiling.warps,
     )  # fmt: skip
     return dx
 
@@ -232,8 +274,7 @@ def weight_grad(
     kernel: int,
     *,
     out: torch.Tensor | None = None,
-    blocks: tuple[int, int, int] = BLOCKS,
-    warps: int = 4,
+    tiling: Tiling = DEFAULT,
 ) -> torch.Tensor:
     """``dw`` of :func:`forward` for a ``kernel`` x ``kernel`` convolution."""
     if x.shape[:4] != dy.shape[:4] or not (x.is_contiguous() and dy.is_contiguous()):
@@ -243,13 +284,13 @@ def weight_grad(
     clients, n, h, width, c_in = x.shape
     c_out = dy.shape[4]
     dw = _output(out, clients, kernel, kernel, c_in, c_out, like=x)
-    bm, bn, bk = _fit(blocks[0], c_in), _fit(blocks[1], c_out), blocks[2]
+    bm, bn, bk = _fit(tiling.rows, c_in), _fit(tiling.columns, c_out), tiling.step
     tiles = triton.cdiv(c_in, bm) * triton.cdiv(c_out, bn)
     _weight_grad_kernel[(kernel * kernel, tiles, clients)](
         x, dy, dw,
         h, width, c_in, c_out,
         POSITIONS=n * h * width, KH=kernel, KW=kernel, PAD=kernel // 2,
-        BM=bm, BN=bn, BK=bk, num_warps=warps,
+        BM=bm, BN=bn, BK=bk, num_warps=tiling.warps,
     )  # fmt: skip
     return dw
 
@@ -277,7 +318,7 @@ the CNN's second and first convolutions, and tiles that do not divide the sizes.
 
 def check(
     device: torch.device,
-    tilings: Sequence[tuple[int, int, int]] = (BLOCKS, (32, 32, 16)),
+    tilings: Sequence[Tiling] = (DEFAULT, Tiling(32, 32, 16, flat=True)),
     seed: int = 0,
 ) -> dict[str, float]:
     """Relative errors ||out - ref|| / ||ref|| of the three kernels on random
@@ -294,21 +335,21 @@ def check(
         b = draw(clients, c_out)
         dy = draw(clients, n, side, side, c_out)
         expected = reference(x.cpu(), w.cpu(), b.cpu(), dy.cpu())
-        for blocks in tilings:
+        for tiling in tilings:
             # outputs poisoned first: an element left unwritten stays NaN
             def nan(like: torch.Tensor) -> torch.Tensor:
                 return torch.full_like(like, float("nan"), device=device)
 
             y, dx, dw = (nan(ref).float() for ref in expected)
-            forward(x, w, b, out=y, blocks=blocks)
-            input_grad(dy, w, out=dx, blocks=blocks)
-            weight_grad(x, dy, kernel, out=dw, blocks=blocks)
+            forward(x, w, b, out=y, tiling=tiling)
+            input_grad(dy, w, out=dx, tiling=tiling)
+            weight_grad(x, dy, kernel, out=dw, tiling=tiling)
             for name, out, ref in zip(
                 ["y", "dx", "dw"], (y, dx, dw), expected, strict=True
             ):
                 got = out.cpu().double()
                 error = float((got - ref).norm() / ref.norm())
-                key = f"{name} {c_in}->{c_out} k{kernel} {blocks}"
+                key = f"{name} {c_in}->{c_out} k{kernel} {tiling}"
                 errors[key] = error if bool(got.isfinite().all()) else float("nan")
     return errors
 
