@@ -116,21 +116,25 @@ def _batched(value: Tensor, dim: int | None, size: int) -> Tensor:
     return value.movedim(dim, 0)
 
 
-class _InputGrad(torch.autograd.Function):
+class _Gradient(torch.autograd.Function):
+    """A gradient of :class:`ClientConv`, itself not differentiated again."""
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> Any:
+        raise RuntimeError("ClientConv has no second derivative")
+
+
+class _InputGrad(_Gradient):
     """One client's dx of a same-size stride-1 convolution; the cohort's under vmap."""
 
     @staticmethod
     def forward(dy: Tensor, w: Tensor, tiling: Any) -> Tensor:
         shape = (dy.shape[0], w.shape[1], *dy.shape[2:])
         return torch.nn.grad.conv2d_input(shape, w, dy, padding=w.shape[-1] // 2)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        pass
-
-    @staticmethod
-    def backward(ctx: Any, *grads: Tensor) -> Any:
-        raise RuntimeError("ClientConv has no second derivative")
 
     @staticmethod
     def vmap(
@@ -142,21 +146,13 @@ class _InputGrad(torch.autograd.Function):
         return cohort_conv_input_grad(dys, ws, tiling), 0
 
 
-class _WeightGrad(torch.autograd.Function):
+class _WeightGrad(_Gradient):
     """One client's dw of a same-size stride-1 convolution; the cohort's under vmap."""
 
     @staticmethod
     def forward(x: Tensor, dy: Tensor, kernel: int, tiling: Any) -> Tensor:
         shape = (dy.shape[1], x.shape[1], kernel, kernel)
         return torch.nn.grad.conv2d_weight(x, shape, dy, padding=kernel // 2)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        pass
-
-    @staticmethod
-    def backward(ctx: Any, *grads: Tensor) -> Any:
-        raise RuntimeError("ClientConv has no second derivative")
 
     @staticmethod
     def vmap(

@@ -220,24 +220,14 @@ def forward(
 ) -> torch.Tensor:
     """Every client's ``conv(x[c], w[c]) + b[c]``, same-size output."""
     _check_layout(x, w, channels=3)
-    clients, n, h, width, c_in = x.shape
-    kh, kw, c_out = w.shape[1], w.shape[2], w.shape[4]
+    clients, n, h, width, _ = x.shape
+    c_out = w.shape[4]
     if b is not None and not (
         b.shape == (clients, c_out) and b.is_contiguous() and b.dtype == x.dtype
     ):
         raise ValueError(f"b must be a contiguous float32 {(clients, c_out)}")
     y = _output(out, clients, n, h, width, c_out, like=x)
-    bm, bn, bk = tiling.rows, _fit(tiling.columns, c_out), _fit(tiling.step, c_in)
-    grid = (triton.cdiv(n * h * width, bm), triton.cdiv(c_out, bn), clients)
-    _conv_kernel[grid](
-        x, w, b if b is not None else w, y,
-        n, h, width, c_out,
-        x.stride(0), x.stride(1), x.stride(2), x.stride(3),
-        w.stride(0), w.stride(1), w.stride(2), w.stride(3), w.stride(4),
-        K=c_in, KH=kh, KW=kw, PAD=kh // 2, SIGN=1, HAS_BIAS=b is not None,
-        FLAT=tiling.flat, BM=bm, BN=bn, BK=bk, K_BLOCKS=triton.cdiv(c_in, bk),
-        num_warps=tiling.warps,
-    )  # fmt: skip
+    _convolve(x, w, b, y, sign=1, tiling=tiling)
     return y
 
 
@@ -251,21 +241,35 @@ def input_grad(
     """``dx`` of :func:`forward`: ``dy`` convolved with the mirrored kernel, the
     weights read with input and output channels swapped."""
     _check_layout(dy, w, channels=4)
-    clients, n, h, width, c_out = dy.shape
-    kh, kw, c_in = w.shape[1], w.shape[2], w.shape[3]
-    dx = _output(out, clients, n, h, width, c_in, like=dy)
-    bm, bn, bk = tiling.rows, _fit(tiling.columns, c_in), _fit(tiling.step, c_out)
-    grid = (triton.cdiv(n * h * width, bm), triton.cdiv(c_in, bn), clients)
+    clients, n, h, width, _ = dy.shape
+    dx = _output(out, clients, n, h, width, w.shape[3], like=dy)
+    _convolve(dy, w.transpose(3, 4), None, dx, sign=-1, tiling=tiling)
+    return dx
+
+
+def _convolve(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    y: torch.Tensor,
+    sign: int,
+    tiling: Tiling,
+) -> None:
+    """``_conv_kernel`` over ``x[c, n, h, w, k]`` and weights indexed
+    ``w[c, kh, kw, k, j]`` (any strides) into ``y[c, n, h, w, j]``."""
+    clients, n, h, width, k = x.shape
+    kh, kw, c_out = w.shape[1], w.shape[2], w.shape[4]
+    bm, bn, bk = tiling.rows, _fit(tiling.columns, c_out), _fit(tiling.step, k)
+    grid = (triton.cdiv(n * h * width, bm), triton.cdiv(c_out, bn), clients)
     _conv_kernel[grid](
-        dy, w, w, dx,
-        n, h, width, c_in,
-        dy.stride(0), dy.stride(1), dy.stride(2), dy.stride(3),
-        w.stride(0), w.stride(1), w.stride(2), w.stride(4), w.stride(3),
-        K=c_out, KH=kh, KW=kw, PAD=kh // 2, SIGN=-1, HAS_BIAS=False,
-        FLAT=tiling.flat, BM=bm, BN=bn, BK=bk, K_BLOCKS=triton.cdiv(c_out, bk),
+        x, w, b if b is not None else w, y,
+        n, h, width, c_out,
+        x.stride(0), x.stride(1), x.stride(2), x.stride(3),
+        w.stride(0), w.stride(1), w.stride(2), w.stride(3), w.stride(4),
+        K=k, KH=kh, KW=kw, PAD=kh // 2, SIGN=sign, HAS_BIAS=b is not None,
+        FLAT=tiling.flat, BM=bm, BN=bn, BK=bk, K_BLOCKS=triton.cdiv(k, bk),
         num_warps=tiling.warps,
     )  # fmt: skip
-    return dx
 
 
 def weight_grad(
