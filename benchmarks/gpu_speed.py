@@ -84,7 +84,7 @@ class Variant(NamedTuple):
     graphs: bool = True
     autotune: bool = False  # torch.backends.cudnn.benchmark
     tf32_matmul: bool = False  # torch.backends.cuda.matmul.allow_tf32
-    triton_conv: str = ""  # "unrolled" or "flat": benchmarks/client_conv_op.py's
+    triton_conv: str = ""  # "unrolled"/"flat": convolutions via client_conv_op.py
 
 
 VARIANTS = {
