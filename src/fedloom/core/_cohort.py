@@ -57,6 +57,12 @@ class CohortOptions:
     """With ``compile``: how many local steps one compiled call runs (unrolled into
     one graph), where every client has a batch in each."""
 
+    def __post_init__(self) -> None:
+        if self.steps_per_call < 1:
+            raise ValueError(f"steps_per_call must be >= 1, got {self.steps_per_call}")
+        if self.steps_per_call > 1 and not self.compile:
+            raise ValueError("steps_per_call > 1 needs compile=True")
+
 
 @runtime_checkable
 class CohortFunction(Protocol):

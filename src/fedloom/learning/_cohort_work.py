@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch.func import grad_and_value, vmap
 
-from fedloom.core import Replicated, Stacked, tree_flatten, tree_map
+from fedloom.core import CohortOptions, Replicated, Stacked, tree_flatten, tree_map
 from fedloom.data import Examples
 
 from ._functional import FunctionalModel
@@ -197,10 +197,7 @@ class CohortStep:
         compile: bool = False,
         steps_per_call: int = 1,
     ) -> None:
-        if steps_per_call < 1:
-            raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
-        if steps_per_call > 1 and not compile:
-            raise ValueError("steps_per_call > 1 needs compile=True")
+        CohortOptions(compile=compile, steps_per_call=steps_per_call)  # checks them
         self.steps_per_call = steps_per_call
         """Steps a compiled call runs where every client has a batch (see
         :meth:`steps`)."""

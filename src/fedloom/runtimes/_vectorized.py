@@ -108,25 +108,19 @@ class VectorizedRuntime:
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        if steps_per_call < 1:
-            raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
-        if steps_per_call > 1 and not compile:
-            raise ValueError(
-                "steps_per_call > 1 is for the compiled step (compile=True)"
-            )
         self.device = torch.device(device)
+        self.options = CohortOptions(  # checks steps_per_call against compile
+            capture=cuda_graphs and self.device.type == "cuda",
+            compile=compile,
+            steps_per_call=steps_per_call,
+        )
+        """How cohort functions are asked to compute (graphs on CUDA only)."""
         if compile and self.device.type != "cpu":
             raise ValueError(
                 f"compile=True is for the CPU; on {self.device} the local training "
                 "is captured as CUDA graphs instead (cuda_graphs=True)"
             )
         self.chunk_size = chunk_size
-        self.options = CohortOptions(
-            capture=cuda_graphs and self.device.type == "cuda",
-            compile=compile,
-            steps_per_call=steps_per_call,
-        )
-        """How cohort functions are asked to compute (graphs on CUDA only)."""
         self.fallbacks = 0
         """How many maps of stacked values could not be vmapped and ran in sequence."""
 
