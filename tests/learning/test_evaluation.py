@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+from torch import nn
 
 from fedloom.data import Examples
-from fedloom.learning import build_model, evaluate, federated_evaluate
+from fedloom.learning import FunctionalModel, build_model, evaluate, federated_evaluate
 
 
 def _examples(n, seed):
@@ -37,6 +38,25 @@ def test_federated_evaluation_is_the_example_weighted_mean():
     central = evaluate(model, params, union)
     assert federated["loss"] == pytest.approx(central["loss"], rel=1e-6)
     assert federated["accuracy"] == pytest.approx(central["accuracy"])
+
+
+def test_evaluation_runs_the_model_in_eval_mode():
+    # Dropout passes everything in evaluation (the same loss every time, that of
+    # the model without it) and is left to drop in training.
+    torch.manual_seed(0)
+    layers = [nn.Linear(5, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 4)]
+    model = FunctionalModel(nn.Sequential(*layers))
+    params = model.init()
+    data = _examples(40, seed=3)
+    without = FunctionalModel(nn.Sequential(*layers[:2], layers[3]))
+    expected = evaluate(
+        without, {k.replace("3", "2"): v for k, v in params.items()}, data
+    )
+    for _ in range(2):
+        assert evaluate(model, params, data) == pytest.approx(expected)
+        assert federated_evaluate(model, params, [data]) == pytest.approx(expected)
+    assert model.module.training
+    assert not torch.equal(model.apply(params, data.x), model.apply(params, data.x))
 
 
 def test_evaluate_on_nothing_is_an_error():

@@ -6,8 +6,11 @@ The CUDA variants (eager, and with captured CUDA graphs) run where a GPU is pres
 (``pytest -m gpu``), with TF32 off so that float32 tolerances hold.
 """
 
+import math
+
 import pytest
 import torch
+from torch import nn
 
 from fedloom.aggregators import weighted_mean
 from fedloom.core import (
@@ -23,6 +26,7 @@ from fedloom.core import (
 from fedloom.data import ClientData, Examples, load_dataset
 from fedloom.learning import (
     ClientInput,
+    FunctionalModel,
     adam,
     build_model,
     fed_avg,
@@ -109,6 +113,21 @@ def test_fedavg_stateful_client_and_server_optimizers(digits, runtime):
 
 
 @pytest.mark.parametrize("runtime", NAMES)
+def test_fedavg_adam_on_clients(digits, runtime):
+    # Adam's state holds a step count besides its moments; a client whose batches
+    # ran out keeps that too.
+    model = build_model("logistic", digits.input_shape, digits.num_classes, seed=0)
+    process = fed_avg(
+        model,
+        client_learning_rate=0.01,
+        local_epochs=2,
+        batch_size=16,
+        client_optimizer=adam(0.01),
+    )
+    _assert_same_round(process, _cohort(digits, "quantity_skew"), RUNTIMES[runtime]())
+
+
+@pytest.mark.parametrize("runtime", NAMES)
 @pytest.mark.parametrize("partition", ["iid", "quantity_skew"])
 def test_fedsgd(digits, runtime, partition):
     model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
@@ -136,6 +155,76 @@ def test_federated_evaluation(digits, runtime):
     got = federated_evaluate(model, params, cohort, runtime=RUNTIMES[runtime]())
     assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5)
     assert got["accuracy"] == pytest.approx(expected["accuracy"])
+
+
+def _model(digits, *layers, inputs=()):
+    features = math.prod(digits.input_shape)
+    hidden = nn.Sequential(
+        nn.Flatten(), *inputs, nn.Linear(features, 16), *layers, nn.ReLU()
+    )
+    torch.manual_seed(0)
+    return FunctionalModel(nn.Sequential(hidden, nn.Linear(16, digits.num_classes)))
+
+
+class _UnitLength(nn.Module):
+    """x / |x|: finite on every real example, NaN on an all-zero one."""
+
+    def forward(self, x):
+        return x / x.norm(dim=1, keepdim=True)
+
+
+def _every_kind_of_work(model, runtime, cohort):
+    """FedAvg (a client without examples among them), FedSGD and evaluation."""
+    empty = Examples(
+        torch.zeros(0, *cohort[0].examples.x.shape[1:]),
+        torch.zeros(0, dtype=torch.int64),
+    )
+    avg = fed_avg(model, client_learning_rate=0.1, local_epochs=2, batch_size=8)
+    sgd = fed_sgd(model, learning_rate=0.5)
+    results = []
+    for process, clients in [(avg, [*cohort, ClientInput(empty, 9)]), (sgd, cohort)]:
+        torch.manual_seed(1)  # dropout draws from the global generator
+        state, metrics = process.next(process.init(), clients, runtime=runtime)
+        results += [state.params, metrics]
+    examples = [c.examples for c in cohort]
+    results.append(federated_evaluate(model, model.init(), examples, runtime=runtime))
+    return results
+
+
+@pytest.mark.parametrize("runtime", NAMES)
+@pytest.mark.parametrize("layer", ["batch norm", "dropout"])
+def test_models_a_padded_batch_would_change_run_client_by_client(
+    digits, runtime, layer
+):
+    # Batch statistics would mix in the padding; dropout would need a random stream
+    # per client. Both run with the sequential meaning: the same results, to the bit.
+    extra = {
+        "batch norm": nn.BatchNorm1d(16, track_running_stats=False),
+        "dropout": nn.Dropout(0.3),
+    }[layer]
+    model = _model(digits, extra)
+    cohort = _cohort(digits, "iid", 5)  # no batch of one (batch norm refuses it)
+    expected = _every_kind_of_work(model, LocalRuntime(), cohort)
+    vectorized = RUNTIMES[runtime]()
+    with pytest.warns(RuntimeWarning, match=r"client by client.* 0\.2 \("):
+        got = _every_kind_of_work(model, vectorized, cohort)
+    torch.testing.assert_close(got[:4], expected[:4], rtol=0, atol=0)  # training
+    # dropout is off in evaluation, which therefore still runs batched
+    assert vectorized.fallbacks == (3 if layer == "batch norm" else 2)
+    exact = {"rtol": 0, "atol": 0} if layer == "batch norm" else TOLERANCE
+    torch.testing.assert_close(got[4], expected[4], **exact)
+
+
+@pytest.mark.parametrize("runtime", NAMES)
+def test_padding_is_made_of_real_examples(digits, runtime):
+    # A model that is NaN on an all-zero input trains and evaluates as on `local`:
+    # padded positions repeat real examples, and masks keep them out.
+    model = _model(digits, inputs=[_UnitLength()])
+    cohort = _cohort(digits, "quantity_skew", 5)
+    expected = _every_kind_of_work(model, LocalRuntime(), cohort)
+    got = _every_kind_of_work(model, RUNTIMES[runtime](), cohort)
+    torch.testing.assert_close(got, expected, **TOLERANCE)
+    assert all(math.isfinite(v) for r in got[1::2] for v in r.values())
 
 
 @pytest.mark.parametrize("runtime", NAMES)
@@ -167,9 +256,18 @@ def test_poisoned_update_is_rejected_on_every_runtime(runtime):
         average(xs, torch.zeros(2), runtime=RUNTIMES[runtime]())
 
 
-def test_chunk_size_must_be_positive():
+def test_chunk_size_must_be_a_positive_int():
     with pytest.raises(ValueError, match="chunk_size"):
         VectorizedRuntime(chunk_size=0)
+    for wrong in [2.5, None, True]:
+        with pytest.raises(TypeError, match="chunk_size must be an int"):
+            VectorizedRuntime(chunk_size=wrong)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_cuda_without_a_cuda_device_is_refused_at_once():
+    with pytest.raises(ValueError, match="no CUDA device is available here"):
+        VectorizedRuntime("cuda")
 
 
 def test_compile_is_for_the_cpu():

@@ -13,6 +13,7 @@ An algorithm written with these intrinsics runs unchanged on every runtime::
 
 from ._cohort import CohortFunction as CohortFunction
 from ._cohort import CohortOptions as CohortOptions
+from ._cohort import NotBatchable as NotBatchable
 from ._cohort import Replicated as Replicated
 from ._cohort import Stacked as Stacked
 from ._cohort import StackedAggregator as StackedAggregator
@@ -54,6 +55,7 @@ __all__ = [
     "Execution",
     "LocalRuntime",
     "Mean",
+    "NotBatchable",
     "Placed",
     "Placement",
     "PlacementError",

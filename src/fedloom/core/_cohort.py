@@ -14,6 +14,7 @@ from ._tree import tree_flatten, tree_map, tree_unflatten
 __all__ = [
     "CohortFunction",
     "CohortOptions",
+    "NotBatchable",
     "Replicated",
     "Stacked",
     "StackedAggregator",
@@ -64,6 +65,11 @@ class CohortOptions:
             raise ValueError("steps_per_call > 1 needs compile=True")
 
 
+class NotBatchable(Exception):
+    """A :class:`CohortFunction` cannot compute this cohort as one batch without
+    changing what it computes; the message says why."""
+
+
 @runtime_checkable
 class CohortFunction(Protocol):
     """A client function that can also run on a whole cohort in one computation.
@@ -73,7 +79,10 @@ class CohortFunction(Protocol):
     stacked, such as datasets of unequal size), all on the same clients, and returns
     a :class:`Stacked` of what calling the function at every client would return.
     The sequential call remains the reference: both must agree up to floating-point
-    rounding. ``options`` say how to compute (see :class:`CohortOptions`).
+    rounding. ``options`` say how to compute (see :class:`CohortOptions`). Where
+    this cohort cannot be one batch computation with that meaning, ``map_cohort``
+    raises :class:`NotBatchable` before computing anything, and the runtime calls
+    the function client by client instead.
     """
 
     def map_cohort(

@@ -19,6 +19,7 @@ from fedloom.data import Examples
 from ._cohort_graphs import GraphCache, captured_local_training
 from ._cohort_work import (
     CohortStep,
+    check_batchable,
     cohort_gradient,
     cohort_local_training,
     plan_training,
@@ -148,6 +149,7 @@ class LocalTraining:
         With ``options.capture`` (CUDA) each epoch runs as a captured CUDA graph,
         kept in :attr:`graphs` for the next cohorts of the same shape.
         """
+        check_batchable(self.model, training=True)
         params, inputs = args
         examples, seeds = _inputs(inputs)
         compile = options.compile and not options.capture  # graphs capture eager steps
@@ -196,6 +198,7 @@ class FullBatchGradient:
         """The same gradients for a whole cohort at once (vectorized runtime).
 
         One step, nothing to replay: it is never captured."""
+        check_batchable(self.model, training=True)
         params, inputs = args
         examples, seeds = _inputs(inputs)
         grads, weights, losses = cohort_gradient(self.model, params, examples, device)

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from torch.func import grad_and_value, vmap
 
-from fedloom.core import CohortOptions, Replicated, Stacked, tree_flatten, tree_map
+from fedloom.core import (
+    CohortOptions,
+    NotBatchable,
+    Replicated,
+    Stacked,
+    tree_flatten,
+    tree_map,
+)
 from fedloom.data import Examples
 
 from ._functional import FunctionalModel
@@ -33,6 +40,7 @@ __all__ = [
     "PaddedCohort",
     "TrainingPlan",
     "batch_schedule",
+    "check_batchable",
     "cohort_gradient",
     "cohort_evaluation",
     "cohort_local_training",
@@ -44,7 +52,14 @@ __all__ = [
 
 
 class PaddedCohort:
-    """A cohort's examples padded to one shape: ``x[c, i]``, ``y[c, i]``, sizes."""
+    """A cohort's examples padded to one shape: ``x[c, i]``, ``y[c, i]``, sizes.
+
+    Padding repeats a real example (the client's first; for a client without any,
+    the cohort's first), never zeros: masks keep padding out of every loss, gradient
+    and metric, and a model that is finite on real inputs, though perhaps not on an
+    all-zero one (one that normalises its input), stays finite on the padding too,
+    so that multiplying by a zero weight does leave it out (NaN * 0 would not).
+    """
 
     def __init__(self, examples: Sequence[Examples], device: torch.device) -> None:
         self.sizes = torch.tensor([len(e) for e in examples], dtype=torch.int64)
@@ -55,12 +70,29 @@ class PaddedCohort:
             (self.size, longest, *first.x.shape[1:]), dtype=first.x.dtype
         )
         self.y = torch.zeros((self.size, longest), dtype=first.y.dtype)
+        filler = next((e for e in examples if len(e)), None)
         for c, e in enumerate(examples):
             self.x[c, : len(e)] = e.x
             self.y[c, : len(e)] = e.y
+            source = e if len(e) else filler
+            if source is not None and len(e) < longest:
+                self.x[c, len(e) :] = source.x[0]
+                self.y[c, len(e) :] = source.y[0]
         self.x, self.y = self.x.to(device), self.y.to(device)
         positions = torch.arange(longest)
         self.mask = (positions[None, :] < self.sizes[:, None]).to(device)
+
+
+def check_batchable(model: FunctionalModel, *, training: bool) -> None:
+    """:class:`NotBatchable` if ``model`` has layers that keep a cohort from
+    running as one padded batch (see :meth:`FunctionalModel.unbatchable_layers`)."""
+    layers = model.unbatchable_layers(training=training)
+    if layers:
+        raise NotBatchable(
+            "the cohort runs client by client (slower, the same results): the "
+            f"model's layers {', '.join(layers)} keep it from running as one "
+            "padded batch with the sequential meaning"
+        )
 
 
 def _gather(
@@ -225,11 +257,18 @@ class CohortStep:
 
     def begin(self, start: Params) -> tuple[Params, Any]:
         """Parameters and optimizer state to train from: a copy of ``start`` (left
-        as it is) and fresh state, both the step's own to update in place."""
-        params = {
-            k: v.clone(memory_format=torch.contiguous_format) for k, v in start.items()
-        }
-        return params, self.init(params)
+        as it is) and fresh state, both the step's own to update in place (so
+        every leaf has memory of its own: ``vmap`` of an optimizer's ``init``
+        returns a state that does not depend on the parameters, such as Adam's
+        step count, as one value expanded over the clients)."""
+
+        def own(tree: Any) -> Any:
+            return tree_map(
+                lambda v: v.clone(memory_format=torch.contiguous_format), tree
+            )
+
+        params = own(start)
+        return params, own(self.init(params))
 
     def __call__(
         self,
@@ -444,7 +483,7 @@ def cohort_evaluation(
     """Every client's mean loss and accuracy on its own examples, at once."""
     data = PaddedCohort(examples, device)
     start = stacked_params(params, data.size, device)
-    apply = vmap(model.apply)
+    apply = vmap(model.predict)
     loss = torch.zeros(data.size, dtype=torch.float64, device=device)
     correct = torch.zeros(data.size, dtype=torch.float64, device=device)
     with torch.no_grad():

@@ -22,7 +22,7 @@ from fedloom.core import (
 )
 from fedloom.data import Examples
 
-from ._cohort_work import cohort_evaluation
+from ._cohort_work import check_batchable, cohort_evaluation
 from ._functional import FunctionalModel
 from ._types import Params
 
@@ -40,7 +40,7 @@ def _sums(
         for start in range(0, len(examples), batch_size):
             x = examples.x[start : start + batch_size]
             y = examples.y[start : start + batch_size]
-            logits = model.apply(params, x)
+            logits = model.predict(params, x)
             loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").to(
                 torch.float64
             )
@@ -83,6 +83,7 @@ class ClientEvaluation:
         """The same evaluation for a whole cohort at once (vectorized runtime).
 
         Evaluation is one pass without gradients; it is never captured."""
+        check_batchable(self.model, training=False)
         params, examples = args
         metrics = cohort_evaluation(
             self.model, params, list(examples), self.batch_size, device

@@ -46,12 +46,47 @@ class FunctionalModel:
         return {name: p.detach().clone() for name, p in self.module.named_parameters()}
 
     def apply(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """The model's logits for inputs ``x`` under ``params``."""
+        """The model's logits for inputs ``x`` under ``params``, for training: the
+        module runs in its own mode (``nn.Module``'s default, training: dropout
+        drops)."""
         return functional_call(self.module, params, (x,))
+
+    def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`apply` for evaluation: the module runs in eval mode (dropout
+        passes everything), and is left in the mode it had."""
+        training = self.module.training
+        self.module.train(False)
+        try:
+            return functional_call(self.module, params, (x,))
+        finally:
+            self.module.train(training)
+
+    def unbatchable_layers(self, *, training: bool) -> list[str]:
+        """The layers that keep a cohort from running as one padded batch: batch
+        normalization (its batch statistics would mix in the padding, and batches
+        differ once padded) and, in ``training``, random layers (dropout: under
+        ``vmap`` every client would need a random stream of its own, which the
+        sequential runtime does not have). Each as "name (type)"."""
+        found = []
+        for name, layer in self.module.named_modules():
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm) or (
+                training and _drops(layer)
+            ):
+                found.append(f"{name or 'the model'} ({type(layer).__name__})")
+        return found
 
     def loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of ``params`` on the batch ``(x, y)``."""
         return nn.functional.cross_entropy(self.apply(params, x), y)
+
+
+def _drops(layer: nn.Module) -> bool:
+    """Whether ``layer`` drops out at random in training."""
+    if isinstance(layer, nn.modules.dropout._DropoutNd):
+        return layer.p > 0
+    if isinstance(layer, nn.RNNBase | nn.MultiheadAttention):
+        return layer.dropout > 0
+    return False
 
 
 def build_model(

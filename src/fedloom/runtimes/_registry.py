@@ -40,8 +40,6 @@ def get_runtime(
         raise ValueError(f"unknown runtime {name!r}; choose one of {sorted(RUNTIMES)}")
     where = torch.device(device)
     if name == "vectorized":
-        if where.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: no CUDA device is available here")
         if chunk_size is None:
             chunk_size = DEFAULT_CHUNK_SIZE
         return VectorizedRuntime(

@@ -8,12 +8,16 @@ cohort at once, chunk by chunk to bound memory:
 1. a :class:`CohortFunction` (FedAvg's local training, FedSGD's gradient, evaluation)
    runs its own batched implementation (``torch.func.vmap`` over padded, masked data);
 2. any other function of stacked tensors is vmapped;
-3. a function that cannot be vmapped runs client by client, exactly as on the local
-   runtime: slower, never different.
+3. a function that cannot be vmapped, or a cohort function that cannot batch
+   this cohort (:class:`NotBatchable`: a model with dropout or batch
+   normalization), runs client by client, exactly as on the local runtime: slower,
+   never different (``fallbacks`` counts these maps; a cohort function's also
+   warns).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, final
 
@@ -24,6 +28,7 @@ from fedloom.core import (
     Aggregator,
     CohortFunction,
     CohortOptions,
+    NotBatchable,
     Replicated,
     Stacked,
     StackedAggregator,
@@ -106,6 +111,8 @@ class VectorizedRuntime:
         compile: bool = False,
         steps_per_call: int = 1,
     ) -> None:
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool):
+            raise TypeError(f"chunk_size must be an int, got {chunk_size!r}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.device = torch.device(device)
@@ -120,6 +127,8 @@ class VectorizedRuntime:
                 f"compile=True is for the CPU; on {self.device} the local training "
                 "is captured as CUDA graphs instead (cuda_graphs=True)"
             )
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA device is available here")
         self.chunk_size = chunk_size
         self.fallbacks = 0
         """How many maps of stacked values could not be vmapped and ran in sequence."""
@@ -140,25 +149,34 @@ class VectorizedRuntime:
             raise ValueError(f"map over client values of different sizes: {sizes}")
         (size,) = sizes
         if isinstance(fn, CohortFunction):
-            chunks = [
-                fn.map_cohort(
-                    [
-                        _chunk(p, start, min(start + self.chunk_size, size))
-                        for p in payloads
-                    ],
-                    self.device,
-                    self.options,
-                )
-                for start in range(0, size, self.chunk_size)
-            ]
-            return _concat(chunks)
-        if all(isinstance(p, Stacked | Replicated) for p in payloads):
+            try:
+                return self._map_cohort(fn, payloads, size)
+            except NotBatchable as reason:  # raised before any work is done
+                warnings.warn(str(reason), RuntimeWarning, stacklevel=2)
+                self.fallbacks += 1
+        elif all(isinstance(p, Stacked | Replicated) for p in payloads):
             try:
                 return self._vmap(fn, payloads, size)
             except Exception:  # not vmappable: run it with its sequential meaning
                 self.fallbacks += 1
         results = [fn(*args) for args in zip(*map(_members, payloads), strict=True)]
         return self.from_members(results)
+
+    def _map_cohort(
+        self, fn: CohortFunction, payloads: Sequence[Payload], size: int
+    ) -> Stacked:
+        chunks = [
+            fn.map_cohort(
+                [
+                    _chunk(p, start, min(start + self.chunk_size, size))
+                    for p in payloads
+                ],
+                self.device,
+                self.options,
+            )
+            for start in range(0, size, self.chunk_size)
+        ]
+        return _concat(chunks)
 
     def _vmap(
         self, fn: Callable[..., Any], payloads: Sequence[Payload], size: int
