@@ -28,6 +28,12 @@ client_fraction = 0.5
 """
 
 
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs without --out make their directory under runs/ of the working one."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def config_path(tmp_path: Path) -> Path:
     path = tmp_path / "digits.toml"
@@ -78,11 +84,37 @@ def test_run_passes_config_and_options(
 def test_run_default_out_dir(config_path: Path, calls: list[dict[str, Any]]) -> None:
     assert main(["run", str(config_path)]) == 0
     out_dir = calls[0]["out_dir"]
-    assert out_dir.parent == Path("runs")
+    assert out_dir.parent == Path("runs") and out_dir.is_dir()
     assert out_dir.name.startswith("digits-") and len(out_dir.name) == len(
         "digits-20240101-120000"
     )
     assert calls[0]["quiet"] is False and calls[0]["resume"] is False
+
+
+def test_runs_started_in_the_same_second_get_directories_of_their_own(
+    config_path: Path,
+    calls: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = datetime.datetime(2024, 3, 5, 7, 8, 9)
+    monkeypatch.setattr(
+        "fedloom.cli._main.default_out_dir",
+        lambda path: default_out_dir(path, now),  # the module's own, unpatched
+    )
+    for _ in range(3):
+        assert main(["run", str(config_path)]) == 0
+    assert [str(c["out_dir"]) for c in calls] == [
+        "runs/digits-20240305-070809",
+        "runs/digits-20240305-070809-2",
+        "runs/digits-20240305-070809-3",
+    ]
+
+
+def test_files_that_cannot_be_written_exit_1(
+    config_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", str(config_path), "--out", str(config_path)]) == 1
+    assert capsys.readouterr().err.startswith("error: [Errno 17] File exists")
 
 
 def test_default_out_dir_format() -> None:

@@ -324,3 +324,16 @@ def test_incomplete_fedloom_data_folder_is_an_error_not_a_download(
     with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte"):
         load_dataset("mnist")
     assert _files_under(cache) == []
+
+
+def test_an_incomplete_fedloom_data_folder_is_reported_before_other_copies(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Fashion-MNIST may also be in the system's folder: a folder of it under
+    # FEDLOOM_DATA still says where the user means it to come from.
+    (tmp_path / "data" / "fashion_mnist").mkdir(parents=True)
+    monkeypatch.setenv("FEDLOOM_DATA", str(tmp_path / "data"))
+    with pytest.raises(FileNotFoundError, match="fashion_mnist lacks"):
+        _idx_datasets.find_directory("fashion_mnist")
+    [info] = [i for i in available_datasets() if i.name == "fashion_mnist"]
+    assert info.location.startswith("error: FEDLOOM_DATA: ")

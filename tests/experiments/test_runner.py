@@ -1,11 +1,15 @@
 """The experiment runner end to end on digits: records, checkpoints, resume."""
 
 import json
+import os
+import shutil
+import stat
 
 import pytest
 import torch
 
 import fedloom.experiments._runner as runner_module
+from fedloom.aggregators import InvalidUpdateError
 from fedloom.experiments import (
     CheckpointError,
     ConfigError,
@@ -13,8 +17,10 @@ from fedloom.experiments import (
     config_from_dict,
     load_checkpoint,
     run_experiment,
+    sample_cohort,
     setup,
 )
+from fedloom.experiments._files import locked_directory
 from fedloom.runtimes import VectorizedRuntime
 
 
@@ -316,11 +322,62 @@ def test_tampered_checkpoint_round_is_refused(tmp_path):
         run_experiment(_config(rounds=4), out_dir=tmp_path, resume=True, quiet=True)
 
 
-def test_missing_checkpoint_with_recorded_rounds_is_refused(tmp_path):
-    run_experiment(_config(rounds=2), out_dir=tmp_path, quiet=True)
-    (tmp_path / "checkpoint" / "checkpoint.json").unlink()
-    with pytest.raises(CheckpointError, match="no checkpoint"):
-        run_experiment(_config(rounds=4), out_dir=tmp_path, resume=True, quiet=True)
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_the_start(tmp_path):
+    expected = run_experiment(_config(rounds=4), out_dir=tmp_path / "a", quiet=True)
+    # killed after logging two rounds, before checkpointing any (checkpoint_every 3)
+    run_experiment(_config(rounds=2), out_dir=tmp_path / "b", quiet=True)
+    shutil.rmtree(tmp_path / "b" / "checkpoint")
+    got = run_experiment(
+        _config(rounds=4), out_dir=tmp_path / "b", resume=True, quiet=True
+    )
+    _assert_same_run(got, expected)
+
+
+def test_a_failed_resume_leaves_the_run_as_it_was(tmp_path):
+    run_experiment(_config(rounds=3), out_dir=tmp_path, quiet=True)
+    saved = (tmp_path / "config.json").read_text()
+    with pytest.raises(ValueError, match="checkpointed at round 3; rounds = 2"):
+        run_experiment(_config(rounds=2), out_dir=tmp_path, resume=True, quiet=True)
+    tensors = next((tmp_path / "checkpoint").glob("*.safetensors"))
+    tensors.write_bytes(tensors.read_bytes()[:100])
+    with pytest.raises(CheckpointError):
+        run_experiment(_config(rounds=5), out_dir=tmp_path, resume=True, quiet=True)
+    assert (tmp_path / "config.json").read_text() == saved
+
+
+def test_one_process_a_run_directory(tmp_path):
+    with locked_directory(tmp_path), pytest.raises(ValueError, match="another"):
+        run_experiment(_config(rounds=1), out_dir=tmp_path, quiet=True)
+    assert list(tmp_path.iterdir()) == []
+    run_experiment(_config(rounds=1), out_dir=tmp_path, quiet=True)  # released
+
+
+def test_a_diverged_run_names_its_round_and_client_and_keeps_its_curves(tmp_path):
+    config = _config(
+        rounds=5,
+        algorithm={**_config().algorithm.__dict__, "client_learning_rate": 30},
+    )
+    with pytest.raises(InvalidUpdateError) as raised:
+        run_experiment(config, out_dir=tmp_path, quiet=True)
+    message = str(raised.value)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+    assert message.startswith("round 2: client ")  # its id, not its place
+    client = int(message.split("client ")[1].split(":")[0])
+    assert client in sample_cohort(20, 4, seed=3, round=1).tolist()
+    assert "client_learning_rate" in message
+    assert (tmp_path / "curves.png").exists()  # of the round done
+
+
+def test_run_files_are_as_readable_as_the_umask_says(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        run_experiment(_config(rounds=2), out_dir=tmp_path, quiet=True)
+        run_experiment(_config(rounds=3), out_dir=tmp_path, resume=True, quiet=True)
+    finally:
+        os.umask(umask)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) == 5  # config, metrics, curves, checkpoint index and tensors
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o644}
 
 
 def test_resume_may_raise_the_target(tmp_path):
@@ -335,6 +392,20 @@ def test_resume_may_raise_the_target(tmp_path):
     )
     assert len(higher.records) > len(first.records)
     assert higher.records[-1]["test_accuracy"] >= 0.8
+
+
+def test_resuming_a_run_at_its_target_says_why_nothing_runs(tmp_path, capsys):
+    first = run_experiment(
+        _config(rounds=30, target_accuracy=0.5), out_dir=tmp_path, quiet=True
+    )
+    more = run_experiment(
+        _config(rounds=40, target_accuracy=0.5), out_dir=tmp_path, resume=True
+    )
+    assert more.records == first.records
+    done = len(first.records)
+    assert f"target_accuracy 0.5 was reached at round {done}: nothing to run" in (
+        capsys.readouterr().out
+    )
 
 
 @pytest.mark.parametrize(

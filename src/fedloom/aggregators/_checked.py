@@ -14,7 +14,17 @@ __all__ = ["Checked", "InvalidUpdateError", "checked"]
 
 
 class InvalidUpdateError(ValueError):
-    """A client value of the wrong structure, shape or dtype, or not finite."""
+    """A client value of the wrong structure, shape or dtype, or not finite.
+
+    ``client`` is the position in the cohort of the client whose value it was,
+    where it was one client's (the message then starts "client <position>: "), and
+    ``reason`` the rest of the message.
+    """
+
+    def __init__(self, reason: str, client: int | None = None) -> None:
+        super().__init__(reason if client is None else f"client {client}: {reason}")
+        self.reason = reason
+        self.client = client
 
 
 @dataclass(frozen=True)
@@ -68,8 +78,7 @@ class Checked:
         if accumulator.spec is not None:
             if spec != accumulator.spec:
                 raise InvalidUpdateError(
-                    f"client {client}: value has structure {spec}, "
-                    f"expected {accumulator.spec}"
+                    f"value has structure {spec}, expected {accumulator.spec}", client
                 )
             assert accumulator.shapes is not None
             for i, (got, want) in enumerate(
@@ -77,14 +86,13 @@ class Checked:
             ):
                 if got != want:
                     raise InvalidUpdateError(
-                        f"client {client}: entry {i} has shape/dtype {got}, "
-                        f"expected {want}"
+                        f"entry {i} has shape/dtype {got}, expected {want}", client
                     )
         for i, leaf in enumerate(leaves):
             if not _finite(leaf):
                 raise InvalidUpdateError(
-                    f"client {client}: entry {i} (shape {_signature(leaf)[0]}) "
-                    "contains NaN or infinity"
+                    f"entry {i} (shape {_signature(leaf)[0]}) contains NaN or infinity",
+                    client,
                 )
         inner = self.inner.accumulate(accumulator.inner, value, weight)
         return _Accumulator(inner, spec, signature, client + 1)
@@ -114,8 +122,8 @@ class Checked:
                 if not bool(finite.all()):
                     client = first + int((~finite).nonzero()[0])
                     raise InvalidUpdateError(
-                        f"client {client}: entry {i} (shape {signature[i][0]}) "
-                        "contains NaN or infinity"
+                        f"entry {i} (shape {signature[i][0]}) contains NaN or infinity",
+                        client,
                     )
         if isinstance(self.inner, StackedAggregator):
             inner = self.inner.accumulate_stacked(accumulator.inner, values, weights)

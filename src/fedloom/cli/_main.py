@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -172,6 +173,21 @@ def default_out_dir(config_path: Path, now: datetime.datetime | None = None) -> 
     return Path("runs") / f"{config_path.stem}-{stamp}"
 
 
+def new_run_dir(config_path: Path) -> Path:
+    """Make and return a run directory of its own: :func:`default_out_dir`, or with
+    "-2", "-3", ... appended where a run started in the same second has it."""
+    base = default_out_dir(config_path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in itertools.count(1):
+        candidate = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
+        try:
+            candidate.mkdir()  # atomic: one process gets each name
+        except FileExistsError:
+            continue
+        return candidate
+    raise AssertionError("unreachable")
+
+
 def _error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
@@ -191,7 +207,7 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         out_dir, resume = args.resume, True
     else:
-        out_dir = args.out if args.out is not None else default_out_dir(config_path)
+        out_dir = args.out if args.out is not None else new_run_dir(config_path)
         resume = False
 
     run_experiment(
@@ -318,9 +334,9 @@ def _certs(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fedloom`` command with ``argv`` (default ``sys.argv[1:]``).
 
-    Returns the exit status: 0 on success, 2 for a usage, configuration or
-    checkpoint error (printed as ``error: ...`` on standard error), 130 when
-    interrupted.
+    Returns the exit status: 0 on success, 1 when a file cannot be read or
+    written or a run diverges, 2 for a usage, configuration or checkpoint error
+    (each printed as ``error: ...`` on standard error), 130 when interrupted.
     """
     parser = build_parser()
     try:
@@ -336,9 +352,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _error("interrupted")
         return EXIT_INTERRUPTED
-    except ValueError as exc:  # ConfigError and CheckpointError among them
+    except (OSError, ValueError) as exc:  # ConfigError, CheckpointError among them
         if args.traceback:
             raise
         _error(str(exc) or type(exc).__name__)
-        return EXIT_USAGE
+        return EXIT_ERROR if _failed(exc) else EXIT_USAGE
     return status
+
+
+def _failed(exc: Exception) -> bool:
+    """Whether ``exc`` says the work failed (a file that cannot be read or
+    written, a run that diverged) rather than that it was asked for wrongly."""
+    aggregators = sys.modules.get("fedloom.aggregators")  # loaded if a run ran
+    return isinstance(exc, OSError) or (
+        aggregators is not None and isinstance(exc, aggregators.InvalidUpdateError)
+    )

@@ -160,32 +160,26 @@ def _file_in(directory: Path, spec: FileSpec) -> Path | None:
     return None
 
 
-def _candidates(source: IdxSource) -> list[Path]:
-    dirs: list[Path] = []
-    if root := os.environ.get("FEDLOOM_DATA"):
-        dirs += [Path(root) / sub for sub in source.subdirs]
-    dirs += [Path(d) for d in source.system_dirs]
-    dirs.append(cache_directory(source.name))
-    return dirs
-
-
 def find_directory(name: str) -> Path | None:
-    """Return the first directory in the lookup order holding all four files."""
+    """Return the first directory in the lookup order holding all four files:
+    ``$FEDLOOM_DATA``'s folders of the dataset, the system's, the cache."""
     source = SOURCES[name]
-    for directory in _candidates(source):
-        if all(_file_in(directory, spec) for spec in source.files):
-            return directory
     if root := os.environ.get("FEDLOOM_DATA"):
-        # FEDLOOM_DATA names where the files are: a folder of this dataset there
-        # that lacks some of them is a mistake to report, not to download around.
         for directory in (Path(root) / sub for sub in source.subdirs):
+            if all(_file_in(directory, spec) for spec in source.files):
+                return directory
             if directory.is_dir():
+                # FEDLOOM_DATA names where the files are: a folder of this dataset
+                # there that lacks some is a mistake to report, not to go around.
                 missing = [
                     s.name for s in source.files if _file_in(directory, s) is None
                 ]
                 raise FileNotFoundError(
                     f"FEDLOOM_DATA: {directory} lacks {missing} (or their .gz)"
                 )
+    for directory in [*map(Path, source.system_dirs), cache_directory(source.name)]:
+        if all(_file_in(directory, spec) for spec in source.files):
+            return directory
     return None
 
 
@@ -292,7 +286,10 @@ def load_idx_dataset(name: str) -> Dataset:
 
 def location(name: str) -> str:
     """Where dataset ``name`` would be loaded from now, without reading it."""
-    directory = find_directory(name)
+    try:
+        directory = find_directory(name)
+    except FileNotFoundError as error:
+        return f"error: {error}"
     if directory is not None:
         return str(directory)
     return f"not found (download from {SOURCES[name].url})"

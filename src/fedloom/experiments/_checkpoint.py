@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ import torch
 from safetensors.torch import load as _load_safetensors
 from safetensors.torch import save_file as _save_safetensors_file
 
-from ._files import fsync_directory
+from ._files import file_mode, fsync_directory, temporary_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -69,7 +68,7 @@ def has_checkpoint(directory: str | Path) -> bool:
 @contextlib.contextmanager
 def _temporary_path(directory: Path, suffix: str) -> Iterator[Path]:
     """A fresh temporary file name in ``directory``, removed unless moved away."""
-    handle, name = tempfile.mkstemp(dir=directory, prefix=".checkpoint-", suffix=suffix)
+    handle, name = temporary_file(directory, ".checkpoint-", suffix)
     os.close(handle)
     path = Path(name)
     try:
@@ -138,7 +137,8 @@ def save_checkpoint(
     index_path = directory / CHECKPOINT_INDEX
 
     with _temporary_path(directory, ".safetensors") as temporary:
-        _save_safetensors_file(prepared, str(temporary))
+        _save_safetensors_file(prepared, str(temporary))  # made anew, owner-only
+        os.chmod(temporary, file_mode())
         _fsync_file(temporary)
         sha256 = _sha256(temporary)
         size = temporary.stat().st_size

@@ -9,7 +9,52 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_file", "fsync_directory"]
+__all__ = [
+    "atomic_file",
+    "file_mode",
+    "fsync_directory",
+    "locked_directory",
+    "temporary_file",
+]
+
+
+def file_mode() -> int:
+    """The permissions a new file gets from the umask (``open`` gives them)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def temporary_file(directory: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """``tempfile.mkstemp`` in ``directory`` with :func:`file_mode`'s permissions
+    (mkstemp's are the owner's alone): a run's files, renamed into place, stay
+    readable by whom the user's umask lets read them."""
+    handle, name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
+    os.fchmod(handle, file_mode())
+    return handle, name
+
+
+@contextlib.contextmanager
+def locked_directory(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``directory`` (``flock``, POSIX; the system drops
+    it when the process ends, however it ends); a ``ValueError`` at once if another
+    process holds it."""
+    if os.name != "posix":  # pragma: no cover - no flock on directories there
+        yield
+        return
+    import fcntl
+
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"{directory}: another fedloom process is running there"
+            ) from None
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def fsync_directory(directory: Path) -> None:
@@ -31,9 +76,7 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     file is removed and ``path`` is untouched.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}-", suffix=".tmp"
-    )
+    handle, name = temporary_file(path.parent, f".{path.name}-", ".tmp")
     try:
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(handle, mode, encoding=encoding) as file:

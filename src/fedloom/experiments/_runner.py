@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from fedloom.aggregators import InvalidUpdateError
 from fedloom.learning import ClientInput, ServerState, evaluate, tree_bytes
 from fedloom.runtimes import reuse_cpu_memory
 
@@ -22,7 +23,7 @@ from ._checkpoint import (
 )
 from ._config import ExperimentConfig, config_from_dict, config_to_dict
 from ._display import RoundDisplay, print_summary
-from ._files import atomic_file
+from ._files import atomic_file, locked_directory
 from ._metrics_log import MetricsLog
 from ._plots import plot_curves
 from ._sampling import client_seed, sample_cohort
@@ -71,7 +72,11 @@ def _check_resume_config(out_dir: Path, config: ExperimentConfig) -> None:
     path = out_dir / CONFIG_FILE
     if not path.exists():
         raise ValueError(f"--resume {out_dir}: no {CONFIG_FILE}; not a fedloom run")
-    saved = config_to_dict(config_from_dict(json.loads(path.read_text())))
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not JSON: {error}") from None
+    saved = config_to_dict(config_from_dict(data, str(path)))
     given = config_to_dict(config)
     changed = sorted(k for k in {*saved, *given} if saved.get(k) != given.get(k))
     if set(changed) - RESUMABLE_CHANGES:
@@ -85,12 +90,9 @@ def _check_resume_config(out_dir: Path, config: ExperimentConfig) -> None:
 def _restore(out_dir: Path, run: Setup, log: MetricsLog) -> ServerState:
     directory = out_dir / CHECKPOINT_DIR
     if not has_checkpoint(directory):
-        if log.read():
-            raise CheckpointError(
-                f"{directory}: no checkpoint, but {log.path} records rounds; "
-                "refusing to start the run again over them"
-            )
-        return run.process.init()  # stopped before its first round ended
+        # Stopped before its first checkpoint: round 0's state is the seed's, and
+        # the rounds logged since run again, as after any checkpoint.
+        return run.process.init()
     tensors, meta = load_checkpoint(directory)
     if ROUND_TENSOR not in tensors:
         raise CheckpointError(f"{directory}: the checkpoint has no {ROUND_TENSOR!r}")
@@ -125,7 +127,14 @@ def _round_record(
         for i in cohort_ids
     ]
     model_bytes = tree_bytes(state.params)
-    state, metrics = run.process.next(state, cohort, runtime=run.runtime)
+    try:
+        state, metrics = run.process.next(state, cohort, runtime=run.runtime)
+    except InvalidUpdateError as error:  # name the round and the client's id
+        who = "" if error.client is None else f"client {cohort_ids[error.client]}: "
+        raise InvalidUpdateError(
+            f"round {round + 1}: {who}{error.reason} (a run that diverges may need "
+            "a lower client_learning_rate)"
+        ) from None
     record: dict[str, Any] = {
         "round": round + 1,
         "clients": len(cohort),
@@ -169,22 +178,27 @@ def run_experiment(
     At the end it writes ``curves.png`` and prints a summary.
     """
     out_dir = Path(out_dir)
-    if resume:
-        _check_resume_config(out_dir, config)
-    elif (out_dir / METRICS_FILE).exists() or has_checkpoint(out_dir / CHECKPOINT_DIR):
-        raise ValueError(
-            f"{out_dir} already holds a run; continue it with --resume or pick "
-            "another --out"
-        )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(out_dir / CONFIG_FILE, config_to_dict(config))
-    reuse_cpu_memory()  # stacked cohort tensors: no page faults every step
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.torch_threads())
-    try:
-        return _run(config, out_dir, resume, quiet, config_path, stop)
-    finally:
-        torch.set_num_threads(threads)
+    if not resume:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    # One process a run directory: a second, started at the same time, would
+    # interleave its rounds with this one's.
+    with locked_directory(out_dir):
+        if resume:
+            _check_resume_config(out_dir, config)
+        elif (out_dir / METRICS_FILE).exists() or has_checkpoint(
+            out_dir / CHECKPOINT_DIR
+        ):
+            raise ValueError(
+                f"{out_dir} already holds a run; continue it with --resume or pick "
+                "another --out"
+            )
+        reuse_cpu_memory()  # stacked cohort tensors: no page faults every step
+        threads = torch.get_num_threads()
+        torch.set_num_threads(config.torch_threads())
+        try:
+            return _run(config, out_dir, resume, quiet, config_path, stop)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _run(
@@ -198,27 +212,41 @@ def _run(
     run = setup(config)
     log = MetricsLog(out_dir / METRICS_FILE)
     state = _restore(out_dir, run, log) if resume else run.process.init()
+    if state.round > config.rounds:
+        raise ValueError(
+            f"--resume {out_dir}: the run is checkpointed at round {state.round}; "
+            f"rounds = {config.rounds} would end it before that"
+        )
+    # Only now, everything checked, is the configuration the run's.
+    _write_json(out_dir / CONFIG_FILE, config_to_dict(config))
     log.truncate_after(state.round)
     done = log.read()
     reached = bool(done) and _reached(config, done[-1])
-    with RoundDisplay(config.rounds, state.round, enabled=not quiet) as display:
-        while not reached and state.round < config.rounds:
-            state, record = _round_record(config, run, state, state.round)
-            reached = _reached(config, record)
-            log.append(record)
-            stopping = stop is not None and stop(record)
-            last = reached or stopping or state.round == config.rounds
-            if last or state.round % config.checkpoint_every == 0:
-                save_checkpoint(
-                    out_dir / CHECKPOINT_DIR,
-                    {**state.to_tensors(), ROUND_TENSOR: torch.tensor(state.round)},
-                    {"round": state.round, "target_reached": reached},
-                )
-            display.update(record)
-            if stopping:
-                break
-    records = log.read()
-    plot_curves(records, out_dir / CURVES_FILE, title=config_path or str(out_dir))
+    if reached and state.round < config.rounds and not quiet:
+        print(
+            f"target_accuracy {config.target_accuracy} was reached at round "
+            f"{state.round}: nothing to run (raise target_accuracy to go on)"
+        )
+    try:
+        with RoundDisplay(config.rounds, state.round, enabled=not quiet) as display:
+            while not reached and state.round < config.rounds:
+                state, record = _round_record(config, run, state, state.round)
+                reached = _reached(config, record)
+                log.append(record)
+                stopping = stop is not None and stop(record)
+                last = reached or stopping or state.round == config.rounds
+                if last or state.round % config.checkpoint_every == 0:
+                    save_checkpoint(
+                        out_dir / CHECKPOINT_DIR,
+                        {**state.to_tensors(), ROUND_TENSOR: torch.tensor(state.round)},
+                        {"round": state.round, "target_reached": reached},
+                    )
+                display.update(record)
+                if stopping:
+                    break
+    finally:  # the curves of the rounds done, also when a round failed
+        records = log.read()
+        plot_curves(records, out_dir / CURVES_FILE, title=config_path or str(out_dir))
     if not quiet:
         print_summary(records, _summary(config, config_path, out_dir))
     return RunResult(out_dir, records, state, reached)
