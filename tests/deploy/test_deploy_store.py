@@ -72,7 +72,8 @@ def test_a_restarted_server_refuses_another_configuration(tmp_path: Path) -> Non
     _check_config(store, longer)  # going on for longer is allowed
     other = config.model_copy(update={"seed": 1})
     with pytest.raises(
-        ValueError, match=r"differs from the run's config.json in \['rounds', 'seed'\]"
+        ValueError,
+        match=r"differs from the run's config.json in seed \(0 -> 1\);",
     ):
         _check_config(store, other)
     store.close()

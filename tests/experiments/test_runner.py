@@ -191,9 +191,14 @@ def test_resume_after_crash_mid_round_drops_the_unfinished_record(tmp_path):
 
 def test_resume_with_a_different_config_is_refused(tmp_path):
     run_experiment(_config(rounds=2), out_dir=tmp_path, quiet=True)
-    with pytest.raises(ValueError, match="differs"):
+    with pytest.raises(ValueError, match=r"differs .* in seed \(3 -> 4\);"):
         run_experiment(
             _config(rounds=2, seed=4), out_dir=tmp_path, resume=True, quiet=True
+        )
+    local_epochs = {**_config().algorithm.__dict__, "local_epochs": 2}
+    with pytest.raises(ValueError, match=r"in algorithm.local_epochs \(1 -> 2\);"):
+        run_experiment(
+            _config(algorithm=local_epochs), out_dir=tmp_path, resume=True, quiet=True
         )
 
 

@@ -102,7 +102,7 @@ def write_tokens(path: str | Path, clients: Iterable[str]) -> dict[str, str]:
     return the tokens themselves, to hand to the clients."""
     tokens = {client: new_token() for client in clients}
     data = {"clients": {client: hash_token(t) for client, t in tokens.items()}}
-    with atomic_file(Path(path)) as file:
+    with atomic_file(Path(path), private=True) as file:
         file.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return tokens
 
@@ -117,7 +117,8 @@ def write_client_tokens(directory: str | Path, count: int) -> dict[str, str]:
     ids = [f"client-{i}" for i in range(count)]
     tokens = write_tokens(directory / "tokens.json", ids)
     for client, token in tokens.items():
-        with atomic_file(directory / "clients" / f"{client}.token") as file:
+        token_file = directory / "clients" / f"{client}.token"
+        with atomic_file(token_file, private=True) as file:
             file.write(token + "\n")
     return tokens
 

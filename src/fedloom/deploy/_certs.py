@@ -49,8 +49,7 @@ def _subject_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    # atomic_file creates the file with mode 0600 (mkstemp), kept by the rename.
-    with atomic_file(path, "wb") as file:
+    with atomic_file(path, "wb", private=True) as file:  # mode 0600
         file.write(
             key.private_bytes(
                 serialization.Encoding.PEM,

@@ -25,12 +25,16 @@ def file_mode() -> int:
     return 0o666 & ~umask
 
 
-def temporary_file(directory: Path, prefix: str, suffix: str) -> tuple[int, str]:
+def temporary_file(
+    directory: Path, prefix: str, suffix: str, *, private: bool = False
+) -> tuple[int, str]:
     """``tempfile.mkstemp`` in ``directory`` with :func:`file_mode`'s permissions
-    (mkstemp's are the owner's alone): a run's files, renamed into place, stay
-    readable by whom the user's umask lets read them."""
+    (mkstemp's are the owner's alone, which ``private`` keeps, for secrets): a
+    run's files, renamed into place, stay readable by whom the user's umask lets
+    read them."""
     handle, name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
-    os.fchmod(handle, file_mode())
+    if not private:
+        os.fchmod(handle, file_mode())
     return handle, name
 
 
@@ -69,14 +73,19 @@ def fsync_directory(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+def atomic_file(
+    path: Path, mode: str = "w", *, private: bool = False
+) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success it replaces ``path``.
 
     The data is flushed and fsynced before the rename; on an exception the temporary
-    file is removed and ``path`` is untouched.
+    file is removed and ``path`` is untouched. The file gets the permissions the
+    umask gives new files, or with ``private`` (keys, tokens) its owner's alone.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = temporary_file(path.parent, f".{path.name}-", ".tmp")
+    handle, name = temporary_file(
+        path.parent, f".{path.name}-", ".tmp", private=private
+    )
     try:
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(handle, mode, encoding=encoding) as file:

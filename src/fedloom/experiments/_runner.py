@@ -78,13 +78,32 @@ def _check_resume_config(out_dir: Path, config: ExperimentConfig) -> None:
         raise ValueError(f"{path}: not JSON: {error}") from None
     saved = config_to_dict(config_from_dict(data, str(path)))
     given = config_to_dict(config)
-    changed = sorted(k for k in {*saved, *given} if saved.get(k) != given.get(k))
-    if set(changed) - RESUMABLE_CHANGES:
+    fixed = {k: v for k, v in saved.items() if k not in RESUMABLE_CHANGES}
+    differences = _differences(
+        fixed, {k: v for k, v in given.items() if k not in RESUMABLE_CHANGES}
+    )
+    if differences:
         raise ValueError(
             f"--resume {out_dir}: the configuration differs from the run's "
-            f"{CONFIG_FILE} in {changed}; a resumed run may change only "
-            f"{sorted(RESUMABLE_CHANGES)}"
+            f"{CONFIG_FILE} in {', '.join(differences)}; a resumed run may change "
+            f"only {sorted(RESUMABLE_CHANGES)}"
         )
+
+
+def _differences(saved: Any, given: Any, prefix: str = "") -> list[str]:
+    """The dotted names of the fields where two configuration dicts differ, with
+    both values: ``algorithm.local_epochs (5 -> 1)``."""
+    if isinstance(saved, dict) and isinstance(given, dict):
+        return [
+            difference
+            for key in sorted({*saved, *given})
+            for difference in _differences(
+                saved.get(key), given.get(key), f"{prefix}{key}."
+            )
+        ]
+    if saved == given:
+        return []
+    return [f"{prefix[:-1]} ({saved!r} -> {given!r})"]
 
 
 def _restore(out_dir: Path, run: Setup, log: MetricsLog) -> ServerState:
