@@ -288,3 +288,14 @@ def test_python_dash_m() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("fedloom ")
+
+
+def test_missing_data_files_are_not_blamed_on_the_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "data" / "fashion_mnist").mkdir(parents=True)
+    monkeypatch.setenv("FEDLOOM_DATA", str(tmp_path / "data"))
+    config = tmp_path / "fashion.toml"
+    config.write_text(CONFIG.replace('"digits"', '"fashion_mnist"'))
+    assert main(["run", str(config), "--quiet"]) == 1
+    assert capsys.readouterr().err.startswith("error: FEDLOOM_DATA: ")

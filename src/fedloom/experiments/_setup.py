@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedloom.core import Runtime
-from fedloom.data import ClientData, Dataset, Examples, load_dataset
+from fedloom.data import ChecksumError, ClientData, Dataset, Examples, load_dataset
 from fedloom.learning import (
     FunctionalModel,
     LearningProcess,
@@ -93,10 +93,13 @@ def _partition_options(config: ExperimentConfig) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _naming(fields: str) -> Iterator[None]:
-    """Turn an error raised while building from the config into one naming fields."""
+    """Turn an error raised while building from the config into one naming fields
+    (not one about the data's files: missing, unreadable or corrupt, they say so)."""
     try:
         yield
-    except (TypeError, ValueError, OSError) as error:
+    except (OSError, ChecksumError):
+        raise
+    except (TypeError, ValueError) as error:
         message = f"{fields}: {error}"
         raise ConfigError(message, [(fields, str(error))]) from error
 
