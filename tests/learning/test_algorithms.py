@@ -141,7 +141,7 @@ def test_client_with_no_examples_contributes_nothing():
     for k in state.params:
         torch.testing.assert_close(alone.params[k], with_empty.params[k])
     assert metrics["clients"] == 2
-    with pytest.raises(ValueError, match="weights sum to zero"):
+    with pytest.raises(ValueError, match="none of the cohort's 1 clients has an"):
         process.next(state, [ClientInput(empty, seed=2)])
 
 

@@ -245,6 +245,37 @@ def test_generic_functions_are_vmapped_or_run_in_sequence(runtime):
     assert vectorized.fallbacks == 1  # the .item() map, and only that one
 
 
+def test_vmapped_functions_run_chunk_by_chunk():
+    calls = []
+
+    @computation(CLIENTS)
+    def doubled(xs):
+        return map(lambda x: calls.append(x.shape) or 2 * x, xs)
+
+    xs = [torch.full((3,), float(i)) for i in range(5)]
+    got = doubled(xs, runtime=VectorizedRuntime(chunk_size=2))
+    torch.testing.assert_close(got, [2 * x for x in xs])
+    assert len(calls) == 3  # chunks of 2, 2 and 1 clients
+
+
+@pytest.mark.parametrize("runtime", NAMES)
+def test_a_cohort_without_examples_is_refused_clearly(digits, runtime):
+    model = build_model("logistic", digits.input_shape, digits.num_classes, seed=0)
+    empty = Examples(
+        torch.zeros(0, *digits.input_shape), torch.zeros(0, dtype=torch.int64)
+    )
+    for process in [
+        fed_avg(model, client_learning_rate=0.1),
+        fed_sgd(model, learning_rate=0.1),
+    ]:
+        with pytest.raises(ValueError, match="none of the cohort's 2 clients has an"):
+            process.next(
+                process.init(),
+                [ClientInput(empty, 1), ClientInput(empty, 2)],
+                runtime=RUNTIMES[runtime](),
+            )
+
+
 @pytest.mark.parametrize("runtime", NAMES)
 def test_poisoned_update_is_rejected_on_every_runtime(runtime):
     @computation(CLIENTS, SERVER)

@@ -6,9 +6,17 @@ import math
 from dataclasses import dataclass
 from typing import Any, final
 
+import numpy as np
 import torch
 
-from fedloom.core import Aggregator, Stacked, StackedAggregator, tree_flatten, unstack
+from fedloom.core import (
+    Aggregator,
+    Stacked,
+    StackedAggregator,
+    folds_stacked,
+    tree_flatten,
+    unstack,
+)
 
 __all__ = ["Checked", "InvalidUpdateError", "checked"]
 
@@ -46,6 +54,11 @@ def _finite(leaf: Any) -> bool:
         return not leaf.is_floating_point() or bool(torch.isfinite(leaf).all())
     if isinstance(leaf, int | float):
         return math.isfinite(leaf)
+    if isinstance(leaf, np.ndarray | np.generic):
+        array = np.asarray(leaf)
+        return not np.issubdtype(array.dtype, np.inexact) or bool(
+            np.isfinite(array).all()
+        )
     return True
 
 
@@ -125,7 +138,7 @@ class Checked:
                         f"entry {i} (shape {signature[i][0]}) contains NaN or infinity",
                         client,
                     )
-        if isinstance(self.inner, StackedAggregator):
+        if isinstance(self.inner, StackedAggregator) and folds_stacked(self.inner):
             inner = self.inner.accumulate_stacked(accumulator.inner, values, weights)
         else:
             inner = accumulator.inner

@@ -17,11 +17,12 @@ from ._cohort import NotBatchable as NotBatchable
 from ._cohort import Replicated as Replicated
 from ._cohort import Stacked as Stacked
 from ._cohort import StackedAggregator as StackedAggregator
+from ._cohort import folds_stacked as folds_stacked
 from ._cohort import stack as stack
+from ._cohort import tensor_versions as tensor_versions
 from ._cohort import unstack as unstack
 from ._computation import Computation as Computation
 from ._computation import computation as computation
-from ._intrinsics import PlacementError as PlacementError
 from ._intrinsics import aggregate as aggregate
 from ._intrinsics import apply as apply
 from ._intrinsics import broadcast as broadcast
@@ -32,6 +33,7 @@ from ._local import LocalRuntime as LocalRuntime
 from ._placements import CLIENTS as CLIENTS
 from ._placements import SERVER as SERVER
 from ._placements import Placement as Placement
+from ._placements import PlacementError as PlacementError
 from ._reduce import Mean as Mean
 from ._reduce import Sum as Sum
 from ._reduce import weight_value as weight_value
@@ -68,11 +70,13 @@ __all__ = [
     "apply",
     "broadcast",
     "computation",
+    "folds_stacked",
     "map",
     "mean",
     "register_dataclass",
     "stack",
     "sum",
+    "tensor_versions",
     "tree_flatten",
     "tree_leaves",
     "tree_map",

@@ -18,7 +18,9 @@ __all__ = [
     "Replicated",
     "Stacked",
     "StackedAggregator",
+    "folds_stacked",
     "stack",
+    "tensor_versions",
     "unstack",
 ]
 
@@ -127,3 +129,34 @@ def unstack(stacked: Stacked) -> list[Any]:
     return [
         tree_map(lambda leaf, i=i: leaf[i], stacked.tree) for i in range(stacked.size)
     ]
+
+
+def folds_stacked(aggregator: Any) -> bool:
+    """Whether a runtime may fold a stacked chunk through ``aggregator``'s
+    ``accumulate_stacked``: it has one, defined where its ``accumulate`` is or
+    further down (a subclass that overrides ``accumulate`` alone, to clip each
+    update say, must see every client through it)."""
+    if not isinstance(aggregator, StackedAggregator):
+        return False
+    mro = type(aggregator).__mro__
+
+    def owner(name: str) -> type:
+        return next(k for k in mro if name in vars(k))
+
+    return issubclass(owner("accumulate_stacked"), owner("accumulate"))
+
+
+def tensor_versions(payloads: Sequence[Any]) -> list[int]:
+    """The version counters of every tensor in ``payloads`` (runtime payloads:
+    lists of members, :class:`Stacked`, :class:`Replicated`): an in-place change
+    of one, or of a view of one, changes its count."""
+    versions = []
+    for payload in payloads:
+        if isinstance(payload, Stacked):
+            payload = payload.tree
+        elif isinstance(payload, Replicated):
+            payload = payload.value
+        for leaf in tree_flatten(payload)[0]:
+            if isinstance(leaf, torch.Tensor) and not leaf.is_inference():
+                versions.append(leaf._version)
+    return versions

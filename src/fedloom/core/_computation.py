@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar
+
+import numpy as np
+import torch
 
 from ._local import LocalRuntime
 from ._placements import CLIENTS, SERVER, Placement
 from ._runtime import Runtime
+from ._tree import tree_map
 from ._values import Execution, Placed
 
 __all__ = ["Computation", "computation"]
@@ -62,6 +66,14 @@ class Computation(Generic[R]):
             )
         if any(isinstance(a, Placed) for a in args):
             return self._compose(args)
+        if runtime is not None and not isinstance(runtime, Runtime):
+            raise TypeError(
+                f"runtime must be a runtime object (LocalRuntime(), "
+                f"VectorizedRuntime(), ...), got {runtime!r}"
+            )
+        for i, (arg, placement) in enumerate(zip(args, self.placements, strict=True)):
+            if placement == CLIENTS:
+                _check_members(self.fn.__qualname__, i, arg)
         runtime = LocalRuntime() if runtime is None else runtime
         execution = Execution(runtime, self._cardinality(args, num_clients))
         placed = [
@@ -112,14 +124,33 @@ class Computation(Generic[R]):
         return self.fn(*args)
 
 
+def _check_members(name: str, index: int, arg: Any) -> None:
+    """A CLIENTS argument is a sequence (a list, a tuple, a tensor or an array
+    along its first axis) with one member per client."""
+    if (
+        isinstance(arg, Mapping | str | bytes)
+        or not (hasattr(arg, "__len__") and hasattr(arg, "__getitem__"))
+        or (isinstance(arg, torch.Tensor | np.ndarray) and arg.ndim == 0)
+    ):
+        raise TypeError(
+            f"{name} argument {index} is placed at CLIENTS: it must be a sequence "
+            f"with one member per client, got {type(arg).__name__}"
+        )
+
+
 def _unwrap(result: Any, runtime: Runtime) -> Any:
-    if isinstance(result, Placed):
-        if result.placement == SERVER:
-            return result.payload
-        return runtime.to_members(result.payload)
-    if isinstance(result, tuple):
-        return tuple(_unwrap(r, runtime) for r in result)
-    return result
+    """The result with every placed value in it (in tuples, lists, dicts, named
+    tuples, ...) replaced by its value: a server value as it is, a clients value as
+    the list of its members."""
+
+    def value(leaf: Any) -> Any:
+        if not isinstance(leaf, Placed):
+            return leaf
+        if leaf.placement == SERVER:
+            return leaf.payload
+        return runtime.to_members(leaf.payload)
+
+    return tree_map(value, result)
 
 
 def computation(
@@ -134,6 +165,12 @@ def computation(
     >>> mean_temperature([20.0, 22.0], [1, 3])
     21.5
     """
+
+    if any(callable(p) and not isinstance(p, Placement) for p in placements):
+        raise TypeError(
+            "@computation takes the placements of the arguments: write "
+            "@computation(CLIENTS, ...) or @computation() for none"
+        )
 
     def wrap(fn: Callable[..., R]) -> Computation[R]:
         return Computation(fn, placements)

@@ -10,16 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ._placements import CLIENTS, SERVER, Placement
+from ._cohort import tensor_versions
+from ._placements import CLIENTS, SERVER, Placement, PlacementError
 from ._reduce import Mean, Sum
 from ._runtime import Aggregator
+from ._tree import tree_flatten
 from ._values import Execution, Placed
 
 __all__ = ["PlacementError", "aggregate", "apply", "broadcast", "map", "mean", "sum"]
-
-
-class PlacementError(TypeError):
-    """A value was given to an intrinsic at the wrong placement."""
 
 
 def _check(intrinsic: str, value: Any, expected: Placement, what: str = "") -> Placed:
@@ -79,7 +77,15 @@ def map(fn: Callable[..., Any], *values: Placed) -> Placed:
         raise PlacementError("map needs at least one value placed at CLIENTS")
     checked = [_check("map", v, CLIENTS, f"argument {i}") for i, v in enumerate(values)]
     execution = _same_execution("map", checked)
-    payload = execution.runtime.map(fn, [v.payload for v in checked])
+    payloads = [v.payload for v in checked]
+    versions = tensor_versions(payloads)
+    payload = execution.runtime.map(fn, payloads)
+    if tensor_versions(payloads) != versions:
+        raise ValueError(
+            f"map: {getattr(fn, '__qualname__', fn)!r} modified its arguments in "
+            "place; a client's arguments may be the server's or the caller's own "
+            "tensors (a broadcast is not copied), so it must return new values"
+        )
     return Placed(payload, CLIENTS, execution)
 
 
@@ -96,7 +102,13 @@ def apply(fn: Callable[..., Any], *values: Placed) -> Placed:
         _check("apply", v, SERVER, f"argument {i}") for i, v in enumerate(values)
     ]
     execution = _same_execution("apply", checked)
-    return Placed(fn(*(v.payload for v in checked)), SERVER, execution)
+    result = fn(*(v.payload for v in checked))
+    if any(isinstance(leaf, Placed) for leaf in tree_flatten(result)[0]):
+        raise PlacementError(
+            "apply: the function returned a placed value; a value at CLIENTS "
+            "reaches the server only through an aggregation (sum, mean, aggregate)"
+        )
+    return Placed(result, SERVER, execution)
 
 
 def aggregate(

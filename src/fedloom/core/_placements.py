@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CLIENTS", "SERVER", "Placement"]
+__all__ = ["CLIENTS", "SERVER", "Placement", "PlacementError"]
+
+
+class PlacementError(TypeError):
+    """A value was given to an intrinsic at the wrong placement."""
 
 
 @dataclass(frozen=True)

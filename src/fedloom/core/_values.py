@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._placements import CLIENTS, Placement
+from ._placements import CLIENTS, Placement, PlacementError
 from ._runtime import Runtime
 
 __all__ = ["Execution", "Placed"]
@@ -35,6 +35,13 @@ class Placed:
     payload: Any
     placement: Placement
     execution: Execution
+
+    def __bool__(self) -> bool:
+        raise PlacementError(
+            f"a value placed at {self.placement} has no truth value inside a "
+            "computation: decide at the server with apply, or at each client "
+            "with map"
+        )
 
     def __repr__(self) -> str:
         where = self.placement.name

@@ -144,6 +144,11 @@ class LearningProcess:
         """
         if not cohort:
             raise ValueError("a round needs a cohort of at least one client")
+        if all(isinstance(c, ClientInput) and not len(c.examples) for c in cohort):
+            raise ValueError(
+                f"none of the cohort's {len(cohort)} clients has an example: the "
+                "round has nothing to average"
+            )
         new_state, metrics, total = _round(self, state, list(cohort), runtime=runtime)
         out = {k: float(v) for k, v in metrics.items()}
         out.update(num_examples=float(total), clients=float(len(cohort)))

@@ -7,7 +7,10 @@ cohort at once, chunk by chunk to bound memory:
 
 1. a :class:`CohortFunction` (FedAvg's local training, FedSGD's gradient, evaluation)
    runs its own batched implementation (``torch.func.vmap`` over padded, masked data);
-2. any other function of stacked tensors is vmapped;
+2. any other function of stacked tensors is vmapped, chunk by chunk (so, as with
+   ``jax.vmap``, it must be a pure function of its tensors: PyTorch's random
+   numbers are detected and sent to 3., NumPy's or Python's would be drawn once a
+   chunk);
 3. a function that cannot be vmapped, or a cohort function that cannot batch
    this cohort (:class:`NotBatchable`: a model with dropout or batch
    normalization), runs client by client, exactly as on the local runtime: slower,
@@ -32,7 +35,9 @@ from fedloom.core import (
     Replicated,
     Stacked,
     StackedAggregator,
+    folds_stacked,
     stack,
+    tensor_versions,
     tree_map,
     unstack,
 )
@@ -155,9 +160,17 @@ class VectorizedRuntime:
                 warnings.warn(str(reason), RuntimeWarning, stacklevel=2)
                 self.fallbacks += 1
         elif all(isinstance(p, Stacked | Replicated) for p in payloads):
+            versions = tensor_versions(payloads)
             try:
                 return self._vmap(fn, payloads, size)
-            except Exception:  # not vmappable: run it with its sequential meaning
+            except Exception as error:  # not vmappable: run it client by client
+                if tensor_versions(payloads) != versions:
+                    raise ValueError(
+                        f"map: {getattr(fn, '__qualname__', fn)!r} modified its "
+                        "arguments in place before it failed under vmap, so it "
+                        "cannot be run again client by client; it must return new "
+                        "values"
+                    ) from error
                 self.fallbacks += 1
         results = [fn(*args) for args in zip(*map(_members, payloads), strict=True)]
         return self.from_members(results)
@@ -183,7 +196,9 @@ class VectorizedRuntime:
     ) -> Stacked:
         in_dims = tuple(0 if isinstance(p, Stacked) else None for p in payloads)
         args = [p.tree if isinstance(p, Stacked) else _replicated(p) for p in payloads]
-        out = vmap(fn, in_dims=in_dims, randomness="error")(*args)
+        out = vmap(fn, in_dims=in_dims, randomness="error", chunk_size=self.chunk_size)(
+            *args
+        )
         return Stacked(out, size)
 
     def aggregate(
@@ -194,7 +209,11 @@ class VectorizedRuntime:
         template: Any,
     ) -> Any:
         accumulator = aggregator.init(template)
-        if isinstance(payload, Stacked) and isinstance(aggregator, StackedAggregator):
+        if (
+            isinstance(payload, Stacked)
+            and isinstance(aggregator, StackedAggregator)
+            and folds_stacked(aggregator)
+        ):
             stacked_weights = weights
             if weights is not None and not isinstance(weights, Stacked):
                 stacked_weights = stack(_members(weights))
