@@ -95,34 +95,22 @@ def test_fedavg(digits, runtime, partition):
 
 
 @pytest.mark.parametrize("runtime", NAMES)
-def test_fedavg_stateful_client_and_server_optimizers(digits, runtime):
-    # Momentum on the client: a client whose batches ran out must keep its
-    # optimizer state as well as its parameters.
+@pytest.mark.parametrize("client", ["momentum", "adam"])
+def test_fedavg_stateful_client_and_server_optimizers(digits, runtime, client):
+    # A client whose batches ran out must keep its optimizer state (momentum's
+    # velocity; Adam's moments and step count) as well as its parameters.
     model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
     process = fed_avg(
         model,
         client_learning_rate=0.05,
         local_epochs=3,
         batch_size=16,
-        client_optimizer=momentum(0.05, beta=0.9),
+        client_optimizer={"momentum": momentum(0.05, beta=0.9), "adam": adam(0.01)}[
+            client
+        ],
         # FedAdam's epsilon (Reddi et al. 2021); with 1e-8, Adam turns float32
         # rounding in a near-zero update into a full step of either sign.
         server_optimizer=adam(0.01, beta2=0.99, epsilon=1e-3),
-    )
-    _assert_same_round(process, _cohort(digits, "quantity_skew"), RUNTIMES[runtime]())
-
-
-@pytest.mark.parametrize("runtime", NAMES)
-def test_fedavg_adam_on_clients(digits, runtime):
-    # Adam's state holds a step count besides its moments; a client whose batches
-    # ran out keeps that too.
-    model = build_model("logistic", digits.input_shape, digits.num_classes, seed=0)
-    process = fed_avg(
-        model,
-        client_learning_rate=0.01,
-        local_epochs=2,
-        batch_size=16,
-        client_optimizer=adam(0.01),
     )
     _assert_same_round(process, _cohort(digits, "quantity_skew"), RUNTIMES[runtime]())
 
