@@ -13,7 +13,7 @@ import torch
 from fedloom.core import CLIENTS, computation, map
 from fedloom.data import ClientData, load_dataset
 from fedloom.deploy import DeploymentRuntime, RoundFailed, TaskSpec
-from fedloom.deploy._round import OpenRound
+from fedloom.deploy._round import OpenRound, Submission
 from fedloom.learning import ClientInput, ClientResult, Params, build_model, fed_avg
 
 SPEC = TaskSpec("fedavg/local_training", {})
@@ -30,6 +30,7 @@ def _runtime(
     *,
     min_results: int = 1,
     target: int = 100,
+    metrics: frozenset[str] | None = None,
 ) -> tuple[DeploymentRuntime, list[OpenRound]]:
     """A runtime whose rounds receive ``results(params, cohort)`` from a thread."""
     opened: list[OpenRound] = []
@@ -56,7 +57,7 @@ def _runtime(
         threading.Thread(target=send).start()
         return round
 
-    runtime = DeploymentRuntime(dispatch, [(work, SPEC)], min_results)
+    runtime = DeploymentRuntime(dispatch, [(work, SPEC)], min_results, metrics)
     return runtime, opened
 
 
@@ -132,6 +133,56 @@ def test_bad_updates_are_refused_and_left_out_of_the_aggregate() -> None:
     assert "metrics" in round.rejected["d"]
     for name, value in params.items():  # mean of 1 and 3 with equal weights: 2
         torch.testing.assert_close(new_state.params[name], value + 2.0)
+
+
+def test_results_that_would_overflow_or_lack_the_metrics_are_refused() -> None:
+    # Each value is finite, but weight times value is not; and the server's record
+    # reads train_loss, so a first result without it does not set the rule.
+    model = build_model("logistic", (4,), 2, seed=0)
+    process = fed_avg(model, client_learning_rate=0.1)
+    params = process.init().params
+    good = {k: torch.ones_like(v) for k, v in params.items()}
+    huge = {k: torch.full_like(v, 1e30) for k, v in params.items()}
+    nothing = ClientResult(good, torch.tensor(1.0, dtype=torch.float64), {})
+
+    def send(_: Params, cohort: tuple[str, ...]) -> dict[str, ClientResult]:
+        return {
+            "a": nothing,
+            "b": _result(huge, 1e300),
+            "c": _result(good, 1e300, train_loss=1e10),
+            "d": _result(good),
+        }
+
+    runtime, opened = _runtime(
+        send, process.client_work, target=1, metrics=frozenset({"train_loss"})
+    )
+    new_state, _ = process.next(
+        process.init(),
+        ["a", "b", "c", "d"],
+        runtime=runtime,  # type: ignore[list-item]
+    )
+    (round,) = opened
+    assert round.accepted == ["d"]
+    assert "metrics [] differ from the cohort's ['train_loss']" in round.rejected["a"]
+    assert "times its values is not finite" in round.rejected["b"]
+    assert "times its values is not finite" in round.rejected["c"]
+    for name, value in params.items():
+        torch.testing.assert_close(new_state.params[name], value + 1.0)
+
+
+def test_a_result_whose_client_left_takes_no_answer() -> None:
+    # The client's call was cancelled (the connection dropped) while its result
+    # waited for the training thread: answering it must not raise.
+    round = OpenRound(
+        0, "t", SPEC, {}, [], ("a", "b"), {}, 2, time.monotonic() + 9, lambda c: True
+    )
+    left = round.offer("a", _result({}), 0)
+    assert left is not None and left.cancel()
+    round.settle(Submission("a", _result({}), left), None)
+    queued = round.offer("b", _result({}), 0)
+    assert queued is not None and queued.cancel()
+    round.close()  # answers what is still queued: "the round closed"
+    assert round.accepted == ["a"] and not round.is_open
 
 
 def test_too_few_results_fail_the_round() -> None:

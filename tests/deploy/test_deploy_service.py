@@ -4,7 +4,9 @@ serving, and lets no bad update through."""
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -232,3 +234,33 @@ def test_fuzzed_results_are_refused_and_never_reach_the_aggregate(
     assert [s.client for s in arrived] == ["client-1"]
     torch.testing.assert_close(arrived[0].result.update, good)
     assert float(arrived[0].result.weight) == 3.0
+
+
+def test_a_device_that_cannot_take_the_tasks_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A model that does not fit the device's data: asking again, it would look
+    # alive to the server and hold up every round until its deadline.
+    from fedloom.data import Examples
+    from fedloom.deploy import ClientRefused, DeviceClient
+    from fedloom.learning import build_model
+
+    asked: list[float] = []
+
+    async def unfit(self: DeviceClient, stub: object) -> None:
+        asked.append(time.monotonic())
+        raise WireError("tensor '1.weight' has shape (200, 784), expected (200, 64)")
+
+    monkeypatch.setattr(DeviceClient, "_get_task", unfit)
+    client = DeviceClient(
+        "127.0.0.1:9",  # never reached: the task is refused first
+        token="t",
+        examples=Examples(torch.zeros(1, 64), torch.zeros(1, dtype=torch.int64)),
+        model=build_model("logistic", (64,), 10),
+        insecure=True,
+        backoff=(0.01, 0.04),
+    )
+    with pytest.raises(ClientRefused, match=r"5 tasks in a row .* do not fit"):
+        client.run()
+    waits = [b - a for a, b in itertools.pairwise(asked)]
+    assert len(asked) == 5 and waits[-1] > waits[0]  # backing off

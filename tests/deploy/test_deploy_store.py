@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from deploy_helpers import write_server_config
 
 from fedloom.deploy import read_status
 from fedloom.deploy._store import MODELS_DIR, Store
@@ -77,3 +81,60 @@ def test_a_restarted_server_refuses_another_configuration(tmp_path: Path) -> Non
     ):
         _check_config(store, other)
     store.close()
+
+
+def _serve_for_a_moment(*args: Any, **kwargs: Any) -> BaseException | None:
+    """``serve`` on a thread: what it raised, or a failure if it is still serving
+    after 60 s (a server that should have refused to start)."""
+    from fedloom.deploy import serve
+
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            serve(*args, **kwargs)
+        except BaseException as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    if thread.is_alive():
+        pytest.fail("the second server started")
+    return raised[0] if raised else None
+
+
+def test_a_second_server_on_the_directory_or_the_port_is_refused(
+    tmp_path: Path,
+) -> None:
+    import grpc
+
+    from fedloom.deploy import load_server_config
+    from fedloom.deploy._server import server_options
+    from fedloom.experiments._files import locked_directory
+
+    path, port = write_server_config(
+        tmp_path, rounds=1, num_clients=2, clients_per_round=2, tls=False
+    )
+    config, settings = load_server_config(path)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with locked_directory(busy):
+        error = _serve_for_a_moment(config, settings, out_dir=busy, quiet=True)
+    assert isinstance(error, ValueError) and "another fedloom" in str(error)
+
+    async def listening() -> grpc.aio.Server:
+        server = grpc.aio.server(options=server_options(1 << 20))
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        return server
+
+    loop = asyncio.new_event_loop()
+    first = loop.run_until_complete(listening())
+    try:
+        error = _serve_for_a_moment(config, settings, out_dir=tmp_path / "run")
+    finally:
+        loop.run_until_complete(first.stop(0))
+        loop.close()
+    assert isinstance(error, OSError)
+    assert f"cannot listen on 127.0.0.1:{port}" in str(error)

@@ -52,10 +52,14 @@ ModelSource = FunctionalModel | Callable[[Mapping[str, Any]], FunctionalModel]
 _RETRY_LATER = {grpc.StatusCode.RESOURCE_EXHAUSTED}
 _TASK_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
 _REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+_BAD_TASKS = 5
+"""Tasks in a row this device cannot take (backing off between them) before it
+stops with :class:`ClientRefused`."""
 
 
 class ClientRefused(RuntimeError):
-    """The server refused this client (an unknown or missing token)."""
+    """The server refused this client (an unknown or missing token), or sent
+    tasks this device cannot take (a model that does not fit its data)."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,7 @@ class DeviceClient:
         """:meth:`run` as a coroutine (many clients can share one event loop)."""
         delay = self._backoff[0]
         last_contact = time.monotonic()
+        bad_tasks = 0
         while True:
             try:
                 async with self._channel() as channel:
@@ -141,9 +146,20 @@ class DeviceClient:
                         try:
                             task = await self._get_task(stub)
                         except ValueError as error:  # WireError, bad JSON
+                            # A model that does not fit this device's data, say:
+                            # waiting cannot mend it, and the server would count a
+                            # client that keeps asking as one that takes part.
+                            bad_tasks += 1
+                            if bad_tasks == _BAD_TASKS:
+                                raise ClientRefused(
+                                    f"{self.name}: {bad_tasks} tasks in a row from "
+                                    f"{self.server} do not fit this device: {error}"
+                                ) from None
                             logger.warning("%s: bad task: %s", self.name, error)
                             await asyncio.sleep(delay)
+                            delay = min(delay * 2, self._backoff[1])
                             continue
+                        bad_tasks = 0
                         delay, last_contact = self._backoff[0], time.monotonic()
                         if task == "finished":
                             logger.info("%s: the run is over", self.name)

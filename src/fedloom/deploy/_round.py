@@ -9,6 +9,7 @@ next. Both sides share this object, guarded by one lock. At most
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import queue
 import threading
@@ -120,7 +121,7 @@ class OpenRound:
                 except queue.Empty:
                     break
                 if item is not None:
-                    item.verdict.set_result((False, "the round closed"))
+                    _answer(item.verdict, (False, "the round closed"))
             self._queue.put(None)
 
     def settle(self, submission: Submission, error: str | None) -> None:
@@ -130,7 +131,7 @@ class OpenRound:
                 self.accepted.append(submission.client)
             else:
                 self.rejected[submission.client] = error
-        submission.verdict.set_result((error is None, error or ""))
+        _answer(submission.verdict, (error is None, error or ""))
 
     def _should_close(self) -> bool:
         with self._lock:
@@ -159,3 +160,11 @@ class OpenRound:
             yield item
             if self._should_close():
                 self.close()
+
+
+def _answer(verdict: concurrent.futures.Future[Verdict], value: Verdict) -> None:
+    """Answer a submission, unless its client has gone: a call cancelled while
+    its result waited (the connection dropped, the client gave up) cancels its
+    verdict, which then takes no answer."""
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        verdict.set_result(value)

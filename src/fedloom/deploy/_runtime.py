@@ -22,11 +22,14 @@ the server names work, it never ships code.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast, final
 
-from fedloom.core import Aggregator, Replicated
+import torch
+
+from fedloom.core import Aggregator, Replicated, tree_flatten
 from fedloom.learning import ClientResult, Params
 
 from ._round import OpenRound, RoundFailed, TaskSpec
@@ -102,6 +105,9 @@ class DeploymentRuntime:
     dispatch: Dispatch
     client_works: Sequence[tuple[Any, TaskSpec]]
     min_results: int
+    metrics: frozenset[str] | None = None
+    """The metric names every result must report (the server reads them); when
+    ``None``, those of the round's first accepted result."""
     name: str = "deployment"
     rounds: list[OpenRound] = field(default_factory=list)
 
@@ -155,7 +161,10 @@ class DeploymentRuntime:
         accumulator = aggregator.init(template)
         for value, weight in zip(values, members, strict=True):
             accumulator = aggregator.accumulate(accumulator, value, weight)
-        return aggregator.finalize(accumulator)
+        aggregate = aggregator.finalize(accumulator)
+        if not _finite(aggregate):  # the round's metrics, say, summed past float64
+            raise RoundFailed("an aggregate of the accepted results is not finite")
+        return aggregate
 
     def _stream(
         self, aggregator: Aggregator, payload: Remote, weights: Any, template: Any
@@ -168,13 +177,17 @@ class DeploymentRuntime:
         for submission in round.submissions():
             result = submission.result
             try:
-                if kept and set(result.metrics) != set(kept[0].metrics):
+                expected = self.metrics
+                if expected is None and kept:
+                    expected = frozenset(kept[0].metrics)
+                if expected is not None and set(result.metrics) != expected:
                     raise ValueError(
                         f"metrics {sorted(result.metrics)[:8]} differ from the "
-                        f"cohort's {sorted(kept[0].metrics)}"
+                        f"cohort's {sorted(expected)}"
                     )
                 value = payload.project(result)
                 weight = _weight(weights, result, call)
+                _check_scaled(value, result.metrics, weight)
                 accumulator = aggregator.accumulate(accumulator, value, weight)
             except (ValueError, TypeError) as error:
                 round.settle(submission, f"{submission.client}: {error}")
@@ -186,13 +199,43 @@ class DeploymentRuntime:
         call.results, call.round = kept, round
         if len(kept) < self.min_results:
             raise RoundFailed(
-                f"round {round.round}: {len(kept)} of {len(call.clients)} clients "
-                f"sent an accepted result, fewer than the {self.min_results} needed"
+                f"round {round.round + 1}: {len(kept)} of {len(call.clients)} "
+                f"clients sent an accepted result, fewer than the "
+                f"{self.min_results} needed"
             )
         try:
-            return aggregator.finalize(accumulator)
+            aggregate = aggregator.finalize(accumulator)
         except ValueError as error:
-            raise RoundFailed(f"round {round.round}: {error}") from None
+            raise RoundFailed(f"round {round.round + 1}: {error}") from None
+        if not _finite(aggregate):
+            raise RoundFailed(
+                f"round {round.round + 1}: the aggregate of the accepted results is "
+                "not finite"
+            )
+        return aggregate
+
+
+def _finite(tree: Any) -> bool:
+    return all(
+        bool(torch.isfinite(leaf).all())
+        for leaf in tree_flatten(tree)[0]
+        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point()
+    )
+
+
+def _check_scaled(value: Any, metrics: Mapping[str, Any], weight: Any) -> None:
+    """A ``ValueError`` unless ``weight`` times every entry of the update and of
+    the metrics is finite in float64: each is finite, but a client could still
+    overflow the aggregate (weight 1e300, update 1e30) with their product."""
+    if weight is None:
+        return
+    w = float(weight)
+    for leaf in [*tree_flatten(value)[0], *metrics.values()]:
+        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point() and leaf.numel():
+            largest = float(leaf.double().abs().max())
+            # (a value that is itself not finite is the aggregator's to name)
+            if math.isfinite(largest) and not math.isfinite(largest * w):
+                raise ValueError(f"weight {w:g} times its values is not finite")
 
 
 def _weight(weights: Any, result: ClientResult, call: _Call) -> Any:

@@ -36,6 +36,7 @@ from fedloom.experiments import (
     setup,
 )
 from fedloom.experiments._display import RoundDisplay, print_summary
+from fedloom.experiments._files import locked_directory
 from fedloom.experiments._runner import (
     CONFIG_FILE,
     CURVES_FILE,
@@ -168,6 +169,7 @@ class _Rounds:
             dispatch=dispatch,
             client_works=[(self.run.process.client_work, task_spec(self.config))],
             min_results=self.min_results,
+            metrics=frozenset({"train_loss"}),  # what the round's record reads
         )
         started = time.perf_counter()
         try:
@@ -239,8 +241,11 @@ def _credentials(settings: DeployConfig) -> grpc.ServerCredentials | None:
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """gRPC channel options: message size limits (both ways) and keepalive."""
+    """gRPC channel options: message size limits (both ways), keepalive, and no
+    port sharing (gRPC's default on Linux: a second server on the port would
+    take half the clients)."""
     return [
+        ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.keepalive_time_ms", 20_000),
@@ -252,6 +257,13 @@ async def _serve(
     config: ExperimentConfig, settings: DeployConfig, out_dir: Path, quiet: bool
 ) -> RunResult:
     out_dir.mkdir(parents=True, exist_ok=True)
+    with locked_directory(out_dir):  # one server a state directory
+        return await _serve_locked(config, settings, out_dir, quiet)
+
+
+async def _serve_locked(
+    config: ExperimentConfig, settings: DeployConfig, out_dir: Path, quiet: bool
+) -> RunResult:
     run = setup(config)
     tokens = TokenBook.load(settings.tokens)
     store = Store(out_dir)
@@ -265,10 +277,15 @@ async def _serve(
         server = grpc.aio.server(options=server_options(settings.max_message_bytes))
         pb_grpc.add_CoordinatorServicer_to_server(coordinator, server)
         credentials = _credentials(settings)
-        if credentials is None:
-            port = server.add_insecure_port(settings.listen)
-        else:
-            port = server.add_secure_port(settings.listen, credentials)
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(settings.listen)
+            else:
+                port = server.add_secure_port(settings.listen, credentials)
+        except RuntimeError as error:  # gRPC's "failed to bind"
+            raise OSError(
+                f"cannot listen on {settings.listen} (another server there?): {error}"
+            ) from None
         host = settings.listen.rpartition(":")[0]
         store.set("address", f"{host}:{port}")
         await server.start()
