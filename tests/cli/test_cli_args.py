@@ -299,3 +299,19 @@ def test_missing_data_files_are_not_blamed_on_the_configuration(
     config.write_text(CONFIG.replace('"digits"', '"fashion_mnist"'))
     assert main(["run", str(config), "--quiet"]) == 1
     assert capsys.readouterr().err.startswith("error: FEDLOOM_DATA: ")
+
+
+def test_corrupt_data_files_are_not_blamed_on_the_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "data" / "fashion_mnist"
+    folder.mkdir(parents=True)
+    for name in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3"):
+        (folder / f"{name}-ubyte.gz").write_bytes(b"cut short")
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(b"\0\0\x08\x01")
+    monkeypatch.setenv("FEDLOOM_DATA", str(tmp_path / "data"))
+    config = tmp_path / "fashion.toml"
+    config.write_text(CONFIG.replace('"digits"', '"fashion_mnist"'))
+    assert main(["run", str(config), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {folder / 'train-images-idx3-ubyte.gz'}: corrupt")

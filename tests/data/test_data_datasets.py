@@ -93,8 +93,11 @@ def test_synthetic_clients_differ_more_with_larger_alpha_beta() -> None:
 def test_synthetic_rejects_bad_options() -> None:
     with pytest.raises(ValueError, match="num_clients must be positive"):
         load_dataset("synthetic", num_clients=0)
-    with pytest.raises(ValueError, match="alpha and beta must be >= 0"):
-        load_dataset("synthetic", alpha=-1.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="alpha and beta must be finite and >= 0"):
+            load_dataset("synthetic", alpha=bad)
+        with pytest.raises(ValueError, match="alpha and beta must be finite and >= 0"):
+            load_dataset("synthetic", beta=bad)
 
 
 # --- Fashion-MNIST from the Debian package -----------------------------------

@@ -10,14 +10,22 @@ import dataclasses
 import gzip
 import hashlib
 import http.server
+import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fedloom.data import ChecksumError, _idx_datasets, available_datasets, load_dataset
+from fedloom.data import (
+    ChecksumError,
+    DataFileError,
+    _idx_datasets,
+    available_datasets,
+    load_dataset,
+)
 from fedloom.data._idx import gunzip, parse_idx, read_idx
 
 
@@ -65,7 +73,7 @@ def test_parse_hand_written_bytes() -> None:
     ],
 )
 def test_parse_rejects_corrupt_files(data: bytes, message: str) -> None:
-    with pytest.raises(ValueError, match=message) as error:
+    with pytest.raises(DataFileError, match=message) as error:
         parse_idx(data, source="labels.idx")
     assert "labels.idx" in str(error.value)
 
@@ -81,10 +89,20 @@ def test_read_plain_and_gzipped_files(tmp_path: Path) -> None:
 def test_truncated_gzip_is_a_clear_error(tmp_path: Path) -> None:
     packed = gzip.compress(_idx(np.arange(100, dtype=np.uint8), 0x08))
     (tmp_path / "cut.gz").write_bytes(packed[: len(packed) // 2])
-    with pytest.raises(ValueError, match=r"cut\.gz: corrupt or truncated gzip"):
+    with pytest.raises(DataFileError, match=r"cut\.gz: corrupt or truncated gzip"):
         read_idx(tmp_path / "cut.gz")
-    with pytest.raises(ValueError, match="corrupt or truncated gzip"):
+    with pytest.raises(DataFileError, match="corrupt or truncated gzip"):
         gunzip(b"not gzip at all")
+
+
+def test_gunzip_reads_every_member_and_stops_at_its_limit() -> None:
+    two = gzip.compress(b"ab") + gzip.compress(b"cd")
+    assert gunzip(two) == b"abcd" == gunzip(two, limit=4)
+    bomb = gzip.compress(bytes(10_000_000))  # 10 kB that would fill 10 MB
+    with pytest.raises(DataFileError, match="more than the 3 bytes"):
+        gunzip(two, limit=3)
+    with pytest.raises(DataFileError, match="more than the 1,000 bytes"):
+        gunzip(bomb, limit=1000)
 
 
 # --- a tiny fake MNIST release, served over HTTP -----------------------------
@@ -114,6 +132,7 @@ def _md5(data: bytes) -> str:
 
 class _Server:
     def __init__(self, root: Path) -> None:
+        self.root = root
         self.requests: list[str] = []
         requests = self.requests
 
@@ -172,6 +191,7 @@ def _point_mnist_at(
                 gzip.compress(release[getattr(mnist, field.name).name], mtime=0)
             ),
             raw_md5=_md5(release[getattr(mnist, field.name).name]),
+            size=len(release[getattr(mnist, field.name).name]),
         )
         for field in dataclasses.fields(mnist)
         if field.name.startswith(("train_", "test_"))
@@ -211,7 +231,7 @@ def test_download_verifies_and_caches_then_reuses_the_cache(
     assert np.array_equal(again.test.y.numpy(), ds.test.y.numpy())
 
 
-def test_download_with_bad_checksum_caches_nothing(
+def test_download_with_bad_checksum_caches_only_what_was_checked(
     monkeypatch: pytest.MonkeyPatch,
     server: _Server,
     cache: Path,
@@ -229,8 +249,8 @@ def test_download_with_bad_checksum_caches_nothing(
     message = str(error.value)
     assert "train-labels-idx1-ubyte.gz" in message
     assert "0" * 32 in message and _md5(served) in message
-    assert _files_under(cache) == []
-    assert not (cache / "mnist").exists()
+    # the file fetched and checked before it is kept; the refused one is not
+    assert [p.name for p in _files_under(cache)] == ["train-images-idx3-ubyte.gz"]
 
 
 def test_unreachable_server_is_a_clear_error(
@@ -309,6 +329,115 @@ def test_corrupt_local_file_is_an_error_not_a_fallback(
     monkeypatch.setenv("FEDLOOM_DATA", str(tmp_path / "data"))
     with pytest.raises(ChecksumError, match="t10k-labels-idx1-ubyte: MD5"):
         load_dataset("mnist")
+
+
+def test_a_truncated_or_swollen_local_archive_is_a_checksum_error(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    cache: Path,
+    release: dict[str, bytes],
+) -> None:
+    _point_mnist_at(monkeypatch, "http://127.0.0.1:9/", release)
+    _write_release(tmp_path / "data" / "mnist", release, gz=True)
+    labels = tmp_path / "data" / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    packed = labels.read_bytes()
+    monkeypatch.setenv("FEDLOOM_DATA", str(tmp_path / "data"))
+    labels.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(ChecksumError, match=r"corrupt or truncated gzip.*MD5"):
+        load_dataset("mnist")
+    swollen = release["t10k-labels-idx1-ubyte"] + bytes(1_000_000)
+    labels.write_bytes(gzip.compress(swollen))
+    with pytest.raises(ChecksumError, match="more than the 13 bytes"):
+        load_dataset("mnist")
+
+
+def test_a_download_is_checked_before_it_is_decompressed(
+    monkeypatch: pytest.MonkeyPatch,
+    server: _Server,
+    cache: Path,
+    release: dict[str, bytes],
+) -> None:
+    _point_mnist_at(monkeypatch, server.url, release)
+    # what the server sends now is not the release: refused by its archive's
+    # MD5 alone (a small archive may decompress to gigabytes)
+    (server.root / "train-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(bytes(10_000_000))
+    )
+
+    def no_gunzip(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("a download was decompressed before its check")
+
+    monkeypatch.setattr(_idx_datasets, "gunzip", no_gunzip)
+    with pytest.raises(ChecksumError, match=r"train-labels-idx1-ubyte\.gz: MD5"):
+        _idx_datasets.download("mnist")
+    # the file checked before it stays; nothing else is left
+    assert [p.name for p in _files_under(cache)] == ["train-images-idx3-ubyte.gz"]
+
+
+def test_a_response_cut_short_is_a_download_error(
+    monkeypatch: pytest.MonkeyPatch, cache: Path, release: dict[str, bytes]
+) -> None:
+    class Short(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"x" * 500)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Short)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        _point_mnist_at(
+            monkeypatch, f"http://127.0.0.1:{httpd.server_address[1]}/", release
+        )
+        with pytest.raises(OSError, match=r"could not download .*IncompleteRead"):
+            load_dataset("mnist")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+    assert _files_under(cache) == []
+
+
+def test_a_killed_downloads_staging_folder_is_removed_later(
+    monkeypatch: pytest.MonkeyPatch,
+    server: _Server,
+    cache: Path,
+    release: dict[str, bytes],
+) -> None:
+    _point_mnist_at(monkeypatch, server.url, release)
+    stale = cache / ".mnist-killed"
+    fresh = cache / ".mnist-another-download"
+    for folder in (stale, fresh):
+        folder.mkdir(parents=True)
+        (folder / "train-images-idx3-ubyte.gz").write_bytes(b"half")
+    day_ago = time.time() - 2 * 24 * 3600
+    os.utime(stale, (day_ago, day_ago))
+    load_dataset("mnist")
+    assert not stale.exists()
+    assert fresh.exists()  # maybe a download still going on
+
+
+def test_a_mistaken_fedloom_data_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    cache: Path,
+    release: dict[str, bytes],
+) -> None:
+    _point_mnist_at(monkeypatch, "http://127.0.0.1:9/", release)  # never contacted
+    monkeypatch.setenv("FEDLOOM_DATA", str(tmp_path / "no_such_folder"))
+    with pytest.raises(FileNotFoundError, match="no_such_folder is not a directory"):
+        load_dataset("mnist")
+    # the four files in FEDLOOM_DATA itself: MNIST's or Fashion-MNIST's?
+    _write_release(tmp_path / "files", release, gz=True)
+    monkeypatch.setenv("FEDLOOM_DATA", str(tmp_path / "files"))
+    with pytest.raises(FileNotFoundError, match=r"holds IDX files itself.*mnist/"):
+        load_dataset("mnist")
+    assert _files_under(cache) == []
 
 
 def test_incomplete_fedloom_data_folder_is_an_error_not_a_download(

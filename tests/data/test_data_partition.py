@@ -207,6 +207,14 @@ def test_quantity_skew_sigma_zero_is_equal_sizes() -> None:
     assert p.sizes().max() - p.sizes().min() <= 1
 
 
+def test_quantity_skew_with_a_large_sigma_still_deals_every_example() -> None:
+    # lognormal weights of sigma 1000 overflow float64; their shares must not
+    labels = _labels(1000)
+    p = quantity_skew(labels, 10, seed=0, sigma=1000.0)
+    _assert_exactly_once(p, len(labels))
+    assert p.sizes().min() >= 1 and p.sizes().max() > 0.9 * len(labels)
+
+
 def test_quantity_skew_rejects_bad_sigma() -> None:
     with pytest.raises(ValueError, match="sigma must be a finite number >= 0"):
         quantity_skew(_labels(10), 5, seed=0, sigma=-1.0)

@@ -3,6 +3,7 @@
 import tracemalloc
 
 import numpy as np
+import pytest
 import torch
 
 from fedloom.data import ClientData, Examples, PositionalIds, iid, quantity_skew
@@ -31,7 +32,18 @@ def test_positional_ids_behave_like_a_tuple_of_strings():
     assert ids == ("0", "1", "2", "3")
     assert list(ids[1:3]) == ["1", "2"]
     assert "3" in ids and "4" not in ids and "01" not in ids and "-1" not in ids
+    assert "\u00b2" not in ids and "\u0663" not in ids  # other digits: ², ٣
     assert ids.index("2") == 2
+    strings = tuple(ids)
+    for start, stop in [(0, 0), (3, 99), (-2, 99), (0, -2), (1, 3)]:
+        for client in strings:
+            try:
+                expected = strings.index(client, start, stop)
+            except ValueError:
+                with pytest.raises(ValueError, match="is not a client id"):
+                    ids.index(client, start, stop)
+            else:
+                assert ids.index(client, start, stop) == expected
 
 
 def test_dealt_partitions_sort_each_client_and_cover_everything():

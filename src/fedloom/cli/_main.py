@@ -362,8 +362,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _failed(exc: Exception) -> bool:
     """Whether ``exc`` says the work failed (a file that cannot be read or
-    written, a run that diverged) rather than that it was asked for wrongly."""
+    written, or is corrupt; a run that diverged) rather than that it was asked
+    for wrongly."""
     aggregators = sys.modules.get("fedloom.aggregators")  # loaded if a run ran
-    return isinstance(exc, OSError) or (
-        aggregators is not None and isinstance(exc, aggregators.InvalidUpdateError)
+    data = sys.modules.get("fedloom.data")
+    return (
+        isinstance(exc, OSError)
+        or (data is not None and isinstance(exc, data.DataFileError))
+        or (aggregators is not None and isinstance(exc, aggregators.InvalidUpdateError))
     )

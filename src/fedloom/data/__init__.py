@@ -19,6 +19,7 @@ from ._datasets import load_dataset as load_dataset
 from ._examples import ClientId as ClientId
 from ._examples import Dataset as Dataset
 from ._examples import Examples as Examples
+from ._idx import DataFileError as DataFileError
 from ._idx_datasets import ChecksumError as ChecksumError
 from ._partition import Partition as Partition
 from ._partition import PositionalIds as PositionalIds
@@ -32,6 +33,7 @@ __all__ = [
     "ChecksumError",
     "ClientData",
     "ClientId",
+    "DataFileError",
     "Dataset",
     "DatasetInfo",
     "Examples",

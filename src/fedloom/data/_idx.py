@@ -7,7 +7,6 @@ row-major order, big-endian (http://yann.lecun.com/exdb/mnist/).
 
 from __future__ import annotations
 
-import gzip
 import zlib
 from pathlib import Path
 
@@ -23,10 +22,21 @@ _TYPES: dict[int, np.dtype] = {
 }
 
 
+class DataFileError(ValueError):
+    """A dataset's file is corrupt, truncated or not what it should be.
+
+    An error about the data on disk, not about how it was asked for.
+
+    Example:
+        >>> issubclass(DataFileError, ValueError)
+        True
+    """
+
+
 def parse_idx(data: bytes, *, source: str = "<bytes>") -> np.ndarray:
     """Decode the bytes of an (uncompressed) IDX file into a read-only array.
 
-    Raises ValueError naming ``source`` on a bad magic number, an unknown type
+    Raises DataFileError naming ``source`` on a bad magic number, an unknown type
     code, or a payload shorter or longer than the header announces.
 
     Example:
@@ -34,10 +44,10 @@ def parse_idx(data: bytes, *, source: str = "<bytes>") -> np.ndarray:
         [7, 8, 9]
     """
     if len(data) < 4:
-        raise ValueError(f"{source}: not an IDX file (only {len(data)} bytes)")
+        raise DataFileError(f"{source}: not an IDX file (only {len(data)} bytes)")
     zero, type_code, ndim = int.from_bytes(data[:2], "big"), data[2], data[3]
     if zero != 0 or type_code not in _TYPES:
-        raise ValueError(
+        raise DataFileError(
             f"{source}: not an IDX file (bad magic number 0x{data[:4].hex()}; "
             "expected 0x0000 followed by a type code in "
             + ", ".join(f"0x{t:02x}" for t in _TYPES)
@@ -45,7 +55,7 @@ def parse_idx(data: bytes, *, source: str = "<bytes>") -> np.ndarray:
         )
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise ValueError(
+        raise DataFileError(
             f"{source}: truncated IDX header ({len(data)} bytes, need {header} "
             f"for {ndim} dimensions)"
         )
@@ -54,26 +64,43 @@ def parse_idx(data: bytes, *, source: str = "<bytes>") -> np.ndarray:
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) != expected:
         problem = "truncated" if len(data) < expected else "has trailing bytes"
-        raise ValueError(
+        raise DataFileError(
             f"{source}: IDX file {problem}: header announces shape {shape} "
             f"({expected} bytes in all) but the file has {len(data)} bytes"
         )
     return np.frombuffer(data, dtype, offset=header).reshape(shape)
 
 
-def gunzip(data: bytes, *, source: str = "<bytes>") -> bytes:
-    """Decompress gzip ``data``; a corrupt or truncated archive is a ValueError.
+def gunzip(data: bytes, *, source: str = "<bytes>", limit: int | None = None) -> bytes:
+    """Decompress gzip ``data``; a corrupt or truncated archive is a DataFileError,
+    and so is one that would decompress to more than ``limit`` bytes (checked as
+    it decompresses, so a small file cannot fill the memory).
 
     Example:
+        >>> import gzip
         >>> gunzip(gzip.compress(b"idx"))
         b'idx'
     """
+    parts: list[bytes] = []
+    size = 0
     try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as error:
-        raise ValueError(
-            f"{source}: corrupt or truncated gzip file ({error})"
-        ) from None
+        while data:  # a gzip file may hold several members, one after another
+            member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            room = 0 if limit is None else limit + 1 - size  # 0: no bound
+            parts.append(member.decompress(data, room))
+            size += len(parts[-1])
+            if limit is not None and size > limit:
+                raise DataFileError(
+                    f"{source}: decompresses to more than the {limit:,} bytes "
+                    "expected; not the file it should be"
+                )
+            if not member.eof:
+                raise EOFError("compressed file ended before the end-of-stream marker")
+            data = member.unused_data
+    except (EOFError, zlib.error) as error:
+        message = f"{source}: corrupt or truncated gzip file ({error})"
+        raise DataFileError(message) from None
+    return b"".join(parts)
 
 
 def read_bytes(path: Path) -> bytes:

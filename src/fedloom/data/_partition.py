@@ -37,7 +37,12 @@ class PositionalIds(Sequence[ClientId]):
 
     def position(self, client: ClientId) -> int | None:
         """The position of ``client``, or ``None`` when it is not one of the ids."""
-        if client.isdigit() and str(int(client)) == client and int(client) < self._n:
+        if (
+            client.isascii()
+            and client.isdigit()
+            and str(int(client)) == client
+            and int(client) < self._n
+        ):
             return int(client)
         return None
 
@@ -46,7 +51,7 @@ class PositionalIds(Sequence[ClientId]):
 
     def index(self, client: ClientId, start: int = 0, stop: int | None = None) -> int:
         position = self.position(client)
-        if position is None or not start <= position < (stop or self._n):
+        if position is None or position not in range(self._n)[start:stop]:
             raise ValueError(f"{client!r} is not a client id")
         return position
 

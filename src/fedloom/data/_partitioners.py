@@ -197,7 +197,10 @@ def quantity_skew(
     n = len(labels)
     _check_min_size(min_size, num_clients, n)
     rng = np.random.default_rng(seed)
-    weights = rng.lognormal(0.0, sigma, num_clients)
+    # lognormal weights, scaled by their largest in log space (no overflow at a
+    # large sigma; the same shares)
+    logs = rng.normal(0.0, sigma, num_clients)
+    weights = np.exp(logs - logs.max())
     spare = n - min_size * num_clients
     exact = weights / weights.sum() * spare
     sizes = np.floor(exact).astype(np.int64)

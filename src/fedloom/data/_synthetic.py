@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -40,8 +42,8 @@ def synthetic(
     """
     if num_clients <= 0:
         raise ValueError(f"num_clients must be positive, got {num_clients}")
-    if alpha < 0 or beta < 0:
-        raise ValueError(f"alpha and beta must be >= 0, got {alpha}, {beta}")
+    if not (0 <= alpha < math.inf and 0 <= beta < math.inf):  # NaN fails too
+        raise ValueError(f"alpha and beta must be finite and >= 0, got {alpha}, {beta}")
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     rng = np.random.default_rng(seed)

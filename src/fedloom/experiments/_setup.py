@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedloom.core import Runtime
-from fedloom.data import ChecksumError, ClientData, Dataset, Examples, load_dataset
+from fedloom.data import ClientData, DataFileError, Dataset, Examples, load_dataset
 from fedloom.learning import (
     FunctionalModel,
     LearningProcess,
@@ -97,7 +97,7 @@ def _naming(fields: str) -> Iterator[None]:
     (not one about the data's files: missing, unreadable or corrupt, they say so)."""
     try:
         yield
-    except (OSError, ChecksumError):
+    except (OSError, DataFileError):
         raise
     except (TypeError, ValueError) as error:
         message = f"{fields}: {error}"
