@@ -9,10 +9,13 @@ from fedloom.learning import (
     ClientInput,
     FunctionalModel,
     build_model,
+    evaluate,
     fed_avg,
     fed_sgd,
     momentum,
 )
+from fedloom.learning._evaluation import ClientEvaluation
+from fedloom.runtimes import LocalRuntime, VectorizedRuntime
 
 
 def _examples(n, seed, features=6, classes=3):
@@ -172,22 +175,56 @@ def test_model_init_depends_only_on_seed():
         (lambda: FunctionalModel(nn.BatchNorm1d(3)), "BatchNorm"),
         (
             lambda: fed_avg(_model(), client_learning_rate=-0.1),
-            "learning_rate must be > 0",
+            "learning_rate must be finite and > 0",
+        ),
+        (
+            lambda: fed_avg(_model(), client_learning_rate=float("inf")),
+            "learning_rate must be finite and > 0",
         ),
         (
             lambda: fed_avg(_model(), client_learning_rate=0.1, local_epochs=0),
-            "epochs must be >= 1",
+            "epochs must be an int >= 1",
+        ),
+        (
+            lambda: fed_avg(_model(), client_learning_rate=0.1, local_epochs=2.5),
+            "epochs must be an int >= 1, got 2.5",
         ),
         (
             lambda: fed_avg(_model(), client_learning_rate=0.1, batch_size=0),
-            "batch_size must be >= 1",
+            r"batch_size \(or None: the whole client\) must be an int >= 1",
         ),
-        (lambda: fed_sgd(_model(), learning_rate=0.0), "learning_rate must be > 0"),
+        (
+            lambda: fed_avg(_model(), client_learning_rate=0.1, batch_size=True),
+            "batch_size .* must be an int >= 1, got True",
+        ),
+        (
+            lambda: fed_sgd(_model(), learning_rate=0.0),
+            "learning_rate must be finite and > 0",
+        ),
+        (
+            lambda: ClientEvaluation(_model(), batch_size=-1),
+            "batch_size must be an int >= 1, got -1",
+        ),
     ],
 )
 def test_bad_configuration_is_a_clear_error(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_evaluate_refuses_a_batch_size_that_reads_nothing():
+    examples = _examples(4, seed=0)
+    model = _model()
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got -1"):
+        evaluate(model, model.init(), examples, batch_size=-1)
+
+
+@pytest.mark.parametrize("runtime", [LocalRuntime(), VectorizedRuntime()])
+def test_a_cohort_of_examples_not_client_inputs_is_named(runtime):
+    examples = _examples(4, seed=0)
+    process = fed_avg(_model(), client_learning_rate=0.1)
+    with pytest.raises(TypeError, match="is Examples, not ClientInput"):
+        process.next(process.init(), [examples], runtime=runtime)
 
 
 def test_empty_cohort_is_an_error():

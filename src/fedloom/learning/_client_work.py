@@ -25,7 +25,7 @@ from ._cohort_work import (
     plan_training,
 )
 from ._functional import FunctionalModel
-from ._optimizers import Optimizer
+from ._optimizers import Optimizer, count
 from ._types import Params
 
 __all__ = ["ClientInput", "ClientResult", "FullBatchGradient", "LocalTraining"]
@@ -50,11 +50,20 @@ class ClientResult:
 
 
 def _inputs(payload: Any) -> tuple[list[Examples], list[int]]:
-    if not isinstance(payload, list) or not all(
-        isinstance(i, ClientInput) for i in payload
-    ):
+    if not isinstance(payload, list):
         raise TypeError(f"expected a list of ClientInput, got {type(payload).__name__}")
+    for member in payload:
+        _check_input(member)
     return [i.examples for i in payload], [i.seed for i in payload]
+
+
+def _check_input(data: Any) -> None:
+    if not isinstance(data, ClientInput):
+        raise TypeError(
+            f"a cohort member is {type(data).__name__}, not ClientInput: give each "
+            "client's examples with the seed of its shuffling, ClientInput(examples, "
+            "seed)"
+        )
 
 
 def _gradient_and_loss(
@@ -114,12 +123,12 @@ class LocalTraining:
     is not compiled again)."""
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
+        count("epochs", self.epochs)
+        if self.batch_size is not None:
+            count("batch_size (or None: the whole client)", self.batch_size)
 
     def __call__(self, params: Params, data: ClientInput) -> ClientResult:
+        _check_input(data)
         x, y = data.examples.x, data.examples.y
         n = len(y)
         if n == 0:
@@ -182,6 +191,7 @@ class FullBatchGradient:
     model: FunctionalModel
 
     def __call__(self, params: Params, data: ClientInput) -> ClientResult:
+        _check_input(data)
         x, y = data.examples.x, data.examples.y
         if len(y) == 0:
             return _zero_result(params)

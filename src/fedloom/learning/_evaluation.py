@@ -24,6 +24,7 @@ from fedloom.data import Examples
 
 from ._cohort_work import check_batchable, cohort_evaluation
 from ._functional import FunctionalModel
+from ._optimizers import count
 from ._types import Params
 
 __all__ = ["ClientEvaluation", "evaluate", "federated_evaluate"]
@@ -57,6 +58,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean cross-entropy ``loss`` and ``accuracy`` of ``params`` on ``examples``,
     computed where the examples are (``params`` are copied there when elsewhere)."""
+    count("batch_size", batch_size)
     if len(examples) == 0:
         raise ValueError("cannot evaluate on an empty set of examples")
     loss, correct = _sums(model, params, examples, batch_size)
@@ -71,6 +73,9 @@ class ClientEvaluation:
 
     model: FunctionalModel
     batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        count("batch_size", self.batch_size)
 
     def __call__(self, params: Params, examples: Examples) -> dict[str, torch.Tensor]:
         n = max(len(examples), 1)

@@ -6,6 +6,7 @@ plain tensors; these are pure functions of tensors, used on clients and at the s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -40,10 +41,23 @@ class Optimizer(NamedTuple):
 
 
 def positive(name: str, value: float) -> float:
-    """``value`` as a float; a ``ValueError`` naming ``name`` unless it is > 0."""
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+    """``value`` as a float; a ``ValueError`` naming ``name`` unless it is finite
+    and > 0."""
+    if not 0 < value < math.inf:  # NaN fails too
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
     return float(value)
+
+
+def count(name: str, value: int) -> int:
+    """``value``; a ``ValueError`` naming ``name`` unless it is an int >= 1.
+
+    Example:
+        >>> count("batch_size", 10)
+        10
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
 
 
 def _fraction(name: str, value: float) -> float:

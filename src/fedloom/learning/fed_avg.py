@@ -30,6 +30,10 @@ def fed_avg(
     rate 1, this is Algorithm 1 of McMahan et al. 2017 (``w <- w + delta``); momentum
     gives FedAvgM, Adam gives FedAdam (Reddi et al. 2021).
 
+    ``client_optimizer`` replaces the clients' SGD at ``client_learning_rate``:
+    given one, its own learning rate is the one used (``client_learning_rate``
+    is then only checked to be valid).
+
     >>> from fedloom.learning import build_model, fed_avg
     >>> process = fed_avg(build_model("logistic", (4,), 3), client_learning_rate=0.1)
     >>> process.init().round
