@@ -177,6 +177,19 @@ def test_zero_rates_are_rejected(tmp_path: Path, field: str) -> None:
     assert f"algorithm.{field}: must be > 0 (got 0)" in str(error)
 
 
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("threads=100000", "threads: must be <= 1024 (got 100000)"),
+        ("seed=18446744073709551616", "seed: must be <= 18446744073709551615"),
+    ],
+)
+def test_values_the_run_cannot_use_are_refused(
+    tmp_path: Path, assignment: str, message: str
+) -> None:
+    assert message in str(config_error(tmp_path, MINIMAL, assignment))
+
+
 def test_unknown_dataset_lists_the_choices(tmp_path: Path) -> None:
     error = config_error(tmp_path, '[data]\ndataset = "cifar"\n' + MINIMAL)
     message = str(error)

@@ -218,6 +218,29 @@ def test_a_second_run_into_the_same_directory_is_refused(tmp_path):
         run_experiment(_config(rounds=1), out_dir=tmp_path, quiet=True)
 
 
+def test_an_extended_run_stops_where_the_same_run_never_stopped_does(tmp_path):
+    # eval_every 2: a 3-round run's last round is evaluated too, off schedule;
+    # at the target there, it must not stop the run when it is extended
+    every = run_experiment(_config(rounds=6), out_dir=tmp_path / "every", quiet=True)
+    accuracy = [r["test_accuracy"] for r in every.records]
+    target = accuracy[2]  # round 3's
+    assert accuracy[1] < target  # round 2 (scheduled) below it: the test can fail
+
+    def config(rounds):
+        return _config(rounds=rounds, eval_every=2, target_accuracy=target)
+
+    whole = run_experiment(config(6), out_dir=tmp_path / "whole", quiet=True)
+    split = run_experiment(config(3), out_dir=tmp_path / "split", quiet=True)
+    assert split.records[-1]["test_accuracy"] == target and not split.target_reached
+    resumed = run_experiment(
+        config(6), out_dir=tmp_path / "split", resume=True, quiet=True
+    )
+    assert [r["round"] for r in resumed.records] == [r["round"] for r in whole.records]
+    assert resumed.target_reached == whole.target_reached
+    for name, value in whole.state.params.items():
+        assert torch.equal(resumed.state.params[name], value), name
+
+
 def test_target_accuracy_stops_early(tmp_path):
     result = run_experiment(
         _config(rounds=30, target_accuracy=0.5), out_dir=tmp_path, quiet=True

@@ -236,13 +236,13 @@ class ExperimentConfig(BaseModel):
     """A whole experiment: seed, rounds, runtime, data, model and algorithm.
 
     ``eval_every`` is the period of centralized evaluation in rounds (the last round
-    is always evaluated); training stops early once test accuracy reaches
-    ``target_accuracy`` when it is set.
+    is always evaluated too); training stops early at the first of these periodic
+    evaluations whose test accuracy reaches ``target_accuracy``, when it is set.
     """
 
     model_config = _MODEL_CONFIG
 
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=2**64 - 1)  # what torch.manual_seed takes
     rounds: int = Field(default=50, ge=1)
     runtime: RuntimeName = "local"
     target_accuracy: float | None = Field(default=None, gt=0, le=1)
@@ -252,12 +252,13 @@ class ExperimentConfig(BaseModel):
     costs a copy of the state and a few fsyncs, tens of milliseconds for a CNN: on a
     GPU, where a round can take less, save every 10 or so; a crash then repeats at
     most that many rounds, on the same trajectory."""
-    threads: int | None = Field(default=None, ge=1)
+    threads: int | None = Field(default=None, ge=1, le=1024)
     """PyTorch intra-op threads during the run. By default 1 with the ``local``
     runtime (a client's small batches are fastest on one thread:
     ``benchmarks/threads.py``) and every core the process may use with
     ``vectorized`` (a cohort's batched step has enough work a call for threads to
-    pay: ``benchmarks/simulation_speed.py``)."""
+    pay: ``benchmarks/simulation_speed.py``). At most 1,024 (100,000 threads
+    crashed the BLAS library)."""
     chunk_size: int | None = Field(default=None, ge=1)
     """``vectorized`` only: how many clients are computed at once (default 256).
     Smaller chunks bound memory, and change the kernels: on a CPU, clients with

@@ -129,9 +129,15 @@ def _restore(out_dir: Path, run: Setup, log: MetricsLog) -> ServerState:
 
 
 def _reached(config: ExperimentConfig, record: dict[str, Any]) -> bool:
+    """Whether ``record``'s round is a scheduled evaluation at the target. The
+    evaluation every run's last round also gets does not stop a run: extended,
+    it would end where the same run never stopped does not."""
     accuracy = record.get("test_accuracy")
     target = config.target_accuracy
-    return target is not None and accuracy is not None and accuracy >= target
+    scheduled = record["round"] % config.eval_every == 0
+    return (
+        scheduled and target is not None and accuracy is not None and accuracy >= target
+    )
 
 
 def _round_record(
