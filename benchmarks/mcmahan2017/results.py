@@ -2,16 +2,22 @@
 
 A run's key names its dataset, cell, learning rate and target, so a rerun of the
 sweep skips what is done and a change of target never mixes with older runs.
+Sweeps that share the file (two cells in two processes) each add their runs to
+what the file holds when they record one, under a lock: none loses another's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tarfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from fedloom.experiments._files import atomic_file
 
 from .cells import Cell
 
@@ -64,7 +70,8 @@ def load_runs(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def save_runs(path: Path, runs: Mapping[str, Mapping[str, Any]]) -> None:
-    """Write ``runs`` to ``path`` atomically (a temporary file, then a rename)."""
+    """Write ``runs`` to ``path`` atomically (a temporary file of its own, synced,
+    then renamed into place)."""
     data = {
         "benchmark": "mcmahan2017",
         "about": "McMahan et al. 2017, Table 2: rounds to a target test accuracy; "
@@ -72,10 +79,29 @@ def save_runs(path: Path, runs: Mapping[str, Mapping[str, Any]]) -> None:
         "python -m benchmarks.mcmahan2017 run",
         "runs": {key: runs[key] for key in sorted(runs)},
     }
+    with atomic_file(path) as file:
+        file.write(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold the lock of the results files' folder (``flock``, waiting for it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    descriptor = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def record_run(path: Path, key: str, run: Mapping[str, Any]) -> None:
+    """Add ``run`` under ``key`` to the runs ``path`` holds now (re-read under the
+    lock, so runs another sweep recorded meanwhile stay)."""
+    with _locked(path):
+        runs = load_runs(path)
+        runs[key] = dict(run)
+        save_runs(path, runs)
 
 
 def runs_of_cell(
@@ -91,12 +117,29 @@ def runs_of_cell(
     ]
 
 
+def ended_early(run: Mapping[str, Any]) -> bool:
+    """Whether a run that missed its target stopped before its round limit: its
+    updates diverged, or it sat at chance (it says nothing of later rounds)."""
+    return run["rounds_to_target"] is None and bool(
+        run.get("diverged") or run.get("stalled")
+    )
+
+
 def rank(run: Mapping[str, Any]) -> tuple[int, float, float]:
-    """Sort key, best first: reached the target in fewest rounds, then accuracy."""
+    """Sort key, best first: reached the target in fewest rounds; then, of those
+    that did not, the ones that ran all their rounds, by accuracy; then the ones
+    that ended early (diverged or stalled), by accuracy.
+
+    Example:
+        >>> full = {"rounds_to_target": None, "best_accuracy": 0.84}
+        >>> diverged = {**full, "best_accuracy": 0.845, "diverged": True}
+        >>> best([diverged, full]) is full
+        True
+    """
     reached = run["rounds_to_target"]
     if reached is not None:
         return (0, float(reached), -run["best_accuracy"])
-    return (1, -run["best_accuracy"], 0.0)
+    return (2 if ended_early(run) else 1, -run["best_accuracy"], 0.0)
 
 
 def best(runs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:

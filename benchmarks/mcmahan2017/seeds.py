@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from . import cells as grid
-from .results import best, load_runs, results_path, runs_of_cell
+from .results import best, ended_early, load_runs, results_path, runs_of_cell
 from .sweep import Settings, run_one
+from .table import rounds_text
 
 
 def best_rate(settings: Settings, cell: grid.Cell) -> dict[str, Any]:
@@ -61,13 +62,8 @@ def run_seed(job: tuple[str, str, str, grid.Cell, float, int, int]) -> dict[str,
         )
         outcome = run_one(settings, cell, lr, limit, None)
     assert outcome is not None  # no deadline: every run ends
-    print(f"  {cell.name} lr {lr:g} seed {seed}: {shown(outcome)}", flush=True)
+    print(f"  {cell.name} lr {lr:g} seed {seed}: {rounds_text(outcome)}", flush=True)
     return outcome
-
-
-def shown(run: dict[str, Any]) -> str:
-    reached = run["rounds_to_target"]
-    return str(reached) if reached is not None else f"> {run['max_rounds']}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             run = chosen[name] if seed == 0 else reruns[(name, seed)]
             if seed == 0:
-                print(f"  {name} lr {run['learning_rate']:g} seed 0: {shown(run)}")
+                shown = rounds_text(run)
+                print(f"  {name} lr {run['learning_rate']:g} seed 0: {shown}")
             rows.append(
                 {
                     "cell": name,
@@ -134,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                     "target": run["target"],
                     "cap": run["max_rounds"],
                     "rounds_to_target": run["rounds_to_target"],
+                    "ended_early": ended_early(run),
                     "best_accuracy": run["best_accuracy"],
                     "seconds": run["seconds"],
                     "device": run["device"],
@@ -157,23 +155,30 @@ def main(argv: list[str] | None = None) -> int:
 
 def summarize(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
     """Per cell: the rounds of each seed (the cap where not reached), their min,
-    median and max, and the median's ratio to the first cell's median.
+    median and max, and the median's ratio to the first cell's median. A seed
+    whose run ended early (diverged or stalled at chance) is listed apart and
+    left out of the figures: it has no rounds to count, not even the cap.
 
     Example:
-        >>> def run(cell, seed, rounds):
+        >>> def run(cell, seed, rounds, ended_early=False):
         ...     return {"cell": cell, "seed": seed, "learning_rate": 0.1,
-        ...             "rounds_to_target": rounds, "cap": 500}
+        ...             "rounds_to_target": rounds, "cap": 500,
+        ...             "ended_early": ended_early}
         >>> rows = [run("sgd", 0, 300), run("sgd", 1, 340), run("sgd", 2, 320),
-        ...         run("avg", 0, 150), run("avg", 1, None), run("avg", 2, 170)]
+        ...         run("avg", 0, 150), run("avg", 1, None), run("avg", 2, 170),
+        ...         run("avg", 3, None, ended_early=True)]
         >>> sgd, avg = summarize(rows, ["sgd", "avg"])
-        >>> avg["rounds"], avg["not_reached"], avg["median"]
-        ([150, 500, 170], [1], 170)
+        >>> avg["rounds"], avg["not_reached"], avg["ended_early"], avg["median"]
+        ([150, 500, 170], [1], [3], 170)
         >>> round(avg["speedup_of_medians"], 2)  # 320 / 170
         1.88
     """
     summary = []
     for name in names:
-        runs = [r for r in rows if r["cell"] == name]
+        every = [r for r in rows if r["cell"] == name]
+        runs = [r for r in every if not r.get("ended_early")]
+        if not runs:
+            raise SystemExit(f"{name}: every seed's run diverged or stalled")
         rounds = [r["rounds_to_target"] or r["cap"] for r in runs]
         summary.append(
             {
@@ -184,6 +189,7 @@ def summarize(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, An
                 "not_reached": [
                     r["seed"] for r in runs if r["rounds_to_target"] is None
                 ],
+                "ended_early": [r["seed"] for r in every if r.get("ended_early")],
                 "min": min(rounds),
                 "median": statistics.median(rounds),
                 "max": max(rounds),
@@ -202,6 +208,9 @@ def print_table(summary: list[dict[str, Any]]) -> None:
             f"> {r}" if s in row["not_reached"] else str(r)
             for s, r in zip(row["seeds"], row["rounds"], strict=True)
         )
+        if row["ended_early"]:
+            early = ", ".join(map(str, row["ended_early"]))
+            by_seed += f" (seeds {early} diverged or stalled: left out)"
         print(
             f"| {row['cell']} | {row['learning_rate']:g} | {by_seed} | {row['min']} "
             f"| {row['median']:g} | {row['max']} | {row['speedup_of_medians']:.2f}× |"  # noqa: RUF001

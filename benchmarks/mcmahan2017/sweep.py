@@ -10,6 +10,7 @@ best run so far: past them it can no longer be the best.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -27,7 +28,7 @@ from fedloom.experiments import MetricsLog, config_from_dict, run_experiment
 
 from . import cells as grid
 from .cells import Cell
-from .results import best, cell_fields, load_runs, run_key, runs_of_cell, save_runs
+from .results import best, cell_fields, load_runs, record_run, run_key, runs_of_cell
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 RUNS_DIR = REPOSITORY / "runs" / "mcmahan2017"  # ignored by git
@@ -277,6 +278,19 @@ def run_dir(settings: Settings, cell: Cell, lr: float) -> Path:
     return settings.runs_dir / settings.dataset / cell.name / f"lr{lr:g}_t{target:g}"
 
 
+def started_elsewhere(settings: Settings, out_dir: Path) -> str | None:
+    """How a stopped run in ``out_dir`` was started, when that is not how this
+    sweep would resume it (another device, runtime or seed), else None."""
+    path = out_dir / "config.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    now = {"device": settings.device, "runtime": settings.runtime}
+    now["seed"] = settings.seed
+    differ = {k: saved.get(k) for k, v in now.items() if saved.get(k) != v}
+    return ", ".join(f"{k} {v!r}" for k, v in differ.items()) or None
+
+
 def sweep(
     settings: Settings,
     cells: Sequence[Cell],
@@ -306,13 +320,20 @@ def sweep(
                 report(f"time budget spent after {made} runs; rerun to go on")
                 return made
             lr = grid.learning_rate(step)
+            directory = run_dir(settings, cell, lr)
+            if elsewhere := started_elsewhere(settings, directory):
+                report(
+                    f"skipping {cell.name}: {directory} was started with {elsewhere}; "
+                    "resume it with those settings, or delete it"
+                )
+                break
             report(f"[{elapsed:7.0f} s] {cell.name} lr={lr:g} (<= {limit} rounds)")
             outcome = run_one(settings, cell, lr, limit, deadline)
             if outcome is None:
                 report(f"time budget spent in {cell.name} lr={lr:g}; rerun to go on")
                 return made
-            runs[run_key(settings.dataset, cell, lr, target)] = outcome
-            save_runs(settings.results_path, runs)
+            key = run_key(settings.dataset, cell, lr, target)
+            record_run(settings.results_path, key, outcome)
             made += 1
             ended = f"{outcome['rounds_to_target']} rounds"
             if outcome["diverged"]:

@@ -8,23 +8,29 @@ from typing import Any
 
 from . import cells as grid
 from .cells import Cell
-from .results import best, runs_of_cell
+from .results import best, ended_early, runs_of_cell
 
 TABLE_FILE = Path(__file__).resolve().parent / "table.md"
 TIMES = "\u00d7"  # the paper prints speed-ups as (3.5 TIMES)
 
 
 def rounds_text(run: Mapping[str, Any] | None) -> str:
-    """A run's rounds to target, ``> cap`` when it never got there, or ``—``.
+    """A run's rounds to target, ``> cap`` when it never got there, ``> rounds
+    run`` and its mark when it ended early (diverged †, stalled ‡), or ``—``.
 
     Example:
         >>> rounds_text({"rounds_to_target": None, "max_rounds": 500})
         '> 500'
+        >>> rounds_text({"rounds_to_target": None, "max_rounds": 500,
+        ...              "rounds_run": 200, "diverged": True})
+        '> 200†'
     """
     if run is None:
         return "—"
     if run["rounds_to_target"] is not None:
         return str(run["rounds_to_target"])
+    if ended_early(run):
+        return f"> {run['rounds_run']}{_mark(run)}"
     return f"> {run['max_rounds']}"
 
 
@@ -38,14 +44,22 @@ def speedup_text(
     """
     if baseline is None or run is None or run["rounds_to_target"] is None:
         return ""
-    ratio, bound = speedup(baseline, run)
+    ours = speedup(baseline, run)
+    if ours is None:
+        return ""
+    ratio, bound = ours
     return f"({'≥ ' if bound else ''}{ratio:.1f}{TIMES})"
 
 
-def speedup(baseline: Mapping[str, Any], run: Mapping[str, Any]) -> tuple[float, bool]:
-    """(FedSGD rounds / run rounds, whether it is a lower bound)."""
+def speedup(
+    baseline: Mapping[str, Any], run: Mapping[str, Any]
+) -> tuple[float, bool] | None:
+    """(FedSGD rounds / run rounds, whether it is a lower bound), or None when
+    FedSGD's best run ended early without reaching the target (no bound)."""
     base = baseline["rounds_to_target"]
     if base is None:
+        if ended_early(baseline):
+            return None
         return baseline["max_rounds"] / run["rounds_to_target"], True
     return base / run["rounds_to_target"], False
 

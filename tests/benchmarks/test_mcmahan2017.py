@@ -5,6 +5,7 @@ import doctest
 import importlib
 import sys
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,14 +16,16 @@ import benchmarks.mcmahan2017.sweep as sweep_module
 from benchmarks.mcmahan2017 import cells as grid
 from benchmarks.mcmahan2017.cells import Cell
 from benchmarks.mcmahan2017.results import (
+    best,
     cell_fields,
     load_runs,
     pack,
+    record_run,
     run_key,
     save_runs,
 )
 from benchmarks.mcmahan2017.sweep import Settings, next_step, run_one, sweep
-from benchmarks.mcmahan2017.table import TIMES, model_table, rates_text
+from benchmarks.mcmahan2017.table import TIMES, model_table, rates_text, rounds_text
 from fedloom.experiments import config_from_dict
 
 
@@ -167,6 +170,23 @@ def test_a_diverging_rate_is_recorded_as_such_and_marked_in_the_table(tmp_path):
     good = dict(run, learning_rate=0.1, diverged=False, best_accuracy=0.5)
     rates = rates_text([run, good], good)
     assert rates == "**0.1**, 1000†"
+    # ended early, it is no cell's best while a run that went the distance
+    # missed the target too, however accurate it was before it diverged
+    full = dict(good, rounds_run=5)
+    assert best([dict(run, best_accuracy=0.99), full]) is full
+    assert rounds_text(run) == f"> {run['rounds_run']}†"  # not "> 5"
+
+
+def test_a_stopped_run_started_elsewhere_is_skipped_not_crashed_on(tmp_path):
+    cell = Cell("2nn", "iid", "fedavg", 1, 10)
+    on_gpu = dataclasses.replace(_settings(tmp_path, 0.999, 4), runtime="vectorized")
+    assert run_one(on_gpu, cell, 0.1, 4, deadline=0.0) is None  # stopped
+    lines: list[str] = []
+    here = _settings(tmp_path, 0.999, 4)  # the local runtime
+    assert sweep(here, [cell], report=lines.append) == 0
+    assert lines[-1].startswith(f"skipping {cell.name}: ")
+    assert "runtime 'vectorized'" in lines[-1]
+    assert sweep(on_gpu, [cell], report=lambda line: None) >= 3  # resumes there
 
 
 def test_a_run_stalled_at_chance_is_ended_and_marked(tmp_path, monkeypatch):
@@ -241,3 +261,21 @@ def test_docstring_examples(module):
     imported = importlib.import_module(f"benchmarks.mcmahan2017.{module}")
     result = doctest.testmod(imported, report=True)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_recording_a_run_keeps_what_another_sweep_recorded_meanwhile(tmp_path):
+    import benchmarks.mcmahan2017.results as results
+
+    path = tmp_path / "results" / "digits.json"
+    save_runs(path, {"a": {"n": 1}})  # loaded by this sweep long ago, then:
+    record_run(path, "b", {"n": 2})  # another sweep's run, recorded since
+    record_run(path, "c", {"n": 3})
+    assert load_runs(path) == {"a": {"n": 1}, "b": {"n": 2}, "c": {"n": 3}}
+    with results._locked(path):  # a sweep recording: the next one waits
+        waiting = threading.Thread(target=record_run, args=(path, "d", {"n": 4}))
+        waiting.start()
+        waiting.join(timeout=0.3)
+        assert waiting.is_alive() and "d" not in load_runs(path)
+    waiting.join(timeout=10)
+    assert load_runs(path)["d"] == {"n": 4} and len(load_runs(path)) == 4
+    assert [p.name for p in path.parent.iterdir()] == ["digits.json"]
