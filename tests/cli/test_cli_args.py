@@ -198,6 +198,8 @@ def test_runner_errors_become_exit_2(
     assert capsys.readouterr().err == f"error: {error}\n"
     with pytest.raises(type(error)):
         main(["--traceback", "run", str(config_path)])
+    with pytest.raises(type(error)):  # after the command too
+        main(["run", str(config_path), "--traceback"])
 
 
 def test_interrupt_exits_130(

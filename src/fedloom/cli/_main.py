@@ -37,15 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Federated learning experiments on PyTorch.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    parser.add_argument(
-        "--traceback",
-        action="store_true",
-        help="show the full traceback instead of a one-line error",
+    traceback = "show the full traceback instead of a one-line error"
+    parser.add_argument("--traceback", action="store_true", help=traceback)
+    # also after the command (fedloom run x.toml --traceback); SUPPRESS: a command
+    # not given it leaves the value before it as it was
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--traceback", action="store_true", default=argparse.SUPPRESS, help=traceback
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser(
         "run",
+        parents=[common],
         help="run an experiment from a TOML configuration",
         description="Run an experiment from a TOML configuration.",
     )
@@ -78,17 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     datasets = commands.add_parser(
         "datasets",
+        parents=[common],
         help="list the built-in datasets",
         description="List the built-in datasets and where they are cached.",
     )
     datasets.set_defaults(handler=_datasets)
-    _add_deploy_commands(commands)
+    _add_deploy_commands(commands, common)
     return parser
 
 
-def _add_deploy_commands(commands: argparse._SubParsersAction) -> None:
+def _add_deploy_commands(
+    commands: argparse._SubParsersAction, common: argparse.ArgumentParser
+) -> None:
     server = commands.add_parser(
         "server",
+        parents=[common],
         help="serve a run to real clients over gRPC",
         description="Run the server side of an experiment for clients that connect "
         "over gRPC. CONFIG is an experiment TOML with a [deploy] table. Started "
@@ -106,6 +114,7 @@ def _add_deploy_commands(commands: argparse._SubParsersAction) -> None:
 
     client = commands.add_parser(
         "client",
+        parents=[common],
         help="take part in a served run with local data",
         description="Connect to a fedloom server and train on local data until the "
         "run ends. --data names a built-in dataset; --num-clients and "
@@ -141,6 +150,7 @@ def _add_deploy_commands(commands: argparse._SubParsersAction) -> None:
 
     status = commands.add_parser(
         "status",
+        parents=[common],
         help="show a server's connected clients and round in progress",
         description="Show what the server with state directory DIR is doing.",
     )
@@ -150,6 +160,7 @@ def _add_deploy_commands(commands: argparse._SubParsersAction) -> None:
 
     certs = commands.add_parser(
         "certs",
+        parents=[common],
         help="make a local CA, a server certificate and client tokens",
         description="Write ca.pem, ca.key, server.pem, server.key into DIR and, "
         "with --clients, tokens.json (hashes, for the server) and "
