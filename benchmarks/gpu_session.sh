@@ -8,8 +8,8 @@
 #    runtime as it is ("graphs") beside the same with its convolutions through
 #    benchmarks/client_conv_op.py ("graphs triton-conv", and "... flat");
 # 3. benchmarks/mcmahan2017/gpu.sh with the seconds left: the Table 2 cells still
-#    to run, resuming from their checkpoints (see that file for what it needs:
-#    .whl/ and .devdata/, both ignored by git).
+#    to run, resuming from their checkpoints (what it needs, .whl/ and .devdata/,
+#    both ignored by git: `bash benchmarks/prepare_device.sh` once a machine).
 #
 #   run(command="FEDLOOM_COMMIT=<git rev-parse --short HEAD, here> \
 #                bash benchmarks/gpu_session.sh 560", timeout_s=590, kind="nvidia-h200",

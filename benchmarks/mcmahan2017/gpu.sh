@@ -1,12 +1,8 @@
 #!/usr/bin/env bash
-# The CNN cells on a GPU, through the device tool, one call at a time. Once, here:
-# the Fashion-MNIST files in .devdata/fashion-mnist (the device has no network and
-# no dataset) and the wheels of pydantic, which the device's image lacks (pydantic,
-# pydantic_core, annotated-types, typing-inspection for cp312 manylinux, downloaded
-# into .whl/ as the device tool's README says); both folders are ignored by git:
-#
-#   mkdir -p .devdata && cp -r /usr/share/datasets/fashion-mnist .devdata/
-#   printf '/.whl/\n/.devdata/\n' >> .git/info/exclude
+# The CNN cells on a GPU, through the device tool, one call at a time. Once a
+# machine, here: `bash benchmarks/prepare_device.sh` (the Fashion-MNIST files in
+# .devdata/fashion-mnist, since the device has no network and no dataset, and the
+# wheels of pydantic, which the device's image lacks, in .whl/; both ignored by git);
 #
 # then each call (SECONDS: the sweep's budget; leave a minute of the call's limit):
 #
