@@ -6,20 +6,22 @@ end to end: the compiled cohort step, which uses it, against the eager step.
 """
 
 import contextlib
+import dataclasses
 
 import pytest
 import torch
 from torch import fx
 
 from fedloom.core import Replicated
-from fedloom.data import ClientData, load_dataset
-from fedloom.learning import build_model, momentum, sgd
+from fedloom.data import ClientData, Examples, load_dataset
+from fedloom.learning import ClientInput, build_model, fed_avg, momentum, sgd
 from fedloom.learning._cohort_work import (
     CohortStep,
     cohort_local_training,
     plan_training,
 )
 from fedloom.learning._gemm_update import FoldUpdateIntoGemm
+from fedloom.runtimes import LocalRuntime, VectorizedRuntime
 
 aten = torch.ops.aten
 ALPHA = -0.1
@@ -129,6 +131,42 @@ def test_what_is_not_the_pattern_is_left_alone(extra):
     before = _targets(graph)
     assert _fold(graph) == 0
     assert _targets(graph) == before
+
+
+def test_a_product_reading_another_updated_weight_is_not_moved_past_its_update():
+    """Q's gradient product reads a view of P, which the graph also updates, and
+    comes before P's update (as AOT traces it: gradients, then updates). Folded,
+    Q's product would run at Q's update, after P's folded one: reading the new P."""
+    generator = torch.Generator().manual_seed(0)
+    p0, q0, a, b, c = (
+        torch.randn(shape, generator=generator, dtype=torch.float64)
+        for shape in [(2, 3, 3), (2, 3, 4), (2, 3, 5), (2, 5, 3), (2, 3, 4)]
+    )
+    graph = fx.Graph()
+    nodes = {}
+    for name, val in (("p", p0), ("q", q0), ("a", a), ("b", b), ("c", c)):
+        nodes[name] = graph.placeholder(name)
+        nodes[name].meta["val"] = val
+
+    def call(op, args, val, kwargs=None):
+        node = graph.call_function(op, args, kwargs or {})
+        node.meta["val"] = val
+        return node
+
+    pt = call(aten.permute.default, (nodes["p"], [0, 2, 1]), p0.transpose(1, 2))
+    q_product = call(aten.bmm.default, (pt, nodes["c"]), p0.transpose(1, 2) @ c)
+    p_product = call(aten.bmm.default, (nodes["a"], nodes["b"]), a @ b)
+    p_total = call(aten.add.Tensor, (nodes["p"], p_product), p0, {"alpha": ALPHA})
+    q_total = call(aten.add.Tensor, (nodes["q"], q_product), q0, {"alpha": ALPHA})
+    call(aten.copy_.default, (nodes["p"], p_total), p0)
+    call(aten.copy_.default, (nodes["q"], q_total), q0)
+    graph.output(())
+    assert _fold(graph) == 1  # P's update only
+    p, q = p0.clone(), q0.clone()
+    fx.GraphModule(torch.nn.Module(), graph)(p, q, a, b, c)
+    torch.testing.assert_close(p, p0 + ALPHA * (a @ b), rtol=1e-12, atol=1e-12)
+    expected_q = q0 + ALPHA * (p0.transpose(1, 2) @ c)
+    torch.testing.assert_close(q, expected_q, rtol=1e-12, atol=1e-12)
 
 
 def test_a_broadcast_product_is_left_alone():
@@ -344,3 +382,28 @@ def test_several_steps_a_call_refuse_a_step_where_a_client_has_no_batch(digits):
     index, mask = plan.batch_index[:, 0, 5:9], plan.batch_mask[:, 0, 5:9]
     with pytest.raises(ValueError, match="a batch for every client"):
         step.steps(plan.data, params, state, index, mask)
+
+
+def test_the_compiled_step_trains_parameters_that_require_grad():
+    # a user's state whose tensors track gradients (straight from an nn.Module):
+    # the compiled step updates its own copies in place, which autograd refused
+    generator = torch.Generator().manual_seed(0)
+    cohort = [
+        ClientInput(
+            Examples(
+                torch.randn(9, 5, generator=generator),
+                torch.randint(0, 3, (9,), generator=generator),
+            ),
+            seed,
+        )
+        for seed in range(3)
+    ]
+    process = fed_avg(build_model("2nn", (5,), 3, seed=0), client_learning_rate=0.5)
+    start = process.init()
+    start = dataclasses.replace(
+        start, params={k: v.clone().requires_grad_() for k, v in start.params.items()}
+    )
+    expected, _ = process.next(start, cohort, runtime=LocalRuntime())
+    got, _ = process.next(start, cohort, runtime=VectorizedRuntime(compile=True))
+    for name, value in expected.params.items():
+        torch.testing.assert_close(got.params[name], value, rtol=1e-5, atol=1e-6)

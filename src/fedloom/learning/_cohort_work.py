@@ -264,7 +264,7 @@ class CohortStep:
 
         def own(tree: Any) -> Any:
             return tree_map(
-                lambda v: v.clone(memory_format=torch.contiguous_format), tree
+                lambda v: v.detach().clone(memory_format=torch.contiguous_format), tree
             )
 
         params = own(start)

@@ -30,8 +30,12 @@ into ``w`` as soon as it is made (``w.copy_(w + x)`` at once), rather than into 
 buffer each step copied into ``w`` at the end.
 It only rewrites what it can prove is the same computation: ``w`` is a graph input,
 nothing reads it (or a view of it) after the first sum, nor a sum after the next,
-the products feed nothing else, shapes and dtypes agree, and no factor is a view of
-``w``. Anything else (Adam, masked updates) compiles as before.
+the products feed nothing else, shapes and dtypes agree, and no factor of a product
+is a view of ``w`` or of any other tensor the graph updates in place (a folded
+product is computed where the update is, after other tensors' updates it may have
+come before: such a factor would be read overwritten; a layer's weight product has
+activations and gradients for factors, not weights). Anything else (Adam, masked
+updates) compiles as before.
 """
 
 from __future__ import annotations
@@ -83,10 +87,11 @@ def _val(node: Any) -> Any:
     return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
 
 
-def _views_of(node: Any, target: torch.fx.Node) -> bool:
-    """Whether ``node`` may share memory with ``target`` (a chain of view ops)."""
+def _views_of(node: Any, targets: set[torch.fx.Node]) -> bool:
+    """Whether ``node`` may share memory with one of ``targets`` (through a chain of
+    view ops)."""
     while isinstance(node, torch.fx.Node):
-        if node is target:
+        if node in targets:
             return True
         op = node.target
         if node.op != "call_function" or not getattr(op, "is_view", False):
@@ -171,13 +176,18 @@ def _foldable(
     weight: torch.fx.Node,
     copy: torch.fx.Node,
     order: dict[torch.fx.Node, int],
+    updated: set[torch.fx.Node],
 ) -> bool:
     """Whether ``step`` may write into ``weight``'s memory: its previous value (the
-    weight or the previous sum) is read by nothing after it."""
+    weight or the previous sum) is read by nothing after it; a product (computed
+    where the sum is once folded) reads no tensor the graph updates in place
+    (``updated``: their inputs and every sum of their chains)."""
     w, product = step.previous, step.product
     other = step.total.args[1] if product is None else product
     factors = [other] if product is None else product.args
-    if any(_views_of(f, w) or _views_of(f, weight) for f in factors):
+    if any(_views_of(f, {w, weight}) for f in factors):
+        return False
+    if product is not None and any(_views_of(f, updated) for f in factors):
         return False
     if product is not None and len(product.users) != 1:
         return False
@@ -189,12 +199,16 @@ def _foldable(
     return _read_before(w, step.total, order, {step.total, copy})
 
 
-def _fold(copy: torch.fx.Node, order: dict[torch.fx.Node, int]) -> tuple[int, int]:
+def _fold(
+    copy: torch.fx.Node, order: dict[torch.fx.Node, int], updated: set[torch.fx.Node]
+) -> tuple[int, int]:
     """Rewrite the updates that ``copy`` writes back: (products folded, elementwise
     sums written back in place); (0, 0) if they do not match."""
     chain = _update_chain(copy)
     weight: Any = copy.args[0]
-    if chain is None or not all(_foldable(s, weight, copy, order) for s in chain):
+    if chain is None or not all(
+        _foldable(s, weight, copy, order, updated) for s in chain
+    ):
         return 0, 0
     if len(chain) == 1 and chain[0].product is None:
         return 0, 0  # one elementwise update: the copy at the end is as good
@@ -245,8 +259,15 @@ class FoldUpdateIntoGemm(CustomGraphPass):
     def __call__(self, graph: torch.fx.Graph) -> None:
         order = {node: i for i, node in enumerate(graph.nodes)}
         copies = [n for n in graph.nodes if n.target is _aten.copy_.default]
+        # Every tensor written in place, and what stands for it once folds write
+        # it earlier: the sums of its chain (replaced by the tensor itself).
+        updated: set[torch.fx.Node] = set()
         for copy in copies:
-            folded, written_back = _fold(copy, order)
+            if isinstance(copy.args[0], torch.fx.Node):
+                updated.add(copy.args[0])
+            updated.update(step.total for step in _update_chain(copy) or [])
+        for copy in copies:
+            folded, written_back = _fold(copy, order, updated)
             self.folded += folded
             self.written_back += written_back
 
