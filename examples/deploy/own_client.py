@@ -6,8 +6,9 @@ examples/deploy/digits_server.toml``), then, instead of ``fedloom client``::
     python examples/deploy/own_client.py --token-file \
         examples/deploy/certs/clients/client-0.token --rows 0:900
 
-The data here are rows of scikit-learn's digits that this script loads itself; on a
-real device they would be the device's own. The client work is FedAvg's local
+The data here are rows of the digits' training split (the server evaluates on the
+test split, which no device may hold: its test accuracy would count examples trained
+on); on a real device they would be the device's own. The client work is FedAvg's local
 training, registered under the name the server asks for, with a log line added: a
 device runs only what it registered, whatever the server names.
 """
@@ -20,10 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-from sklearn.datasets import load_digits
-
-from fedloom.data import Examples
+from fedloom.data import Examples, load_dataset
 from fedloom.deploy import DeviceClient, register_client_work
 from fedloom.learning import (
     ClientInput,
@@ -37,10 +35,10 @@ from fedloom.learning import (
 
 
 def my_examples(rows: slice) -> Examples:
-    """This device's data: 8x8 digit images in [0, 1] and their labels."""
-    digits = load_digits()
-    x = torch.tensor(digits.images[rows] / 16.0, dtype=torch.float32).unsqueeze(1)
-    return Examples(x, torch.tensor(digits.target[rows], dtype=torch.int64))
+    """This device's data: 8x8 digit images in [0, 1] and their labels, from the
+    training split of the server's seed (0)."""
+    train = load_dataset("digits", seed=0).train
+    return Examples(train.x[rows], train.y[rows])
 
 
 def logged_local_training(model: FunctionalModel, config: Mapping[str, Any]) -> Any:
@@ -62,7 +60,9 @@ def main() -> None:
     parser.add_argument("--server", default="localhost:8765")
     parser.add_argument("--token-file", type=Path, required=True)
     parser.add_argument("--ca", type=Path, default=Path("examples/deploy/certs/ca.pem"))
-    parser.add_argument("--rows", default="0:900", help="START:STOP rows of digits")
+    parser.add_argument(
+        "--rows", default="0:900", help="START:STOP rows of the 1,438 training digits"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     start, stop = (int(part) for part in args.rows.split(":"))

@@ -90,11 +90,16 @@ def test_the_own_client_example_trains_on_its_own_data() -> None:
 
     import torch
 
+    from fedloom.data import load_dataset
     from fedloom.learning import ClientInput, build_model
 
     example = runpy.run_path(str(EXAMPLES / "own_client.py"))
     examples = example["my_examples"](slice(0, 40))
     assert examples.x.shape == (40, 1, 8, 8) and examples.x.max() <= 1.0
+    # rows of the training split: none of the server's test examples
+    train = load_dataset("digits", seed=0).train
+    assert torch.equal(examples.x, train.x[:40])
+    assert torch.equal(examples.y, train.y[:40])
     model = build_model("2nn", (1, 8, 8), 10)
     config = {"learning_rate": 0.1, "epochs": 1, "batch_size": 10}
     work = example["logged_local_training"](model, config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,12 @@ from typing import Any
 import pytest
 import torch
 from deploy_helpers import write_server_config
+from rich.console import Console
 
-from fedloom.deploy import read_status
+from fedloom.deploy import print_status, read_status
 from fedloom.deploy._store import MODELS_DIR, Store
 from fedloom.experiments import CheckpointError
+from fedloom.experiments._files import locked_directory
 
 
 def test_rounds_commit_and_reload_bit_for_bit(tmp_path: Path) -> None:
@@ -63,6 +66,38 @@ def test_status_reads_the_registry_and_live_round(tmp_path: Path) -> None:
     assert [r["round"] for r in status["rounds"]] == [1]
     with pytest.raises(ValueError, match="not a server directory"):
         read_status(tmp_path / "nothing")
+
+
+def _printed(status: dict[str, Any]) -> str:
+    out = io.StringIO()
+    print_status(status, Console(file=out, width=200))
+    return out.getvalue()
+
+
+def test_status_tells_a_running_server_from_what_a_stopped_one_left(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path)
+    store.set("config", {"rounds": 5})
+    store.touch_clients({"client-0": 100.0}, {"client-0": 1})
+    store.commit_round(1, {"round": 1}, {"w": torch.ones(1)})
+    in_round = {"round": 2, "cohort": ["client-0"], "reported": [], "deadline_in": 9}
+    in_round["waiting_for"] = ["client-0"]
+    store.set("live", {"connected": ["client-0"], "round": in_round, "updated": 0})
+    with locked_directory(tmp_path):  # as the server holds it
+        running = read_status(tmp_path)
+    stopped = read_status(tmp_path)  # its process gone, however it ended
+    store.close()
+    assert running["running"] and not stopped["running"]
+    shown = _printed(running)
+    assert "round 2 in progress: 0 of 1 reported" in shown
+    assert "│ client-0 │ yes " in shown
+    shown = _printed(stopped)
+    assert "(not running; updated" in shown and "in progress" not in shown
+    assert "│ client-0 │ no " in shown
+    # the live status is a second behind the rounds: a round recorded since is over
+    over = {**running, "rounds": [{"round": 1}, {"round": 2}]}
+    assert "in progress" not in _printed(over)
 
 
 def test_a_restarted_server_refuses_another_configuration(tmp_path: Path) -> None:

@@ -1,12 +1,16 @@
 """``fedloom status DIR``: what a server is doing, read from its state database.
 
 The server writes its live status (connected clients, the round in progress) to
-``DIR/state.db`` every second; this reads it without disturbing the server.
+``DIR/state.db`` every second; this reads it without disturbing the server. Whether a
+server is running there is told by the lock it holds on ``DIR`` (gone with its
+process, however it ended): the live status a stopped server left is shown as
+such, no client connected.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -21,8 +25,10 @@ __all__ = ["print_status", "read_status"]
 
 
 def read_status(directory: str | Path) -> dict[str, Any]:
-    """The server's status: ``address``, ``live`` (connected clients, the round in
-    progress), ``clients`` (the registry) and ``rounds`` (records of done rounds)."""
+    """The server's status: ``address``, ``running`` (whether a server holds the
+    directory now), ``live`` (connected clients, the round in progress, as the
+    server last wrote them), ``clients`` (the registry) and ``rounds`` (records of
+    done rounds)."""
     path = Path(directory) / STATE_FILE
     if not path.is_file():
         raise ValueError(f"{directory}: no {STATE_FILE}; not a server directory")
@@ -40,6 +46,7 @@ def read_status(directory: str | Path) -> dict[str, Any]:
     config = meta.get("config") or {}
     return {
         "address": meta.get("address"),
+        "running": _locked(Path(directory)),
         "rounds_total": config.get("rounds"),
         "live": meta.get("live") or {},
         "clients": clients,
@@ -47,21 +54,42 @@ def read_status(directory: str | Path) -> dict[str, Any]:
     }
 
 
+def _locked(directory: Path) -> bool:
+    """Whether a process holds ``directory``'s lock (a server serving it): probed
+    with a shared lock, let go at once."""
+    if os.name != "posix":  # pragma: no cover - no flock on directories there
+        return True
+    import fcntl
+
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)  # lets go of the lock, if it was taken
+    return False
+
+
 def print_status(status: dict[str, Any], console: Console | None = None) -> None:
     """Print :func:`read_status`'s result as two tables."""
     console = console or Console()
-    live = status["live"]
+    running = status.get("running", True)
+    live = status["live"] if running else {**status["live"], "connected": []}
     connected = set(live.get("connected", []))
     age = time.time() - live.get("updated", 0)
     done = len(status["rounds"])
     state = "finished" if live.get("finished") else f"updated {age:.0f} s ago"
+    if not running:
+        state = f"not running; {state}"
     console.print(
         f"server {status['address']}  rounds done {done}/{status['rounds_total']}  "
         f"({state})",
         highlight=False,
     )
     current = live.get("round")
-    if current and not live.get("finished"):
+    # the live status is written every second, a round's record as it ends
+    if running and current and not live.get("finished") and current["round"] > done:
         console.print(
             f"round {current['round']} in progress: {len(current['reported'])} of "
             f"{len(current['cohort'])} reported, waiting for "
