@@ -10,6 +10,7 @@ import torch
 
 from fedloom.cli import build_parser, main
 from fedloom.deploy._store import Store
+from fedloom.experiments._files import locked_directory
 
 
 def test_the_parser_knows_the_deployment_commands() -> None:
@@ -92,7 +93,8 @@ def test_status_shows_clients_and_rounds(
     )
     store.commit_round(1, {"round": 1, "test_accuracy": 0.75}, {"w": torch.ones(1)})
     store.close()
-    assert main(["status", str(tmp_path)]) == 0
+    with locked_directory(tmp_path):  # as a running server holds it
+        assert main(["status", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "rounds done 1/3" in out
     assert "round 2 in progress: 1 of 2 reported, waiting for client-1" in out
