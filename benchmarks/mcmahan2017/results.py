@@ -8,16 +8,13 @@ what the file holds when they record one, under a lock: none loses another's.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 import tarfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedloom.experiments._files import atomic_file
+from fedloom.experiments._files import atomic_file, locked_directory
 
 from .cells import Cell
 
@@ -83,22 +80,11 @@ def save_runs(path: Path, runs: Mapping[str, Mapping[str, Any]]) -> None:
         file.write(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold the lock of the results files' folder (``flock``, waiting for it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path.parent, os.O_RDONLY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(descriptor)
-
-
 def record_run(path: Path, key: str, run: Mapping[str, Any]) -> None:
     """Add ``run`` under ``key`` to the runs ``path`` holds now (re-read under the
     lock, so runs another sweep recorded meanwhile stay)."""
-    with _locked(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked_directory(path.parent, wait=True):
         runs = load_runs(path)
         runs[key] = dict(run)
         save_runs(path, runs)

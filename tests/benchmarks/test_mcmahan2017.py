@@ -27,6 +27,7 @@ from benchmarks.mcmahan2017.results import (
 from benchmarks.mcmahan2017.sweep import Settings, next_step, run_one, sweep
 from benchmarks.mcmahan2017.table import TIMES, model_table, rates_text, rounds_text
 from fedloom.experiments import config_from_dict
+from fedloom.experiments._files import locked_directory
 
 
 def test_every_paper_cell_becomes_a_valid_config():
@@ -264,14 +265,12 @@ def test_docstring_examples(module):
 
 
 def test_recording_a_run_keeps_what_another_sweep_recorded_meanwhile(tmp_path):
-    import benchmarks.mcmahan2017.results as results
-
     path = tmp_path / "results" / "digits.json"
     save_runs(path, {"a": {"n": 1}})  # loaded by this sweep long ago, then:
     record_run(path, "b", {"n": 2})  # another sweep's run, recorded since
     record_run(path, "c", {"n": 3})
     assert load_runs(path) == {"a": {"n": 1}, "b": {"n": 2}, "c": {"n": 3}}
-    with results._locked(path):  # a sweep recording: the next one waits
+    with locked_directory(path.parent):  # a sweep recording: the next one waits
         waiting = threading.Thread(target=record_run, args=(path, "d", {"n": 4}))
         waiting.start()
         waiting.join(timeout=0.3)

@@ -10,7 +10,6 @@ such, no client connected.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from fedloom.experiments._files import directory_locked
 
 from ._store import STATE_FILE
 
@@ -46,29 +47,12 @@ def read_status(directory: str | Path) -> dict[str, Any]:
     config = meta.get("config") or {}
     return {
         "address": meta.get("address"),
-        "running": _locked(Path(directory)),
+        "running": directory_locked(Path(directory)),
         "rounds_total": config.get("rounds"),
         "live": meta.get("live") or {},
         "clients": clients,
         "rounds": rounds,
     }
-
-
-def _locked(directory: Path) -> bool:
-    """Whether a process holds ``directory``'s lock (a server serving it): probed
-    with a shared lock, let go at once."""
-    if os.name != "posix":  # pragma: no cover - no flock on directories there
-        return True
-    import fcntl
-
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(descriptor)  # lets go of the lock, if it was taken
-    return False
 
 
 def print_status(status: dict[str, Any], console: Console | None = None) -> None:

@@ -39,10 +39,10 @@ def temporary_file(
 
 
 @contextlib.contextmanager
-def locked_directory(directory: Path) -> Iterator[None]:
+def locked_directory(directory: Path, *, wait: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on ``directory`` (``flock``, POSIX; the system drops
     it when the process ends, however it ends); a ``ValueError`` at once if another
-    process holds it."""
+    process holds it, or, with ``wait``, once it lets go."""
     if os.name != "posix":  # pragma: no cover - no flock on directories there
         yield
         return
@@ -51,7 +51,7 @@ def locked_directory(directory: Path) -> Iterator[None]:
     descriptor = os.open(directory, os.O_RDONLY)
     try:
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             raise ValueError(
                 f"{directory}: another fedloom process is running there"
@@ -59,6 +59,23 @@ def locked_directory(directory: Path) -> Iterator[None]:
         yield
     finally:
         os.close(descriptor)
+
+
+def directory_locked(directory: Path) -> bool:
+    """Whether a process holds :func:`locked_directory`'s lock on ``directory``
+    (probed with a shared lock, let go at once)."""
+    if os.name != "posix":  # pragma: no cover - no flock on directories there
+        return True
+    import fcntl
+
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)  # lets go of the lock, if it was taken
+    return False
 
 
 def fsync_directory(directory: Path) -> None:
