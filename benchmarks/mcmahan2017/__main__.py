@@ -10,6 +10,7 @@ From the repository root::
     python -m benchmarks.mcmahan2017 run --dataset mnist       # with $FEDLOOM_DATA
     python -m benchmarks.mcmahan2017 table                     # table.md only
     python -m benchmarks.mcmahan2017 curves                    # curves/*.png only
+    python -m benchmarks.mcmahan2017 run --rerun-best ...      # runs for the curves
     python -m benchmarks.mcmahan2017 pack --out DIR            # for the device tool
     python -m benchmarks.mcmahan2017 run ... --out DIR         # run, packing as it goes
 
@@ -18,7 +19,9 @@ cells for a time budget and packs what the next call needs (see that file).
 
 ``run`` skips the runs its results file already holds, so the same command
 resumes a stopped sweep; after every run it rewrites the results file and the
-table, at the end the curves.
+table, at the end the curves. The curves come from the runs' accuracies by round
+in the results file; ``run --rerun-best`` runs again the best run of each cell
+recorded before the file kept them, when its run directory is not here.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from benchmarks.chunk_size import fastest_chunk_sizes
 
 from . import cells as grid
 from .curves import plot_all
-from .results import load_runs, pack, results_path
-from .sweep import RUNS_DIR, Settings, sweep
+from .results import load_runs, pack, results_path, store_curves
+from .sweep import RUNS_DIR, Settings, rerun_best, sweep
 from .table import write_table
 
 
@@ -65,6 +68,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="JSON",
         help="benchmarks/chunk_size.py's report: each (algorithm, B) runs with "
         "the chunk size clearly fastest there (vectorized runtime)",
+    )
+    parser.add_argument(
+        "--rerun-best",
+        action="store_true",
+        help="instead of the search: run again each selected cell's best run that "
+        "has no accuracy by round stored nor its run directory here (for its curve)",
     )
     parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
     parser.add_argument("--results", type=Path, default=None, help="results JSON")
@@ -111,15 +120,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.chunk_sizes
             else {},
         )
-        sweep(settings, selected_cells(args), after_run=table)
+        how = rerun_best if args.rerun_best else sweep
+        how(settings, selected_cells(args), after_run=table)
     if args.command in ("run", "table"):
         table()
         print(f"table: {Path('benchmarks/mcmahan2017/table.md')}")
     if args.command == "pack" or (args.command == "run" and args.out is not None):
         print(f"packed: {pack(load_runs(path), args.runs_dir, args.out)}")
     if args.command in ("run", "curves"):
-        for written in plot_all(args.dataset, load_runs(path), args.runs_dir):
-            print(f"curves: {written}")
+        for key in store_curves(path, args.runs_dir):
+            print(f"accuracy by round stored from runs/: {key}")
+        for line in plot_all(args.dataset, load_runs(path), args.runs_dir):
+            print(f"curves: {line}")
     return 0
 
 

@@ -1,8 +1,11 @@
 """Test accuracy against rounds, FedSGD and the FedAvg variants, like Figure 2.
 
 One PNG per (dataset, model, partition), each cell at its best learning rate. The
-curves come from the runs' ``metrics.jsonl`` (under ``runs/``, not in git); a run
-stops at its target, so a curve ends where the table's rounds are counted.
+curves come from the results file (each run's test accuracy by round), or for a
+run recorded before it kept them, from its ``metrics.jsonl`` under ``runs/``. A
+figure some best run has no curve for is not drawn: the one in git stays as it is
+rather than lose a curve. A run stops at its target, so a curve ends where the
+table's rounds are counted.
 """
 
 from __future__ import annotations
@@ -11,23 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedloom.experiments import MetricsLog
-
 from . import cells as grid
-from .results import best, runs_of_cell
+from .results import best, curve_of, runs_of_cell
 
 CURVES_DIR = Path(__file__).resolve().parent / "curves"
-
-
-def curve(run_dir: Path) -> tuple[list[int], list[float]]:
-    """The (rounds, test accuracies) of a run directory's metrics log."""
-    records = MetricsLog(run_dir / "metrics.jsonl").read()
-    pairs = [
-        (r["round"], r["test_accuracy"])
-        for r in records
-        if r.get("test_accuracy") is not None
-    ]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def plot_group(
@@ -38,24 +28,35 @@ def plot_group(
     runs_dir: Path,
     target: float,
     path: Path,
-) -> int:
-    """Write one Figure-2-like PNG; return how many curves it holds (0: no file)."""
+) -> list[str] | None:
+    """Write one Figure-2-like PNG and return []; or write none and return None when
+    no cell has runs, or the names of the cells whose best run has no curve."""
     # Imported here: matplotlib is slow to import and only needed for plots.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(7, 4.5), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots()
-    count = 0
+    chosen_runs = []
+    missing = []
     for cell in grid.all_cells((model,)):
         if cell.partition != partition:
             continue
         chosen = best(runs_of_cell(runs, dataset, cell, target))
-        directory = runs_dir / chosen["run_dir"] if chosen else None
-        if chosen is None or directory is None or not directory.exists():
+        if chosen is None:
             continue
-        rounds, accuracy = curve(directory)
+        points = curve_of(chosen, runs_dir)
+        if points is None:
+            missing.append(cell.name)
+        chosen_runs.append((cell, chosen, points))
+    if not chosen_runs:
+        return None
+    if missing:
+        return missing
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    for cell, chosen, points in chosen_runs:
+        assert points is not None
+        rounds, accuracy = points
         fedsgd = cell.algorithm == "fedsgd"
         label = (
             "FedSGD"
@@ -69,9 +70,6 @@ def plot_group(
             color="black" if fedsgd else None,
             linewidth=2.0 if fedsgd else 1.2,
         )
-        count += 1
-    if count == 0:
-        return 0
     axes.axhline(target, color="gray", linewidth=1)
     axes.set_xscale("log")
     axes.set_ylim(max(0.0, target - 0.25), min(1.0, target + 0.08))
@@ -87,7 +85,7 @@ def plot_group(
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=100)
-    return count
+    return []
 
 
 def plot_all(
@@ -96,13 +94,25 @@ def plot_all(
     runs_dir: Path,
     targets: Mapping[tuple[str, str, str], float] = grid.TARGETS,
     out_dir: Path = CURVES_DIR,
-) -> list[Path]:
-    """Write every (model, partition) figure that has runs; return their paths."""
-    written = []
+) -> list[str]:
+    """Write every (model, partition) figure that has runs and a curve for each of
+    its cells; return a line for each figure: written, or left as it was and why."""
+    lines = []
     for model in grid.MODELS:
         for partition in grid.PARTITIONS:
             path = out_dir / f"{dataset}_{model}_{partition}.png"
             target = targets[(dataset, model, partition)]
-            if plot_group(dataset, model, partition, runs, runs_dir, target, path):
-                written.append(path)
-    return written
+            missing = plot_group(
+                dataset, model, partition, runs, runs_dir, target, path
+            )
+            if missing is None:
+                continue
+            if missing:
+                lines.append(
+                    f"{path} left as it was: no curve for the best run of "
+                    f"{', '.join(missing)} (its run directory is not here; "
+                    "run --rerun-best makes it again)"
+                )
+            else:
+                lines.append(str(path))
+    return lines

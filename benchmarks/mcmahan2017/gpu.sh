@@ -23,6 +23,8 @@
 # before; a run stopped by the budget resumes from its checkpoint, which runs.tar
 # brings back. Both are rewritten in $OUT after every run, so a call cut off early
 # still returns what it finished. Repeat until the sweep says it is done.
+# SWEEP_ARGS adds to the sweep's arguments: SWEEP_ARGS="--rerun-best" runs again
+# the best run of each CNN cell whose curve the results file lacks.
 # DEVICE=cpu PROBE=1 PROBE_ARGS="--rounds 1 --chunks 10 1 --batches 10" \
 #     OUT=/tmp/out bash benchmarks/mcmahan2017/gpu.sh 60      tries it without one.
 set -euo pipefail
@@ -56,6 +58,7 @@ if [ ! -f "$probe" ] || [ "${PROBE:-0}" = 1 ]; then
     budget=$((budget - (SECONDS - started)))
 fi
 cp benchmarks/mcmahan2017/results/fashion_mnist.json "$OUT/"
-python3 -m benchmarks.mcmahan2017 run --model cnn --device "$device" \
+# shellcheck disable=SC2086
+python3 -m benchmarks.mcmahan2017 run --model cnn --device "$device" ${SWEEP_ARGS:-} \
     --runtime vectorized --time-budget "$budget" --chunk-sizes "$probe" \
     --results "$OUT/fashion_mnist.json" --out "$OUT" 2>&1 | tee "$OUT/sweep.log"

@@ -2,6 +2,9 @@
 
 A run's key names its dataset, cell, learning rate and target, so a rerun of the
 sweep skips what is done and a change of target never mixes with older runs.
+Each run keeps its test accuracy by round (``ACCURACY_BY_ROUND``), so the curves
+can be drawn again from the file alone: the run directories under ``runs/`` are
+not in git and do not outlive the machine that made them.
 Sweeps that share the file (two cells in two processes) each add their runs to
 what the file holds when they record one, under a lock: none loses another's.
 """
@@ -9,16 +12,20 @@ what the file holds when they record one, under a lock: none loses another's.
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedloom.experiments import MetricsLog
 from fedloom.experiments._files import atomic_file, locked_directory
 
 from .cells import Cell
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+ACCURACY_BY_ROUND = "test_accuracy_by_round"  # [round 1's, round 2's, ...]; None:
+# a round not evaluated
 
 
 def results_path(dataset: str) -> Path:
@@ -76,8 +83,20 @@ def save_runs(path: Path, runs: Mapping[str, Mapping[str, Any]]) -> None:
         "python -m benchmarks.mcmahan2017 run",
         "runs": {key: runs[key] for key in sorted(runs)},
     }
+    text = json.dumps(data, indent=1, ensure_ascii=False)
     with atomic_file(path) as file:
-        file.write(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+        file.write(_NUMBER_LIST.sub(_one_line, text) + "\n")
+
+
+# A JSON list of numbers and nulls as json.dumps(indent=...) writes it, an item a
+# line (a newline inside brackets is never in a string: JSON escapes those): the
+# accuracies by round are kept on one line each.
+_ITEM = r"(?:-?[0-9.eE+-]+|null)"
+_NUMBER_LIST = re.compile(rf"\[\n\s*(?:{_ITEM},\n\s*)*{_ITEM}\n\s*\]")
+
+
+def _one_line(match: re.Match[str]) -> str:
+    return "[" + ", ".join(item.strip() for item in match[0][1:-1].split(",")) + "]"
 
 
 def record_run(path: Path, key: str, run: Mapping[str, Any]) -> None:
@@ -88,6 +107,60 @@ def record_run(path: Path, key: str, run: Mapping[str, Any]) -> None:
         runs = load_runs(path)
         runs[key] = dict(run)
         save_runs(path, runs)
+
+
+def accuracy_by_round(records: Sequence[Mapping[str, Any]]) -> list[float | None]:
+    """A run's test accuracies from its metrics records, the accuracy of round r at
+    index r - 1 (None where that round was not evaluated; a resumed run's rounds
+    logged twice count once).
+
+    Example:
+        >>> accuracy_by_round([{"round": 1, "test_accuracy": 0.25},
+        ...                    {"round": 3, "test_accuracy": 0.5}])
+        [0.25, None, 0.5]
+    """
+    by_round = {r["round"]: r.get("test_accuracy") for r in records}
+    last = max(by_round, default=0)
+    return [by_round.get(r) for r in range(1, last + 1)]
+
+
+def curve_of(
+    run: Mapping[str, Any], runs_dir: Path
+) -> tuple[list[int], list[float]] | None:
+    """The (rounds, test accuracies) of a stored run: from its results entry, else
+    from its run directory's metrics log; None when it has neither."""
+    stored = run.get(ACCURACY_BY_ROUND)
+    if stored is None:
+        log = runs_dir / run["run_dir"] / "metrics.jsonl"
+        if not log.exists():
+            return None
+        stored = accuracy_by_round(MetricsLog(log).read())[: run["rounds_run"]]
+    pairs = [(i + 1, a) for i, a in enumerate(stored) if a is not None]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def store_curves(path: Path, runs_dir: Path) -> list[str]:
+    """Copy into the results file the accuracy by round of each run that lacks it
+    and whose run directory is here; return the keys of the runs filled in."""
+    if not path.exists():
+        return []
+    with locked_directory(path.parent, wait=True):
+        runs = load_runs(path)
+        filled = []
+        for key, run in runs.items():
+            if ACCURACY_BY_ROUND in run:
+                continue
+            log = runs_dir / run["run_dir"] / "metrics.jsonl"
+            if not log.exists():
+                continue
+            accuracies = accuracy_by_round(MetricsLog(log).read())
+            if len(accuracies) < run["rounds_run"]:
+                continue  # not the run recorded (a log cut short)
+            run[ACCURACY_BY_ROUND] = accuracies[: run["rounds_run"]]
+            filled.append(key)
+        if filled:
+            save_runs(path, runs)
+    return filled
 
 
 def runs_of_cell(

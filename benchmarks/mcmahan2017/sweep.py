@@ -28,7 +28,17 @@ from fedloom.experiments import MetricsLog, config_from_dict, run_experiment
 
 from . import cells as grid
 from .cells import Cell
-from .results import best, cell_fields, load_runs, record_run, run_key, runs_of_cell
+from .results import (
+    ACCURACY_BY_ROUND,
+    accuracy_by_round,
+    best,
+    cell_fields,
+    load_runs,
+    record_run,
+    run_key,
+    runs_of_cell,
+    store_curves,
+)
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 RUNS_DIR = REPOSITORY / "runs" / "mcmahan2017"  # ignored by git
@@ -220,6 +230,7 @@ def run_one(
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "run_dir": str(out_dir.relative_to(settings.runs_dir)),
+        ACCURACY_BY_ROUND: accuracy_by_round(records),
     }
 
 
@@ -335,16 +346,80 @@ def sweep(
             key = run_key(settings.dataset, cell, lr, target)
             record_run(settings.results_path, key, outcome)
             made += 1
-            ended = f"{outcome['rounds_to_target']} rounds"
-            if outcome["diverged"]:
-                ended = f"diverged after {outcome['rounds_run']} rounds"
-            elif outcome["stalled"]:
-                ended = f"stalled at chance after {outcome['rounds_run']} rounds"
-            elif outcome["rounds_to_target"] is None:
-                ended = f"not reached in {limit} rounds"
-            report(
-                f"          -> {ended}, best {outcome['best_accuracy']:.4f}, "
-                f"{outcome['seconds']:.1f} s"
-            )
+            report(f"          -> {ending(outcome)}")
             after_run()
     return made
+
+
+def ending(outcome: Mapping[str, Any]) -> str:
+    """How a run ended, its best accuracy and its seconds, in words."""
+    ended = f"{outcome['rounds_to_target']} rounds"
+    if outcome["diverged"]:
+        ended = f"diverged after {outcome['rounds_run']} rounds"
+    elif outcome["stalled"]:
+        ended = f"stalled at chance after {outcome['rounds_run']} rounds"
+    elif outcome["rounds_to_target"] is None:
+        ended = f"not reached in {outcome['max_rounds']} rounds"
+    return f"{ended}, best {outcome['best_accuracy']:.4f}, {outcome['seconds']:.1f} s"
+
+
+def rerun_best(
+    settings: Settings,
+    cells: Sequence[Cell],
+    report: Callable[[str], None] = print,
+    after_run: Callable[[], None] = lambda: None,
+) -> int:
+    """Run again, from round 0, the best run of each cell that has no accuracy by
+    round in the results file nor a run directory here to take it from (recorded
+    before the file kept curves, on a machine since gone), so its curve can be
+    drawn.
+
+    The new run replaces the old in the file, with the same rate, round limit and
+    settings (``settings``: device, runtime, seed, chunk size); what the old one
+    measured is kept under ``rerun_of``, and both are reported, so a rerun that
+    does not repeat the old rounds shows. Returns how many runs were made; stops
+    early past the time budget (the next call resumes the run it stopped)."""
+    started = time.perf_counter()
+    deadline = None if settings.time_budget is None else started + settings.time_budget
+    made = 0
+    store_curves(settings.results_path, settings.runs_dir)  # those whose logs are here
+    for cell in order_cells(cells):
+        target = settings.target(cell)
+        runs = load_runs(settings.results_path)
+        chosen = best(runs_of_cell(runs, settings.dataset, cell, target))
+        if chosen is None or ACCURACY_BY_ROUND in chosen:
+            continue
+        lr = chosen["learning_rate"]
+        directory = run_dir(settings, cell, lr)
+        if elsewhere := started_elsewhere(settings, directory):
+            report(f"skipping {cell.name}: {directory} was started with {elsewhere}")
+            continue
+        if deadline is not None and time.perf_counter() > deadline:
+            report(f"time budget spent after {made} reruns; rerun to go on")
+            return made
+        limit = chosen["max_rounds"]
+        report(f"{cell.name} lr={lr:g} again (<= {limit} rounds); was {ending(chosen)}")
+        outcome = run_one(settings, cell, lr, limit, deadline)
+        if outcome is None:
+            report(f"time budget spent in {cell.name} lr={lr:g}; rerun to go on")
+            return made
+        old = {k: chosen.get(k) for k in RERUN_KEPT}
+        key = run_key(settings.dataset, cell, lr, target)
+        record_run(settings.results_path, key, {**outcome, "rerun_of": old})
+        made += 1
+        report(f"          -> {ending(outcome)}")
+        after_run()
+    return made
+
+
+# What a rerun keeps of the run it replaces.
+RERUN_KEPT = (
+    "rounds_to_target",
+    "rounds_run",
+    "best_accuracy",
+    "seconds",
+    "device",
+    "chunk_size",
+    "commit",
+    "date",
+)

@@ -3,6 +3,7 @@
 import dataclasses
 import doctest
 import importlib
+import shutil
 import sys
 import tarfile
 import threading
@@ -15,16 +16,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import benchmarks.mcmahan2017.sweep as sweep_module
 from benchmarks.mcmahan2017 import cells as grid
 from benchmarks.mcmahan2017.cells import Cell
+from benchmarks.mcmahan2017.curves import plot_all
 from benchmarks.mcmahan2017.results import (
+    ACCURACY_BY_ROUND,
     best,
     cell_fields,
+    curve_of,
     load_runs,
     pack,
     record_run,
     run_key,
     save_runs,
+    store_curves,
 )
-from benchmarks.mcmahan2017.sweep import Settings, next_step, run_one, sweep
+from benchmarks.mcmahan2017.sweep import (
+    Settings,
+    next_step,
+    rerun_best,
+    run_one,
+    sweep,
+)
 from benchmarks.mcmahan2017.table import TIMES, model_table, rates_text, rounds_text
 from fedloom.experiments import config_from_dict
 from fedloom.experiments._files import locked_directory
@@ -278,3 +289,53 @@ def test_recording_a_run_keeps_what_another_sweep_recorded_meanwhile(tmp_path):
     waiting.join(timeout=10)
     assert load_runs(path)["d"] == {"n": 4} and len(load_runs(path)) == 4
     assert [p.name for p in path.parent.iterdir()] == ["digits.json"]
+
+
+def _without_curves(path):
+    runs = load_runs(path)
+    kept = {key: run.pop(ACCURACY_BY_ROUND) for key, run in runs.items()}
+    save_runs(path, runs)
+    return kept
+
+
+def test_curves_are_drawn_from_the_results_file_or_runs_made_again(tmp_path):
+    settings = _settings(tmp_path, target=0.3, cap=20)
+    cell = Cell("2nn", "iid", "fedavg", 1, 10)
+    sweep(settings, [cell], report=lambda line: None)
+    path, runs_dir = settings.results_path, settings.runs_dir
+    runs = load_runs(path)
+    chosen = best(list(runs.values()))
+    assert chosen is not None and chosen["rounds_to_target"] is not None
+    curve = chosen[ACCURACY_BY_ROUND]
+    assert len(curve) == chosen["rounds_to_target"] and curve[-1] >= 0.3
+    assert curve_of(chosen, runs_dir) == (list(range(1, len(curve) + 1)), curve)
+    # drawn from the file alone, with no run directory here
+    shutil.rmtree(runs_dir)
+    figures = tmp_path / "figures"
+    targets = {("digits", m, p): 0.3 for m in grid.MODELS for p in grid.PARTITIONS}
+    lines = plot_all("digits", runs, runs_dir, targets, figures)
+    assert lines == [str(figures / "digits_2nn_iid.png")]
+    assert (figures / "digits_2nn_iid.png").stat().st_size > 0
+    # a run recorded before the file kept curves: taken from its directory ...
+    again = dataclasses.replace(settings, results_path=tmp_path / "again.json")
+    sweep(again, [cell], report=lambda line: None)
+    kept = _without_curves(path)
+    assert sorted(store_curves(path, runs_dir)) == sorted(kept)
+    assert {k: r[ACCURACY_BY_ROUND] for k, r in load_runs(path).items()} == kept
+    # ... and without one, the figure is left as it was until the run is made again
+    shutil.rmtree(runs_dir)
+    _without_curves(path)
+    (figures / "digits_2nn_iid.png").write_bytes(b"the figure in git")
+    lines = plot_all("digits", load_runs(path), runs_dir, targets, figures)
+    assert len(lines) == 1 and "left as it was" in lines[0] and cell.name in lines[0]
+    assert (figures / "digits_2nn_iid.png").read_bytes() == b"the figure in git"
+    reports: list[str] = []
+    assert rerun_best(settings, [cell], report=reports.append) == 1
+    rerun = best(list(load_runs(path).values()))
+    assert rerun is not None and rerun["learning_rate"] == chosen["learning_rate"]
+    assert rerun[ACCURACY_BY_ROUND] == curve  # the same seed: the same run
+    assert rerun["rerun_of"]["rounds_to_target"] == chosen["rounds_to_target"]
+    assert f"was {chosen['rounds_to_target']} rounds" in reports[0]
+    assert rerun_best(settings, [cell], report=reports.append) == 0  # has its curve
+    lines = plot_all("digits", load_runs(path), runs_dir, targets, figures)
+    assert lines == [str(figures / "digits_2nn_iid.png")]
