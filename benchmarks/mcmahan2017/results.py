@@ -124,6 +124,20 @@ def accuracy_by_round(records: Sequence[Mapping[str, Any]]) -> list[float | None
     return [by_round.get(r) for r in range(1, last + 1)]
 
 
+def logged_accuracies(
+    run: Mapping[str, Any], runs_dir: Path
+) -> list[float | None] | None:
+    """A stored run's accuracy by round from its run directory's metrics log, or
+    None when that is not here or holds fewer rounds (not the run recorded)."""
+    log = runs_dir / run["run_dir"] / "metrics.jsonl"
+    if not log.exists():
+        return None
+    accuracies = accuracy_by_round(MetricsLog(log).read())
+    if len(accuracies) < run["rounds_run"]:
+        return None
+    return accuracies[: run["rounds_run"]]
+
+
 def curve_of(
     run: Mapping[str, Any], runs_dir: Path
 ) -> tuple[list[int], list[float]] | None:
@@ -131,10 +145,9 @@ def curve_of(
     from its run directory's metrics log; None when it has neither."""
     stored = run.get(ACCURACY_BY_ROUND)
     if stored is None:
-        log = runs_dir / run["run_dir"] / "metrics.jsonl"
-        if not log.exists():
-            return None
-        stored = accuracy_by_round(MetricsLog(log).read())[: run["rounds_run"]]
+        stored = logged_accuracies(run, runs_dir)
+    if stored is None:
+        return None
     pairs = [(i + 1, a) for i, a in enumerate(stored) if a is not None]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
@@ -148,16 +161,11 @@ def store_curves(path: Path, runs_dir: Path) -> list[str]:
         runs = load_runs(path)
         filled = []
         for key, run in runs.items():
-            if ACCURACY_BY_ROUND in run:
-                continue
-            log = runs_dir / run["run_dir"] / "metrics.jsonl"
-            if not log.exists():
-                continue
-            accuracies = accuracy_by_round(MetricsLog(log).read())
-            if len(accuracies) < run["rounds_run"]:
-                continue  # not the run recorded (a log cut short)
-            run[ACCURACY_BY_ROUND] = accuracies[: run["rounds_run"]]
-            filled.append(key)
+            if ACCURACY_BY_ROUND not in run:
+                accuracies = logged_accuracies(run, runs_dir)
+                if accuracies is not None:
+                    run[ACCURACY_BY_ROUND] = accuracies
+                    filled.append(key)
         if filled:
             save_runs(path, runs)
     return filled

@@ -354,9 +354,9 @@ def sweep(
 def ending(outcome: Mapping[str, Any]) -> str:
     """How a run ended, its best accuracy and its seconds, in words."""
     ended = f"{outcome['rounds_to_target']} rounds"
-    if outcome["diverged"]:
+    if outcome.get("diverged"):  # runs recorded before a field was kept lack it
         ended = f"diverged after {outcome['rounds_run']} rounds"
-    elif outcome["stalled"]:
+    elif outcome.get("stalled"):
         ended = f"stalled at chance after {outcome['rounds_run']} rounds"
     elif outcome["rounds_to_target"] is None:
         ended = f"not reached in {outcome['max_rounds']} rounds"

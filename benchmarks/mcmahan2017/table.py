@@ -206,7 +206,9 @@ def write_table(
         "arXiv 1602.05629v4, Table 2 (CNN) and, "
         "for the 2NN, Table 1 (C = 0.1, E = 1), the only 2NN cells we could read "
         "(`paper.json`). Seconds: the best-rate run's rounds (training and "
-        "evaluation), without loading data; the device, and the clients computed "
+        "evaluation), without loading data, their first round with the runtime's "
+        "warm-up (on a GPU, the graph capture, and in a sweep's first run CUDA's "
+        "start-up); the device, and the clients computed "
         "at once where a run set it (`chunk_size`: for its algorithm and B, the "
         "largest chunk measured in `benchmarks/results/chunk_size_*.json` unless a "
         "smaller one was at least 10 % faster). 100 clients, C = 0.1.",
