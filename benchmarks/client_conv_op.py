@@ -233,14 +233,20 @@ def _swappable(conv: nn.Conv2d) -> bool:
     )
 
 
-def swap_convs(module: nn.Module, tiling: Any = None) -> tuple[nn.Module, int]:
-    """A copy of ``module`` with every swappable ``nn.Conv2d`` a
-    :class:`ClientConv2d` (same parameters) with ``tiling``; and how many were
-    swapped."""
+def swap_convs(
+    module: nn.Module, tiling: Any = None, min_in_channels: int = 1
+) -> tuple[nn.Module, int]:
+    """A copy of ``module`` with every swappable ``nn.Conv2d`` of at least
+    ``min_in_channels`` input channels a :class:`ClientConv2d` (same parameters)
+    with ``tiling``; and how many were swapped."""
     module = copy.deepcopy(module)
     swapped = 0
     for child in module.modules():
-        if type(child) is nn.Conv2d and _swappable(child):
+        if (
+            type(child) is nn.Conv2d
+            and _swappable(child)
+            and child.in_channels >= min_in_channels
+        ):
             child.__class__ = ClientConv2d
             child.tiling = tiling
             swapped += 1

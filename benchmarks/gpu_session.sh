@@ -6,10 +6,14 @@
 #    (checked against float64 first);
 # 2. benchmarks/gpu_speed.py, whole FedAvg rounds at cohorts 10 and 100: the
 #    runtime as it is ("graphs") beside the same with its convolutions through
-#    benchmarks/client_conv_op.py ("graphs triton-conv", and "... flat");
-# 3. benchmarks/mcmahan2017/gpu.sh with the seconds left: the Table 2 cells still
-#    to run, resuming from their checkpoints (what it needs, .whl/ and .devdata/,
-#    both ignored by git: `bash benchmarks/prepare_device.sh` once a machine).
+#    benchmarks/client_conv_op.py ("graphs triton-conv"), with only the second
+#    one so ("graphs triton-conv2 flat"), and cuDNN without TF32 ("graphs
+#    fp32-conv", the control for the rows' parameter differences);
+# 3. benchmarks/mcmahan2017/gpu.sh --rerun-best with the seconds left: the CNN
+#    cells' best runs recorded before the results file kept their accuracy by
+#    round (the IID ones), made again for their curves (what it needs, .whl/ and
+#    .devdata/, both ignored by git: `bash benchmarks/prepare_device.sh` once a
+#    machine). Every cell of Table 2 has been run.
 #
 #   run(command="FEDLOOM_COMMIT=<git rev-parse --short HEAD, here> \
 #                bash benchmarks/gpu_session.sh 560", timeout_s=590, kind="nvidia-h200",
@@ -42,12 +46,13 @@ timeout 180 python3 benchmarks/gpu_grouped_conv.py --device "$device" ${CONV_ARG
 # shellcheck disable=SC2086
 timeout 200 python3 benchmarks/gpu_speed.py --device "$device" \
     ${SPEED_ARGS:---sizes 10 100 --rounds 3} --budget-s 170 \
-    --runners graphs "graphs triton-conv" "graphs triton-conv flat" \
+    --runners graphs "graphs triton-conv" "graphs triton-conv2 flat" \
+    "graphs fp32-conv" \
     --json "$OUT/gpu_speed_triton.json" \
     2>&1 | tee "$OUT/gpu_speed_triton.log"
 left=$((budget - (SECONDS - started)))
 if [ "$left" -gt 60 ]; then
-    bash benchmarks/mcmahan2017/gpu.sh "$left"
+    SWEEP_ARGS="--rerun-best" bash benchmarks/mcmahan2017/gpu.sh "$left"
 else
     echo "no time left for benchmarks/mcmahan2017/gpu.sh ($left s)"
 fi

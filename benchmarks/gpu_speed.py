@@ -23,7 +23,10 @@ Rows for each cohort size, all on the same GPU in the same process:
   and ``graphs triton-conv flat`` (the convolutions through
   ``benchmarks/client_conv_op.py``: one Triton launch a cohort for each
   convolution and each of its gradients, instead of cuDNN's grouped convolution;
-  the loop over kernel offsets unrolled or flat; the row says whether Triton ran).
+  the loop over kernel offsets unrolled or flat; the row says whether Triton ran),
+  ``graphs triton-conv2 flat`` (only the second convolution so: the first has one
+  input channel) and ``graphs fp32-conv`` (cuDNN without TF32, a control for the
+  parameter differences below).
 
 A round is timed from the host, device synchronized, and includes everything:
 padding the cohort's data and copying it to the GPU, the training, the checked
@@ -85,6 +88,9 @@ class Variant(NamedTuple):
     autotune: bool = False  # torch.backends.cudnn.benchmark
     tf32_matmul: bool = False  # torch.backends.cuda.matmul.allow_tf32
     triton_conv: str = ""  # "unrolled"/"flat": convolutions via client_conv_op.py
+    triton_rows: int = 64  # the Triton tile's rows (its Tiling.rows)
+    triton_min_in: int = 1  # convolutions with fewer input channels stay cuDNN's
+    tf32_conv: bool = True  # torch.backends.cudnn.allow_tf32 (PyTorch's default)
 
 
 VARIANTS = {
@@ -96,6 +102,19 @@ VARIANTS = {
         Variant("graphs tf32", tf32_matmul=True),
         Variant("graphs triton-conv", triton_conv="unrolled"),
         Variant("graphs triton-conv flat", triton_conv="flat"),
+        # The first convolution has one input channel: a Triton tile's reduction
+        # step of at least 16 wastes most of its work there. This one leaves it to
+        # cuDNN, with the tiling fastest at 10 clients in gpu_grouped_conv.json.
+        Variant(
+            "graphs triton-conv2 flat",
+            triton_conv="flat",
+            triton_rows=32,
+            triton_min_in=16,
+        ),
+        # A control for the triton rows' parameter difference: the same cuDNN
+        # kernels in float32 instead of TF32, whose difference to "graphs" is the
+        # drift rounding alone gives over a round's steps.
+        Variant("graphs fp32-conv", tf32_conv=False),
     ]
 }
 
@@ -270,11 +289,13 @@ class Bench:
         """Times FedAvg rounds on the vectorized runtime; returns the final params."""
         torch.backends.cudnn.benchmark = variant.autotune
         torch.backends.cuda.matmul.allow_tf32 = variant.tf32_matmul
+        torch.backends.cudnn.allow_tf32 = variant.tf32_conv
         try:
             return self._vectorized(size, variant)
         finally:
             torch.backends.cudnn.benchmark = False
             torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = True
 
     def _vectorized(self, size: int, variant: Variant) -> Any:
         runtime = VectorizedRuntime(
@@ -288,8 +309,14 @@ class Bench:
 
             kernels = client_conv_op.kernels
             flat = variant.triton_conv == "flat"
-            tiling = kernels.Tiling(flat=flat) if kernels is not None else None
-            module, swapped = client_conv_op.swap_convs(self.model.module, tiling)
+            tiling = (
+                kernels.Tiling(rows=variant.triton_rows, flat=flat)
+                if kernels is not None
+                else None
+            )
+            module, swapped = client_conv_op.swap_convs(
+                self.model.module, tiling, min_in_channels=variant.triton_min_in
+            )
             model = FunctionalModel(module)
             probe = torch.zeros(1, device=self.device)
             extra = {

@@ -344,6 +344,8 @@ def sweep(
                 report(f"time budget spent in {cell.name} lr={lr:g}; rerun to go on")
                 return made
             key = run_key(settings.dataset, cell, lr, target)
+            if first := runs.get(key, {}).get("rerun_of"):  # an extended rerun
+                outcome["rerun_of"] = first
             record_run(settings.results_path, key, outcome)
             made += 1
             report(f"          -> {ending(outcome)}")

@@ -34,6 +34,21 @@ def rounds_text(run: Mapping[str, Any] | None) -> str:
     return f"> {run['max_rounds']}"
 
 
+def rerun_text(run: Mapping[str, Any]) -> str:
+    """For a run made again for its curve (``--rerun-best``) that did not repeat
+    its first run's rounds, those rounds; else nothing.
+
+    Example:
+        >>> rerun_text({"rounds_to_target": 80, "max_rounds": 500,
+        ...             "rerun_of": {"rounds_to_target": 69}})
+        ' (first run: 69)'
+    """
+    first = run.get("rerun_of")
+    if first is None or first["rounds_to_target"] == run["rounds_to_target"]:
+        return ""
+    return f" (first run: {rounds_text({**run, **first})})"
+
+
 def speedup_text(
     baseline: Mapping[str, Any] | None, run: Mapping[str, Any] | None
 ) -> str:
@@ -172,7 +187,8 @@ def model_table(
                     f"{cell.u:g}",
                     paper_text,
                     mnist_text.strip(),
-                    f"{rounds_text(chosen)} {speedup_text(baseline, chosen)}".strip()
+                    f"{rounds_text(chosen)} {speedup_text(baseline, chosen)}"
+                    f"{rerun_text(chosen)}".strip()
                     if chosen is not None
                     else "not run yet",
                     verdict(cell, paper_ratio, ours),
@@ -205,7 +221,11 @@ def write_table(
         "accuracy at most 20 % for 50 rounds), its run stopped there. Paper: "
         "arXiv 1602.05629v4, Table 2 (CNN) and, "
         "for the 2NN, Table 1 (C = 0.1, E = 1), the only 2NN cells we could read "
-        "(`paper.json`). Seconds: the best-rate run's rounds (training and "
+        "(`paper.json`). (first run: N): the best run was made again for its "
+        "curve (`run --rerun-best`, the results file keeping each run's test "
+        "accuracy by round since) and did not take the rounds its first run took; "
+        "the table gives the new run's. Seconds: the best-rate run's rounds "
+        "(training and "
         "evaluation), without loading data, their first round with the runtime's "
         "warm-up (on a GPU, the graph capture, and in a sweep's first run CUDA's "
         "start-up); the device, and the clients computed "

@@ -32,6 +32,7 @@ def test_swapped_cnn_has_the_same_gradients_under_vmap():
     model = build_model("cnn", (1, 28, 28), 10, seed=0)
     swapped, count = op.swap_convs(model.module)
     assert count == 2
+    assert op.swap_convs(model.module, min_in_channels=16)[1] == 1  # not 1 -> 32
     assert [type(m) for m in swapped.modules()].count(op.ClientConv2d) == 2
     assert dict(swapped.named_parameters()).keys() == model.init().keys()
     generator = torch.Generator().manual_seed(0)

@@ -17,6 +17,7 @@ import benchmarks.mcmahan2017.sweep as sweep_module
 from benchmarks.mcmahan2017 import cells as grid
 from benchmarks.mcmahan2017.cells import Cell
 from benchmarks.mcmahan2017.curves import plot_all
+from benchmarks.mcmahan2017.ladder import ladder
 from benchmarks.mcmahan2017.results import (
     ACCURACY_BY_ROUND,
     best,
@@ -268,7 +269,9 @@ def test_the_table_puts_paper_and_fedloom_side_by_side(fedsgd_rounds, expected):
     assert any("| IID | FedSGD | 1 | ∞ | 1 | 1474 |" in line for line in lines)
 
 
-@pytest.mark.parametrize("module", ["cells", "results", "seeds", "sweep", "table"])
+@pytest.mark.parametrize(
+    "module", ["cells", "ladder", "results", "seeds", "sweep", "table"]
+)
 def test_docstring_examples(module):
     imported = importlib.import_module(f"benchmarks.mcmahan2017.{module}")
     result = doctest.testmod(imported, report=True)
@@ -337,5 +340,32 @@ def test_curves_are_drawn_from_the_results_file_or_runs_made_again(tmp_path):
     assert rerun["rerun_of"]["rounds_to_target"] == chosen["rounds_to_target"]
     assert f"was {chosen['rounds_to_target']} rounds" in reports[0]
     assert rerun_best(settings, [cell], report=reports.append) == 0  # has its curve
+    # a sweep that makes the rerun's run again (here: as if cut short) keeps what
+    # its first run measured
+    key = run_key("digits", cell, chosen["learning_rate"], 0.3)
+    runs = load_runs(path)
+    runs[key].update(rounds_to_target=None, max_rounds=1, rounds_run=1)
+    save_runs(path, runs)
+    assert sweep(settings, [cell], report=lambda line: None) == 1
+    assert load_runs(path)[key]["rerun_of"] == rerun["rerun_of"]
     lines = plot_all("digits", load_runs(path), runs_dir, targets, figures)
     assert lines == [str(figures / "digits_2nn_iid.png")]
+
+
+def test_the_ladder_reads_rounds_to_lower_thresholds_from_stored_curves():
+    fedsgd = Cell("cnn", "shards", "fedsgd", 1, None)
+    fedavg = Cell("cnn", "shards", "fedavg", 20, None)
+    runs = dict([_stored(fedsgd, 0.464, 4, 9, 0.86), _stored(fedavg, 0.1, 2, 9, 0.85)])
+    runs[run_key("fashion_mnist", fedsgd, 0.464, 0.85)][ACCURACY_BY_ROUND] = [
+        0.5,
+        0.7,
+        None,
+        0.86,
+    ]
+    runs[run_key("fashion_mnist", fedavg, 0.1, 0.85)][ACCURACY_BY_ROUND] = [0.75, 0.85]
+    rows = ladder(runs, "fashion_mnist", "cnn", "shards", [0.7, 0.8, 0.85])
+    by_cell = {row["cell"]: row for row in rows}
+    assert by_cell[fedsgd.name]["rounds"] == [2, 4, 4]
+    assert by_cell[fedavg.name]["rounds"] == [1, 2, 2]
+    assert by_cell[fedavg.name]["speedup"] == [2.0, 2.0, 2.0]
+    assert by_cell["cnn/shards/fedavg_E1_B10"]["rounds"] == [None, None, None]
