@@ -27,22 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from . import cells as grid
-from .results import ACCURACY_BY_ROUND, best, load_runs, results_path, runs_of_cell
-
-
-def first_round_at(accuracies: Sequence[float | None], threshold: float) -> int | None:
-    """The first round whose test accuracy is at least ``threshold``, or None.
-
-    Example:
-        >>> first_round_at([0.5, None, 0.75, 0.7, 0.8], 0.7)
-        3
-        >>> first_round_at([0.5, 0.6], 0.7) is None
-        True
-    """
-    for index, accuracy in enumerate(accuracies):
-        if accuracy is not None and accuracy >= threshold:
-            return index + 1
-    return None
+from .results import (
+    accuracies_of,
+    best,
+    first_round_at,
+    load_runs,
+    results_path,
+    runs_of_cell,
+)
+from .sweep import RUNS_DIR
 
 
 def ladder(
@@ -51,6 +44,7 @@ def ladder(
     model: str,
     partition: str,
     thresholds: Sequence[float],
+    runs_dir: Path = RUNS_DIR,
 ) -> list[dict[str, Any]]:
     """A row for each cell of the block: its best run's rate and its rounds to each
     threshold (None: not reached, or no curve stored), and the ratio of FedSGD's
@@ -61,7 +55,7 @@ def ladder(
         if cell.partition != partition:
             continue
         chosen = best(runs_of_cell(runs, dataset, cell, target))
-        curve = chosen.get(ACCURACY_BY_ROUND) if chosen else None
+        curve = accuracies_of(chosen, runs_dir) if chosen else None
         rounds = [first_round_at(curve, t) if curve else None for t in thresholds]
         rows.append(
             {

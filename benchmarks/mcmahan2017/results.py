@@ -128,24 +128,51 @@ def logged_accuracies(
     run: Mapping[str, Any], runs_dir: Path
 ) -> list[float | None] | None:
     """A stored run's accuracy by round from its run directory's metrics log, or
-    None when that is not here or holds fewer rounds (not the run recorded)."""
+    None when that is not here or is not the run recorded: it must hold the run's
+    rounds, reach the target first where the run did, and have its best accuracy
+    (a rerun under way in the same directory, say, does not)."""
     log = runs_dir / run["run_dir"] / "metrics.jsonl"
     if not log.exists():
         return None
-    accuracies = accuracy_by_round(MetricsLog(log).read())
-    if len(accuracies) < run["rounds_run"]:
+    accuracies = accuracy_by_round(MetricsLog(log).read())[: run["rounds_run"]]
+    evaluated = [a for a in accuracies if a is not None]
+    first = first_round_at(accuracies, run["target"])
+    if (
+        len(accuracies) < run["rounds_run"]
+        or max(evaluated, default=0.0) != run["best_accuracy"]
+        or (run["rounds_to_target"] is not None and first != run["rounds_to_target"])
+    ):
         return None
-    return accuracies[: run["rounds_run"]]
+    return accuracies
+
+
+def first_round_at(accuracies: Sequence[float | None], threshold: float) -> int | None:
+    """The first round whose test accuracy is at least ``threshold``, or None.
+
+    Example:
+        >>> first_round_at([0.5, None, 0.75, 0.7, 0.8], 0.7)
+        3
+        >>> first_round_at([0.5, 0.6], 0.7) is None
+        True
+    """
+    for index, accuracy in enumerate(accuracies):
+        if accuracy is not None and accuracy >= threshold:
+            return index + 1
+    return None
+
+
+def accuracies_of(run: Mapping[str, Any], runs_dir: Path) -> list[float | None] | None:
+    """A stored run's accuracy by round: from its results entry, else from its run
+    directory's metrics log; None when it has neither."""
+    stored = run.get(ACCURACY_BY_ROUND)
+    return list(stored) if stored is not None else logged_accuracies(run, runs_dir)
 
 
 def curve_of(
     run: Mapping[str, Any], runs_dir: Path
 ) -> tuple[list[int], list[float]] | None:
-    """The (rounds, test accuracies) of a stored run: from its results entry, else
-    from its run directory's metrics log; None when it has neither."""
-    stored = run.get(ACCURACY_BY_ROUND)
-    if stored is None:
-        stored = logged_accuracies(run, runs_dir)
+    """The (rounds, test accuracies) of a stored run (see :func:`accuracies_of`)."""
+    stored = accuracies_of(run, runs_dir)
     if stored is None:
         return None
     pairs = [(i + 1, a) for i, a in enumerate(stored) if a is not None]
@@ -216,9 +243,10 @@ def best(runs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
 
 def pack(runs: Mapping[str, Mapping[str, Any]], runs_dir: Path, out: Path) -> Path:
     """Write ``out/runs.tar``: every run directory's metrics and configuration (for
-    the curves), and the checkpoint of runs not in ``runs`` (stopped by a time
-    budget, so the next sweep resumes them); finished runs need none."""
-    finished = {run["run_dir"] for run in runs.values()}
+    the curves), and the checkpoint of runs not finished (stopped by a time budget,
+    so the next sweep resumes them): those not in ``runs``, and reruns (their
+    directory a recorded run's, whose record has no curve yet)."""
+    finished = {run["run_dir"] for run in runs.values() if ACCURACY_BY_ROUND in run}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "runs.tar"
     with tarfile.open(path, "w") as tar:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -302,6 +302,16 @@ def started_elsewhere(settings: Settings, out_dir: Path) -> str | None:
     return ", ".join(f"{k} {v!r}" for k, v in differ.items()) or None
 
 
+class Plan(NamedTuple):
+    """The next run of a cell: its rate, its round limit, a word for the report,
+    and (a rerun) what the run it replaces measured."""
+
+    lr: float
+    limit: int
+    note: str = ""
+    rerun_of: Mapping[str, Any] | None = None
+
+
 def sweep(
     settings: Settings,
     cells: Sequence[Cell],
@@ -312,6 +322,71 @@ def sweep(
 
     Returns how many runs were made; stops early (resumable) past the time budget.
     """
+
+    def search(cell: Cell, runs: Mapping[str, Mapping[str, Any]]) -> Plan | None:
+        stored = runs_of_cell(runs, settings.dataset, cell, settings.target(cell))
+        limit = round_limit(settings, cell, stored)
+        done = {step_of(r["learning_rate"]): r for r in stored if is_done(r, limit)}
+        step = next_step(cell, done)
+        return None if step is None else Plan(grid.learning_rate(step), limit)
+
+    return _make_runs(settings, cells, search, report, after_run)
+
+
+def rerun_best(
+    settings: Settings,
+    cells: Sequence[Cell],
+    report: Callable[[str], None] = print,
+    after_run: Callable[[], None] = lambda: None,
+) -> int:
+    """Run again, from round 0, the best run of each cell that has no accuracy by
+    round in the results file nor a run directory here to take it from (recorded
+    before the file kept curves, on a machine since gone), so its curve can be
+    drawn; until the cell's best run has one (a rerun slower than its first run
+    can leave another run the best).
+
+    A rerun has the rate and settings of the run it replaces (a run made on
+    another device type or runtime is left, with a line in the report), and its
+    cell's cap of rounds. It replaces the old run in the file, which keeps what
+    the old one measured under ``rerun_of``; both are reported, so a rerun that
+    does not repeat the old rounds shows (as does the table). Afterwards, ``sweep``
+    takes the cell's other rates to a changed round limit. Returns how many runs
+    were made; stops early past the time budget (the next call resumes the run it
+    stopped)."""
+    store_curves(settings.results_path, settings.runs_dir)  # those whose logs are here
+
+    def again(cell: Cell, runs: Mapping[str, Mapping[str, Any]]) -> Plan | None:
+        chosen = best(runs_of_cell(runs, settings.dataset, cell, settings.target(cell)))
+        if chosen is None or ACCURACY_BY_ROUND in chosen:
+            return None
+        made_on = (chosen["device"].split(" ")[0], chosen.get("runtime"))
+        if made_on != (settings.device, settings.runtime):
+            report(
+                f"skipping {cell.name}: its best run was made on {chosen['device']}, "
+                f"runtime {chosen.get('runtime')}; rerun it there"
+            )
+            return None
+        kept = {k: chosen.get(k) for k in RERUN_KEPT}
+        return Plan(
+            chosen["learning_rate"],
+            settings.cap(cell),
+            f"again (was {ending(chosen)}) ",
+            kept,
+        )
+
+    return _make_runs(settings, cells, again, report, after_run)
+
+
+def _make_runs(
+    settings: Settings,
+    cells: Sequence[Cell],
+    plan: Callable[[Cell, Mapping[str, Mapping[str, Any]]], Plan | None],
+    report: Callable[[str], None],
+    after_run: Callable[[], None],
+) -> int:
+    """Make, cell by cell, the runs ``plan`` asks for from the results file as it
+    stands, recording each, until it asks for none; stop (resumable) past the time
+    budget. Returns how many runs were made."""
     started = time.perf_counter()
     budget = settings.time_budget
     deadline = None if budget is None else started + budget
@@ -319,18 +394,14 @@ def sweep(
     for cell in order_cells(cells):
         while True:
             runs = load_runs(settings.results_path)
-            target = settings.target(cell)
-            stored = runs_of_cell(runs, settings.dataset, cell, target)
-            limit = round_limit(settings, cell, stored)
-            done = {step_of(r["learning_rate"]): r for r in stored if is_done(r, limit)}
-            step = next_step(cell, done)
-            if step is None:
+            chosen = plan(cell, runs)
+            if chosen is None:
                 break
             elapsed = time.perf_counter() - started
             if deadline is not None and time.perf_counter() > deadline:
                 report(f"time budget spent after {made} runs; rerun to go on")
                 return made
-            lr = grid.learning_rate(step)
+            lr, limit = chosen.lr, chosen.limit
             directory = run_dir(settings, cell, lr)
             if elsewhere := started_elsewhere(settings, directory):
                 report(
@@ -338,14 +409,18 @@ def sweep(
                     "resume it with those settings, or delete it"
                 )
                 break
-            report(f"[{elapsed:7.0f} s] {cell.name} lr={lr:g} (<= {limit} rounds)")
+            report(
+                f"[{elapsed:7.0f} s] {cell.name} lr={lr:g} {chosen.note}"
+                f"(<= {limit} rounds)"
+            )
             outcome = run_one(settings, cell, lr, limit, deadline)
             if outcome is None:
                 report(f"time budget spent in {cell.name} lr={lr:g}; rerun to go on")
                 return made
-            key = run_key(settings.dataset, cell, lr, target)
-            if first := runs.get(key, {}).get("rerun_of"):  # an extended rerun
-                outcome["rerun_of"] = first
+            key = run_key(settings.dataset, cell, lr, settings.target(cell))
+            # a rerun, or a run that extends one, keeps what the first run measured
+            if first := chosen.rerun_of or runs.get(key, {}).get("rerun_of"):
+                outcome["rerun_of"] = dict(first)
             record_run(settings.results_path, key, outcome)
             made += 1
             report(f"          -> {ending(outcome)}")
@@ -365,63 +440,19 @@ def ending(outcome: Mapping[str, Any]) -> str:
     return f"{ended}, best {outcome['best_accuracy']:.4f}, {outcome['seconds']:.1f} s"
 
 
-def rerun_best(
-    settings: Settings,
-    cells: Sequence[Cell],
-    report: Callable[[str], None] = print,
-    after_run: Callable[[], None] = lambda: None,
-) -> int:
-    """Run again, from round 0, the best run of each cell that has no accuracy by
-    round in the results file nor a run directory here to take it from (recorded
-    before the file kept curves, on a machine since gone), so its curve can be
-    drawn.
-
-    The new run replaces the old in the file, with the same rate, round limit and
-    settings (``settings``: device, runtime, seed, chunk size); what the old one
-    measured is kept under ``rerun_of``, and both are reported, so a rerun that
-    does not repeat the old rounds shows. Returns how many runs were made; stops
-    early past the time budget (the next call resumes the run it stopped)."""
-    started = time.perf_counter()
-    deadline = None if settings.time_budget is None else started + settings.time_budget
-    made = 0
-    store_curves(settings.results_path, settings.runs_dir)  # those whose logs are here
-    for cell in order_cells(cells):
-        target = settings.target(cell)
-        runs = load_runs(settings.results_path)
-        chosen = best(runs_of_cell(runs, settings.dataset, cell, target))
-        if chosen is None or ACCURACY_BY_ROUND in chosen:
-            continue
-        lr = chosen["learning_rate"]
-        directory = run_dir(settings, cell, lr)
-        if elsewhere := started_elsewhere(settings, directory):
-            report(f"skipping {cell.name}: {directory} was started with {elsewhere}")
-            continue
-        if deadline is not None and time.perf_counter() > deadline:
-            report(f"time budget spent after {made} reruns; rerun to go on")
-            return made
-        limit = chosen["max_rounds"]
-        report(f"{cell.name} lr={lr:g} again (<= {limit} rounds); was {ending(chosen)}")
-        outcome = run_one(settings, cell, lr, limit, deadline)
-        if outcome is None:
-            report(f"time budget spent in {cell.name} lr={lr:g}; rerun to go on")
-            return made
-        old = {k: chosen.get(k) for k in RERUN_KEPT}
-        key = run_key(settings.dataset, cell, lr, target)
-        record_run(settings.results_path, key, {**outcome, "rerun_of": old})
-        made += 1
-        report(f"          -> {ending(outcome)}")
-        after_run()
-    return made
-
-
 # What a rerun keeps of the run it replaces.
 RERUN_KEPT = (
     "rounds_to_target",
     "rounds_run",
+    "max_rounds",
+    "diverged",
+    "stalled",
     "best_accuracy",
     "seconds",
     "device",
     "chunk_size",
+    "runtime",
     "commit",
     "date",
+    "machine",
 )

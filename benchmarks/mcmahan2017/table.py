@@ -46,7 +46,9 @@ def rerun_text(run: Mapping[str, Any]) -> str:
     first = run.get("rerun_of")
     if first is None or first["rounds_to_target"] == run["rounds_to_target"]:
         return ""
-    return f" (first run: {rounds_text({**run, **first})})"
+    if first.get("max_rounds") is None:  # kept before the field was
+        return f" (first run: {first['rounds_to_target'] or 'not reached'})"
+    return f" (first run: {rounds_text(first)})"
 
 
 def speedup_text(

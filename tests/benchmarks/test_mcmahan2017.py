@@ -24,6 +24,7 @@ from benchmarks.mcmahan2017.results import (
     cell_fields,
     curve_of,
     load_runs,
+    logged_accuracies,
     pack,
     record_run,
     run_key,
@@ -38,7 +39,7 @@ from benchmarks.mcmahan2017.sweep import (
     sweep,
 )
 from benchmarks.mcmahan2017.table import TIMES, model_table, rates_text, rounds_text
-from fedloom.experiments import config_from_dict
+from fedloom.experiments import MetricsLog, config_from_dict
 from fedloom.experiments._files import locked_directory
 
 
@@ -269,9 +270,7 @@ def test_the_table_puts_paper_and_fedloom_side_by_side(fedsgd_rounds, expected):
     assert any("| IID | FedSGD | 1 | ∞ | 1 | 1474 |" in line for line in lines)
 
 
-@pytest.mark.parametrize(
-    "module", ["cells", "ladder", "results", "seeds", "sweep", "table"]
-)
+@pytest.mark.parametrize("module", ["cells", "results", "seeds", "sweep", "table"])
 def test_docstring_examples(module):
     imported = importlib.import_module(f"benchmarks.mcmahan2017.{module}")
     result = doctest.testmod(imported, report=True)
@@ -332,6 +331,18 @@ def test_curves_are_drawn_from_the_results_file_or_runs_made_again(tmp_path):
     lines = plot_all("digits", load_runs(path), runs_dir, targets, figures)
     assert len(lines) == 1 and "left as it was" in lines[0] and cell.name in lines[0]
     assert (figures / "digits_2nn_iid.png").read_bytes() == b"the figure in git"
+    # not on another runtime (or device type) than the run it replaces
+    lines: list[str] = []
+    vectorized = dataclasses.replace(settings, runtime="vectorized")
+    assert rerun_best(vectorized, [cell], report=lines.append) == 0
+    assert lines == [
+        f"skipping {cell.name}: its best run was made on cpu, runtime local; "
+        "rerun it there"
+    ]
+    # a rerun stopped by a time budget: its checkpoint travels, and it resumes
+    assert run_one(settings, cell, chosen["learning_rate"], 20, deadline=0.0) is None
+    with tarfile.open(pack(load_runs(path), runs_dir, tmp_path / "out")) as tar:
+        assert f"{chosen['run_dir']}/checkpoint" in tar.getnames()
     reports: list[str] = []
     assert rerun_best(settings, [cell], report=reports.append) == 1
     rerun = best(list(load_runs(path).values()))
@@ -369,3 +380,43 @@ def test_the_ladder_reads_rounds_to_lower_thresholds_from_stored_curves():
     assert by_cell[fedavg.name]["rounds"] == [1, 2, 2]
     assert by_cell[fedavg.name]["speedup"] == [2.0, 2.0, 2.0]
     assert by_cell["cnn/shards/fedavg_E1_B10"]["rounds"] == [None, None, None]
+
+
+def test_a_log_that_is_not_the_recorded_run_gives_no_curve(tmp_path):
+    run = {
+        "run_dir": "cell/lr0.1",
+        "target": 0.3,
+        "rounds_run": 3,
+        "rounds_to_target": 3,
+        "best_accuracy": 0.31,
+    }
+    log = MetricsLog(tmp_path / "cell" / "lr0.1" / "metrics.jsonl")
+    for round, accuracy in enumerate([0.1, 0.2, 0.31], start=1):
+        log.append({"round": round, "test_accuracy": accuracy})
+    assert logged_accuracies(run, tmp_path) == [0.1, 0.2, 0.31]
+    # a slower rerun under way in the same directory: past the recorded rounds,
+    # but it reached the target later, and its best differs
+    (tmp_path / "cell" / "lr0.1" / "metrics.jsonl").unlink()
+    for round, accuracy in enumerate([0.1, 0.2, 0.25, 0.35, 0.4], start=1):
+        log.append({"round": round, "test_accuracy": accuracy})
+    assert logged_accuracies(run, tmp_path) is None
+    assert (
+        logged_accuracies(dict(run, rounds_run=5, best_accuracy=0.4), tmp_path) is None
+    )
+    assert logged_accuracies(dict(run, rounds_run=6), tmp_path) is None  # too short
+
+
+def test_results_keep_number_lists_on_one_line_and_read_back(tmp_path):
+    runs = {
+        "a": {
+            ACCURACY_BY_ROUND: [0.1, None, -2.5e-07, 1e20, 0.85],
+            "nested": [[1, 2], [3.5, None]],
+            "text": "[1,\n 2]",
+            "mixed": [1, "x", None],
+            "empty": [],
+        }
+    }
+    save_runs(tmp_path / "r.json", runs)
+    text = (tmp_path / "r.json").read_text()
+    assert "[0.1, null, -2.5e-07, 1e+20, 0.85]" in text
+    assert load_runs(tmp_path / "r.json") == runs
