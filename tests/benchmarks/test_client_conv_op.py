@@ -74,3 +74,27 @@ def test_only_same_size_stride_one_convolutions_are_swapped(conv):
     swapped, count = op.swap_convs(nn.Sequential(conv))
     assert count == 0
     assert type(swapped[0]) is nn.Conv2d
+
+
+def test_swapped_cnn_trains_like_the_original_for_many_steps_in_float64():
+    # In float32 the two part within a few dozen steps (a ReLU or max-pool that
+    # flips on a rounding difference, as plain PyTorch's float32 does against
+    # float64); in float64 they must not part at all.
+    model = build_model("cnn", (1, 28, 28), 10, seed=0)
+    base = model.module.double()
+    swapped, _ = op.swap_convs(base)
+    generator = torch.Generator().manual_seed(0)
+    clients, n, steps = 2, 4, 30
+    params = {k: v.double().expand(clients, *v.shape) for k, v in model.init().items()}
+    xs = torch.randn(
+        steps, clients, n, 1, 28, 28, generator=generator, dtype=torch.float64
+    )
+    ys = torch.randint(0, 10, (steps, clients, n), generator=generator)
+    a, b = params, params
+    for x, y in zip(xs, ys, strict=True):
+        ga, gb = _gradients(base, a, x, y), _gradients(swapped, b, x, y)
+        a = {k: v - 0.05 * ga[k] for k, v in a.items()}
+        b = {k: v - 0.05 * gb[k] for k, v in b.items()}
+    for k in a:
+        assert not torch.equal(a[k], params[k])  # it trained
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-12)
