@@ -42,6 +42,11 @@ def rerun_text(run: Mapping[str, Any]) -> str:
         >>> rerun_text({"rounds_to_target": 80, "max_rounds": 500,
         ...             "rerun_of": {"rounds_to_target": 69}})
         ' (first run: 69)'
+        >>> rerun_text({"rounds_to_target": 70, "max_rounds": 500, "rerun_of":
+        ...             {"rounds_to_target": None, "max_rounds": 69}})
+        ' (first run: > 69)'
+        >>> rerun_text({"rounds_to_target": 70, "rerun_of": {"rounds_to_target": 70}})
+        ''
     """
     first = run.get("rerun_of")
     if first is None or first["rounds_to_target"] == run["rounds_to_target"]:
