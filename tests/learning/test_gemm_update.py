@@ -36,6 +36,24 @@ def _inputs(product=aten.bmm.default):
     return [torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes]
 
 
+class _Builder:
+    """An FX graph built by hand: placeholders for ``inputs``, and each node made
+    with the value it stands for (``meta["val"]``, what the pass reads)."""
+
+    def __init__(self, **inputs):
+        self.graph = fx.Graph()
+        self.nodes = {}
+        for name, val in inputs.items():
+            self.nodes[name] = self.graph.placeholder(name)
+            self.nodes[name].meta["val"] = val
+
+    def call(self, op, args, val=None, kwargs=None):
+        node = self.graph.call_function(op, args, kwargs or {})
+        if val is not None:
+            node.meta["val"] = val
+        return node
+
+
 def _graph(product=aten.bmm.default, *, weight_shape=None, extra=None, velocity=False):
     """``w.copy_(w + ALPHA * product(a, b))`` as AOT leaves an in-place update.
 
@@ -44,13 +62,11 @@ def _graph(product=aten.bmm.default, *, weight_shape=None, extra=None, velocity=
     w_val, a_val, b_val = _inputs(product)
     if weight_shape is not None:
         w_val = torch.zeros(weight_shape, dtype=torch.float64)
-    graph = fx.Graph()
-    nodes = {}
-    for name, val in (("w", w_val), ("a", a_val), ("b", b_val)):
-        nodes[name] = graph.placeholder(name)
-        nodes[name].meta["val"] = val
-    nodes["product"] = graph.call_function(product, (nodes["a"], nodes["b"]))
-    nodes["product"].meta["val"] = product(a_val, b_val)
+    built = _Builder(w=w_val, a=a_val, b=b_val)
+    graph, nodes = built.graph, built.nodes
+    nodes["product"] = built.call(
+        product, (nodes["a"], nodes["b"]), product(a_val, b_val)
+    )
     # velocity: momentum's ``g + beta * v`` (the product first) instead of SGD's
     summands = (
         (nodes["product"], nodes["w"]) if velocity else (nodes["w"], nodes["product"])
@@ -142,17 +158,8 @@ def test_a_product_reading_another_updated_weight_is_not_moved_past_its_update()
         torch.randn(shape, generator=generator, dtype=torch.float64)
         for shape in [(2, 3, 3), (2, 3, 4), (2, 3, 5), (2, 5, 3), (2, 3, 4)]
     )
-    graph = fx.Graph()
-    nodes = {}
-    for name, val in (("p", p0), ("q", q0), ("a", a), ("b", b), ("c", c)):
-        nodes[name] = graph.placeholder(name)
-        nodes[name].meta["val"] = val
-
-    def call(op, args, val, kwargs=None):
-        node = graph.call_function(op, args, kwargs or {})
-        node.meta["val"] = val
-        return node
-
+    built = _Builder(p=p0, q=q0, a=a, b=b, c=c)
+    graph, nodes, call = built.graph, built.nodes, built.call
     pt = call(aten.permute.default, (nodes["p"], [0, 2, 1]), p0.transpose(1, 2))
     q_product = call(aten.bmm.default, (pt, nodes["c"]), p0.transpose(1, 2) @ c)
     p_product = call(aten.bmm.default, (nodes["a"], nodes["b"]), a @ b)
@@ -181,17 +188,8 @@ def _chain_graph(reader_after=False, view_reader=False):
     first update is read after it."""
     w, a1, b1 = _inputs()
     _, a2, b2 = (t.flip(0) for t in _inputs())
-    graph = fx.Graph()
-    n = {}
-    for name, val in (("w", w), ("a1", a1), ("b1", b1), ("a2", a2), ("b2", b2)):
-        n[name] = graph.placeholder(name)
-        n[name].meta["val"] = val
-
-    def call(op, args, val, kwargs=None):
-        node = graph.call_function(op, args, kwargs or {})
-        node.meta["val"] = val
-        return node
-
+    built = _Builder(w=w, a1=a1, b1=b1, a2=a2, b2=b2)
+    graph, n, call = built.graph, built.nodes, built.call
     if view_reader:
         view = call(aten.permute.default, (n["w"], [0, 2, 1]), w.permute(0, 2, 1))
     t1_val = w + ALPHA * (a1 @ b1)
@@ -228,16 +226,14 @@ def test_elementwise_updates_of_several_steps_are_written_back_at_once():
     # not into a new buffer a step, copied once at the end
     generator = torch.Generator().manual_seed(1)
     w, x1, x2 = (torch.randn(4, 5, generator=generator).double() for _ in range(3))
-    graph = fx.Graph()
-    n = {}
-    for name, val in (("w", w), ("x1", x1), ("x2", x2)):
-        n[name] = graph.placeholder(name)
-        n[name].meta["val"] = val
-    t1 = graph.call_function(aten.add.Tensor, (n["w"], n["x1"]), {"alpha": ALPHA})
-    t1.meta["val"] = w + ALPHA * x1
-    read = graph.call_function(aten.mul.Tensor, (t1, 2.0))
-    t2 = graph.call_function(aten.add.Tensor, (t1, n["x2"]), {"alpha": ALPHA})
-    t2.meta["val"] = t1.meta["val"] + ALPHA * x2
+    built = _Builder(w=w, x1=x1, x2=x2)
+    graph, n = built.graph, built.nodes
+    t1 = built.call(
+        aten.add.Tensor, (n["w"], n["x1"]), w + ALPHA * x1, {"alpha": ALPHA}
+    )
+    read = built.call(aten.mul.Tensor, (t1, 2.0))
+    t2_val = t1.meta["val"] + ALPHA * x2
+    t2 = built.call(aten.add.Tensor, (t1, n["x2"]), t2_val, {"alpha": ALPHA})
     graph.call_function(aten.copy_.default, (n["w"], t2))
     graph.output((read,))
     fold = FoldUpdateIntoGemm()
