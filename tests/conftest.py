@@ -23,3 +23,19 @@ def no_tf32():
     saved = _tf32((False, False))
     yield
     _tf32(saved)
+
+
+@pytest.fixture
+def compiled_afresh(monkeypatch):
+    """Compile as CI does, and afresh (not from inductor's on-disk cache), so that
+    the compiler passes run and their counters count."""
+    import torch._inductor.config  # only here: it takes seconds to import
+
+    # with CI set, inductor refuses implicit fallbacks to ops it could decompose
+    monkeypatch.setenv("CI", "1")
+    torch._dynamo.reset()
+    with (
+        torch._inductor.config.patch(fx_graph_cache=False),
+        torch._functorch.config.patch(enable_autograd_cache=False),
+    ):
+        yield

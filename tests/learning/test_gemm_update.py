@@ -5,7 +5,6 @@ must leave alone, and that the rewritten graph computes the float64 reference), 
 end to end: the compiled cohort step, which uses it, against the eager step.
 """
 
-import contextlib
 import dataclasses
 
 import pytest
@@ -257,20 +256,6 @@ def test_a_chain_read_after_its_update_is_left_alone(how):
     assert _targets(graph) == before
 
 
-@contextlib.contextmanager
-def _compiled_afresh(monkeypatch):
-    """Compile as CI does, and afresh (not from inductor's on-disk cache), so the
-    pass runs and its counters count."""
-    # with CI set, inductor refuses implicit fallbacks to ops it could decompose
-    monkeypatch.setenv("CI", "1")
-    torch._dynamo.reset()
-    with (
-        torch._inductor.config.patch(fx_graph_cache=False),
-        torch._functorch.config.patch(enable_autograd_cache=False),
-    ):
-        yield
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
@@ -301,10 +286,9 @@ def _steps(digits, optimizer, compile, count=3):
     ("optimizer", "folded"), [(lambda: sgd(0.1), 3), (lambda: momentum(0.05), 3)]
 )
 def test_the_compiled_step_folds_the_update_and_matches_the_eager_step(
-    digits, optimizer, folded, monkeypatch
+    digits, optimizer, folded, compiled_afresh
 ):
-    with _compiled_afresh(monkeypatch):
-        step, params, state, losses = _steps(digits, optimizer(), compile=True)
+    step, params, state, losses = _steps(digits, optimizer(), compile=True)
     _, expected_params, expected_state, expected_losses = _steps(
         digits, optimizer(), compile=False
     )
@@ -340,24 +324,31 @@ def _local_training(digits, compile, steps_per_call=1, optimizer=None):
 
 
 @pytest.mark.parametrize(
-    ("optimizer", "written_back"),
-    # SGD: the three biases' updates in the block of 4 steps; momentum: the
-    # weights' and biases' (w - lr v), while the velocities of the weights fold
-    [(lambda: sgd(0.1), 3 * 4), (lambda: momentum(0.05), 6 * 4)],
+    ("optimizer", "written_back", "folded", "deferred"),
+    # SGD: the three biases' updates in the block of 4 steps are written back; the
+    # first layer (fed by the data) has its 4 updates deferred into one product
+    # (_defer_update.py), which folds, and the two others fold a step each.
+    # Momentum: the weights' and biases' (w - lr v) are written back, while the
+    # velocities of the weights fold a step each, none deferred.
+    [
+        (lambda: sgd(0.1), 3 * 4, 1 + 2 * 4, 1),
+        (lambda: momentum(0.05), 6 * 4, 3 * 4, 0),
+    ],
 )
 def test_several_steps_a_call_train_as_one_step_at_a_time(
-    digits, monkeypatch, optimizer, written_back
+    digits, compiled_afresh, optimizer, written_back, folded, deferred
 ):
-    with _compiled_afresh(monkeypatch):
-        trained = _local_training(digits, True, 4, optimizer())
+    trained = _local_training(digits, True, 4, optimizer())
     step, plan, (deltas, weights, losses) = trained
     _, _, want = _local_training(digits, False, optimizer=optimizer())
     want_deltas, want_weights, want_losses = want
     # 13 steps an epoch, every client has a batch in the first 7: steps 0-3 run as
     # one call, 4-6 one by one, 7-12 one by one and masked (no fold there)
     assert plan.everyone[0] == [True] * 7 + [False] * 6 == plan.everyone[1]
-    assert step.fold is not None and step.fold.folded == 3 * 4 + 3
+    # and the unmasked single step's graph folds its three weights' updates
+    assert step.fold is not None and step.fold.folded == folded + 3
     assert step.fold.written_back == written_back
+    assert step.fold.deferred == deferred
     for k, v in want_deltas.items():
         torch.testing.assert_close(deltas[k], v, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(weights, want_weights)

@@ -218,7 +218,8 @@ class CohortStep:
     Compiled, the step updates the parameters and optimizer state in place (start
     from :meth:`begin`), which lets :class:`FoldUpdateIntoGemm` accumulate SGD's
     update of a linear layer straight into its weights (momentum's, into its
-    velocity).
+    velocity); in :meth:`steps`, SGD's updates of a layer fed by the data are
+    first deferred to the end of the call (``_defer_update.py``).
     """
 
     def __init__(
@@ -309,7 +310,10 @@ class CohortStep:
         takes them, and every client must have a batch at every step. The steps are
         unrolled into one graph: one call's overhead (guards, wrappers, about 0.1 ms
         on a CPU) is paid once for them all, and compiling takes as many times
-        longer. Each distinct count compiles once.
+        longer. With SGD, the forward products of a layer fed by the data (whose
+        inputs of every step are known before the first) become one product, and
+        its updates one at the end (``_defer_update.py``). Each distinct count
+        compiles once.
         """
         if not self.compiled:
             raise RuntimeError("steps() runs the compiled step (compile=True)")

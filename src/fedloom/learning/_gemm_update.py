@@ -18,16 +18,21 @@ into::
     w.baddbmm_(a, b, alpha=alpha)                       # (aten.mm: w.addmm_)
 
 one library call that accumulates the product into the weight where it lies, so the
-gradient is never stored: a 10-client 2NN step (B = 10) runs 1.4-1.7x faster on a
-2-core CPU (``benchmarks/compiled_step.py``; ``simulation_speed.py`` times rounds).
-Momentum's velocity, ``v.copy_(aten.add(aten.bmm(a, b), v, alpha=beta))``, becomes
-``v.baddbmm_(a, b, beta=beta)`` the same way (its step 1.2x faster).
+gradient is never stored: a 10-client 2NN step (B = 10) ran 1.3-1.7x faster on the
+2-core CPUs it was measured on (``benchmarks/compiled_step.py``;
+``simulation_speed.py`` times rounds). Momentum's velocity,
+``v.copy_(aten.add(aten.bmm(a, b), v, alpha=beta))``, becomes
+``v.baddbmm_(a, b, beta=beta)`` the same way (its step up to 1.4x faster; no faster
+on the latest of those machines).
 
 Several steps compiled into one graph update a tensor in a chain,
 ``w.copy_(((w + p1) + p2) + p3)``; each sum with a product becomes ``w.baddbmm_`` in
 turn, and an elementwise sum (momentum's ``w - lr * v``, a bias's update) is written
 into ``w`` as soon as it is made (``w.copy_(w + x)`` at once), rather than into a new
-buffer each step copied into ``w`` at the end.
+buffer each step copied into ``w`` at the end. First, though, the chain of a layer
+fed by the data (the 2NN's first) is rewritten into one update at the end of the
+call, its steps' forward products into one (``_defer_update.py``), and that one
+update folds.
 It only rewrites what it can prove is the same computation: ``w`` is a graph input,
 nothing reads it (or a view of it) after the first sum, nor a sum after the next,
 the products feed nothing else, shapes and dtypes agree, and no factor of a product
@@ -41,12 +46,16 @@ updates) compiles as before.
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 from torch._inductor.lowering import lowerings, make_fallback
 from torch.fx.experimental.symbolic_shapes import statically_known_true, sym_eq
+
+from ._defer_update import defer_data_layer_updates
+from ._update_chains import Sum, update_chain, val
 
 __all__ = ["FoldUpdateIntoGemm"]
 
@@ -83,10 +92,6 @@ class _NoShimExpected(logging.Filter):
 logging.getLogger("torch._inductor.ir").addFilter(_NoShimExpected())
 
 
-def _val(node: Any) -> Any:
-    return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-
-
 def _views_of(node: Any, targets: set[torch.fx.Node]) -> bool:
     """Whether ``node`` may share memory with one of ``targets`` (through a chain of
     view ops)."""
@@ -119,60 +124,8 @@ def _read_before(
     return True
 
 
-class _Sum(NamedTuple):
-    """One update of a chain: ``total = beta * previous + alpha * product``, or,
-    with ``product`` None, the elementwise ``total = previous + alpha * other``."""
-
-    total: torch.fx.Node
-    previous: Any
-    product: Any
-    beta: Any
-    alpha: Any
-
-
-def _as_sum(node: Any) -> _Sum | None:
-    """``node`` as ``previous + alpha * product`` (SGD: ``w - lr * g``), as
-    ``product + beta * previous`` (momentum's velocity: ``g + beta * v``), or as an
-    elementwise ``previous + alpha * other`` (momentum's weight: ``w - lr * v``)."""
-    if not (
-        isinstance(node, torch.fx.Node)
-        and node.target is _aten.add.Tensor
-        and len(node.args) == 2
-        and set(node.kwargs) <= {"alpha"}
-    ):
-        return None
-    first, second = node.args
-    scale = node.kwargs.get("alpha", 1)
-    if _is_product(second):
-        return _Sum(node, first, second, 1, scale)
-    if _is_product(first):
-        return _Sum(node, second, first, scale, 1)
-    return _Sum(node, first, None, 1, scale)
-
-
-def _is_product(node: Any) -> bool:
-    return isinstance(node, torch.fx.Node) and node.target in _IN_PLACE
-
-
-def _update_chain(copy: torch.fx.Node) -> list[_Sum] | None:
-    """The sums from ``copy``'s input to its new value, in order (one for a single
-    step; one a step when several steps are compiled together)."""
-    weight: Any = copy.args[0]
-    node: Any = copy.args[1]
-    if not (isinstance(weight, torch.fx.Node) and weight.op == "placeholder"):
-        return None
-    chain = []
-    while node is not weight:
-        step = _as_sum(node)
-        if step is None:
-            return None
-        chain.append(step)
-        node = step.previous
-    return chain[::-1] or None
-
-
 def _foldable(
-    step: _Sum,
+    step: Sum,
     weight: torch.fx.Node,
     copy: torch.fx.Node,
     order: dict[torch.fx.Node, int],
@@ -191,7 +144,7 @@ def _foldable(
         return False
     if product is not None and len(product.users) != 1:
         return False
-    w_val, p_val = _val(w), _val(other)
+    w_val, p_val = val(w), val(other)
     if w_val is None or p_val is None or w_val.dtype != p_val.dtype:
         return False
     if not statically_known_true(sym_eq(tuple(w_val.shape), tuple(p_val.shape))):
@@ -204,7 +157,7 @@ def _fold(
 ) -> tuple[int, int]:
     """Rewrite the updates that ``copy`` writes back: (products folded, elementwise
     sums written back in place); (0, 0) if they do not match."""
-    chain = _update_chain(copy)
+    chain = update_chain(copy)
     weight: Any = copy.args[0]
     if chain is None or not all(
         _foldable(s, weight, copy, order, updated) for s in chain
@@ -242,7 +195,8 @@ class FoldUpdateIntoGemm(CustomGraphPass):
     """Inductor post-grad pass: ``w.copy_(w + alpha * bmm(a, b))`` becomes
     ``w.baddbmm_(a, b, alpha=alpha)``, ``v.copy_(bmm(a, b) + beta * v)`` becomes
     ``v.baddbmm_(a, b, beta=beta)`` (and ``mm`` becomes ``addmm_``); in a chain of
-    several steps' updates each is done in place in turn.
+    several steps' updates each is done in place in turn. With ``defer`` (the
+    default) it first runs :func:`defer_data_layer_updates` on the graph.
 
     Pass it as ``torch.compile(..., options={"post_grad_custom_post_pass":
     FoldUpdateIntoGemm()})``. ``folded`` counts the rewrites in the graphs it was
@@ -250,13 +204,20 @@ class FoldUpdateIntoGemm(CustomGraphPass):
     and the pass does not see it (the cache keys on :meth:`uuid`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, defer: bool = True) -> None:
+        self.defer = defer
+        """Whether to defer data-fed layers' updates first (``_defer_update.py``)."""
+        self.deferred = 0
+        """Data-fed linear layers whose steps' updates were deferred to the end
+        of the call (``_defer_update.py``), before folding."""
         self.folded = 0
         """Products folded into the tensor they update."""
         self.written_back = 0
         """Elementwise updates in a chain written into their tensor at once."""
 
     def __call__(self, graph: torch.fx.Graph) -> None:
+        if self.defer:
+            self.deferred += defer_data_layer_updates(graph)
         order = {node: i for i, node in enumerate(graph.nodes)}
         copies = [n for n in graph.nodes if n.target is _aten.copy_.default]
         # Every tensor written in place, and what stands for it once folds write
@@ -265,7 +226,7 @@ class FoldUpdateIntoGemm(CustomGraphPass):
         for copy in copies:
             if isinstance(copy.args[0], torch.fx.Node):
                 updated.add(copy.args[0])
-            updated.update(step.total for step in _update_chain(copy) or [])
+            updated.update(step.total for step in update_chain(copy) or [])
         for copy in copies:
             folded, written_back = _fold(copy, order, updated)
             self.folded += folded
@@ -273,4 +234,7 @@ class FoldUpdateIntoGemm(CustomGraphPass):
 
     def uuid(self) -> Any:
         # Inductor's cache keys compiled graphs on this: it changes with this file.
-        return get_hash_for_files((__file__,))
+        here = Path(__file__).parent
+        passes = ("_gemm_update.py", "_defer_update.py", "_update_chains.py")
+        files = get_hash_for_files(tuple(str(here / name) for name in passes))
+        return files, self.defer

@@ -1,0 +1,184 @@
+"""Deferring a data-fed linear layer's updates to the end of a compiled call.
+
+Checked on small hand-built post-grad graphs (the rewritten graph computes what the
+original did, in float64; what it must leave alone), then end to end: the compiled
+cohort step, several steps a call, against the eager step one step at a time.
+"""
+
+import pytest
+import torch
+from torch import fx, nn
+
+from fedloom.core import Replicated
+from fedloom.data import ClientData, load_dataset
+from fedloom.learning import FunctionalModel, build_model, sgd
+from fedloom.learning._cohort_work import CohortStep, plan_training
+from fedloom.learning._defer_update import defer_data_layer_updates
+
+aten = torch.ops.aten
+ALPHA = -0.1
+CLIENTS, OUT, IN, ROWS = 2, 3, 4, 2
+
+
+class _Steps:
+    """``steps`` SGD steps of one linear layer, as AOT leaves them: at step s the
+    forward ``y_s = bmm(x_s, permute(w_s))``, a stand-in gradient ``tanh(y_s)``
+    and the update ``w_{s+1} = w_s + ALPHA * bmm(permute(d_s), x_s)``; then
+    ``w.copy_(w_steps)``. Each node carries its value (``meta["val"]``)."""
+
+    def __init__(self, steps=3, *, alphas=None, beta=None, reader=None, x_of=None):
+        generator = torch.Generator().manual_seed(0)
+        self.inputs = {"w": torch.randn(CLIENTS, OUT, IN, generator=generator)}
+        for s in range(steps):
+            self.inputs[f"x{s}"] = torch.randn(CLIENTS, ROWS, IN, generator=generator)
+        self.inputs = {k: v.double() for k, v in self.inputs.items()}
+        self.graph = fx.Graph()
+        nodes = {}
+        for name, value in self.inputs.items():
+            nodes[name] = self.graph.placeholder(name)
+            nodes[name].meta["val"] = value
+        w, outputs = nodes["w"], []
+        for s in range(steps):
+            x = nodes[f"x{s}"]
+            if x_of is not None:
+                x = x_of(self, s, x, w)
+            y = self._call(
+                aten.bmm.default, x, self._call(aten.permute.default, w, [0, 2, 1])
+            )
+            d = self._call(aten.tanh.default, y)
+            outputs.append(d)
+            a = self._call(aten.permute.default, d, [0, 2, 1])
+            update = self._call(aten.bmm.default, a, x)
+            alpha = ALPHA if alphas is None else alphas[s]
+            if beta is None:
+                w = self._call(aten.add.Tensor, w, update, alpha=alpha)
+            else:  # momentum's velocity: g + beta * v
+                w = self._call(aten.add.Tensor, update, w, alpha=beta)
+            if reader is not None:
+                outputs.extend(reader(self, s, w))
+        self._call(aten.copy_.default, nodes["w"], w)
+        self.graph.output(tuple(outputs))
+
+    def _call(self, op, *args, **kwargs):
+        node = self.graph.call_function(op, args, kwargs)
+        values = torch.utils._pytree.tree_map(
+            lambda a: a.meta["val"] if isinstance(a, fx.Node) else a, (args, kwargs)
+        )
+        with torch.no_grad():
+            node.meta["val"] = op(
+                *[v.clone() if isinstance(v, torch.Tensor) else v for v in values[0]],
+                **values[1],
+            )
+        return node
+
+    def run(self):
+        """(outputs, w after the copy) on fresh copies of the inputs."""
+        inputs = {k: v.clone() for k, v in self.inputs.items()}
+        module = fx.GraphModule({}, self.graph)
+        outputs = module(*inputs.values())
+        return outputs, inputs["w"]
+
+
+def _targets(graph):
+    return [n.target for n in graph.nodes if n.op == "call_function"]
+
+
+def test_the_rewritten_steps_compute_what_the_steps_did():
+    steps = _Steps(3)
+    want_outputs, want_w = steps.run()
+    assert defer_data_layer_updates(steps.graph) == 1
+    steps.graph.lint()
+    targets = _targets(steps.graph)
+    # one forward product against w for the three steps, a Gram product and a
+    # correction for steps 1 and 2, one update product: 6 bmm instead of 6, but
+    # w is read twice (the forward, the update) instead of six times
+    assert targets.count(aten.bmm.default) == 1 + 2 * 2 + 1
+    assert targets.count(aten.add.Tensor) == 2 + 1  # corrections, the update
+    outputs, w = steps.run()
+    for got, want in zip(outputs, want_outputs, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(w, want_w, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(w, steps.inputs["w"])  # it did train
+
+
+def _read_elementwise(steps, s, w):
+    return [steps._call(aten.mul.Tensor, w, 2.0)] if s == 0 else []
+
+
+def _x_from_weight(steps, s, x, w):
+    # the next layer's input: computed from the weight, so not known in advance
+    if s == 0:
+        return x
+    scale = steps._call(aten.sum.default, w)
+    return steps._call(aten.mul.Tensor, x, scale)
+
+
+def _x_random_after_the_first_step(steps, s, x, w):
+    if s == 0:
+        return x
+    noise = steps._call(aten.rand_like.default, x)
+    return steps._call(aten.add.Tensor, x, noise)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        dict(steps=1),  # nothing to defer
+        dict(alphas=[ALPHA, ALPHA / 2, ALPHA]),  # a learning rate that changes
+        dict(beta=0.9),  # momentum's velocity
+        dict(reader=_read_elementwise),  # a version of w read by something else
+        dict(x_of=_x_from_weight),
+        dict(x_of=_x_random_after_the_first_step),  # cannot move earlier
+    ],
+    ids=["one-step", "alphas", "momentum", "reader", "x-from-weight", "random-x"],
+)
+def test_what_is_not_the_pattern_is_left_alone(how):
+    steps = _Steps(**how)
+    before = _targets(steps.graph)
+    assert defer_data_layer_updates(steps.graph) == 0
+    assert _targets(steps.graph) == before
+
+
+def _linear_stack(digits):
+    # a second linear layer straight on the first's output: its input depends on
+    # the first's weight, even once the first's forward products are rewritten
+    torch.manual_seed(0)
+    return FunctionalModel(
+        nn.Sequential(nn.Flatten(), nn.Linear(64, 16, bias=False), nn.Linear(16, 10))
+    )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda digits: build_model("2nn", digits.input_shape, 10, seed=0),
+        lambda digits: build_model("logistic", digits.input_shape, 10, seed=0),
+        _linear_stack,
+    ],
+    ids=["2nn", "logistic", "linear-stack"],
+)
+def test_several_steps_a_call_match_float64_steps_one_at_a_time(compiled_afresh, make):
+    digits = load_dataset("digits")
+    model = make(digits)
+    clients = ClientData.from_dataset(digits, "iid", 10, seed=0)
+    examples = [clients.client(i) for i in range(3)]
+    start = Replicated({k: v.double() for k, v in model.init().items()}, 3)
+    plan = plan_training(start, examples, [1, 2, 3], 1, 8, torch.device("cpu"))
+    plan.data.x = plan.data.x.double()  # float64 throughout
+    index, mask = plan.batch_index[:, 0, :6], plan.batch_mask[:, 0, :6]
+    assert all(plan.everyone[0][:6])
+
+    eager = CohortStep(model, sgd(0.1))
+    want, state = eager.begin(plan.start)
+    for s in range(6):
+        want, state, _ = eager(plan.data, want, state, index[:, s], mask[:, s], False)
+
+    step = CohortStep(model, sgd(0.1), compile=True, steps_per_call=3)
+    params, state = step.begin(plan.start)
+    for s in (0, 3):
+        step.steps(plan.data, params, state, index[:, s : s + 3], mask[:, s : s + 3])
+    # the first layer's (fed by the data); the others' inputs depend on it
+    assert step.fold is not None and step.fold.deferred == 1
+    for k, v in want.items():
+        torch.testing.assert_close(params[k], v, rtol=1e-10, atol=1e-12)
+        assert not torch.equal(v, plan.start[k])  # every parameter trained
