@@ -30,13 +30,13 @@ The corrections grow with B and K (B^2 K^2 against K B for the rest), so a layer
 deferred only where they add at most a fifth to its arithmetic (:data:`MAX_EXTRA`):
 the 2NN at B = 10, not at B = 50 or with full batches, nor a layer with few
 outputs such as logistic regression's. Only what it can prove is that computation is
-rewritten: ``w`` is a graph input
-updated by a chain of sums ``w + alpha * bmm(a, b)`` (one alpha, static shapes);
-every other reader of ``w`` or of a sum is ``bmm(x, w_s.T)`` whose ``x``, like every
-``b``, depends on no tensor the graph updates (it is the data, or computed from
-it), and what computes them can move before the first step (no in-place or random
-op). Momentum, weight decay, a layer whose input needs a gradient and a masked step
-are left as they are.
+rewritten: ``w`` is a graph input updated by a chain of sums
+``w + alpha * bmm(a, b)`` (one alpha, static shapes); every other reader of ``w`` or
+of a sum comes before the copy into ``w`` and is ``bmm(x, w_s.T)`` whose ``x``,
+like every ``b``, depends on no tensor the graph updates (it is the data, or
+computed from it), and what computes them can move before the first step (no
+in-place or random op). Momentum, weight decay, a layer whose input needs a
+gradient and a masked step are left as they are.
 """
 
 from __future__ import annotations
