@@ -175,12 +175,13 @@ def _rows(node: Any) -> int:
     return int(val(node).shape[1])
 
 
-def _readers(chain: list[Sum], copy: Node, tainted: set[Node]) -> list[_Forward] | None:
+def _readers(
+    chain: list[Sum], copy: Node, tainted: set[Node], order: dict[Node, int]
+) -> list[_Forward] | None:
     """The forward products of the weight's versions; None if a version has a
     reader other than the next sum (the copy, for the last) and such products."""
     versions: list[Any] = [copy.args[0], *(s.total for s in chain)]
     nexts = [*(s.total for s in chain), copy]
-    order = {node: i for i, node in enumerate(copy.graph.nodes)}
     forwards = []
     for s, (version, following) in enumerate(zip(versions, nexts, strict=True)):
         for user in version.users:
@@ -238,12 +239,12 @@ def _defer(copy: Node, tainted: set[Node]) -> int:
         return 0
     if not _pays(chain, weight):
         return 0
-    forwards = _readers(chain, copy, tainted)
+    graph = copy.graph
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    forwards = _readers(chain, copy, tainted, order)
     if forwards is None:
         return 0
     assert isinstance(weight, Node)
-    graph = copy.graph
-    order = {node: i for i, node in enumerate(graph.nodes)}
     first = min(weight.users, key=order.__getitem__)
     forwards.sort(key=lambda f: order[f.product])
     xs = [f.product.args[0] for f in forwards]
