@@ -56,6 +56,31 @@ def test_optimizers_do_not_mutate_inputs():
         assert torch.equal(params["w"], torch.ones(3))
 
 
+@pytest.mark.parametrize("make", [lambda: sgd(0.1), lambda: momentum(0.1, beta=0.8)])
+def test_update_in_place_is_update_bit_for_bit(make):
+    optimizer = make()
+    generator = torch.Generator().manual_seed(0)
+    params = {"w": torch.randn(4, 3, generator=generator), "b": torch.randn(3)}
+    state = optimizer.init(params)
+    own = {k: v.clone() for k, v in params.items()}
+    own_state = optimizer.init(own)
+    memory = {k: v.data_ptr() for k, v in own.items()}
+    for _ in range(3):
+        grads = {k: torch.randn(v.shape, generator=generator) for k, v in own.items()}
+        params, state = optimizer.update(grads, state, params)
+        assert optimizer.update_in_place is not None
+        optimizer.update_in_place(grads, own_state, own)
+    for k, v in params.items():
+        assert torch.equal(own[k], v)
+        assert own[k].data_ptr() == memory[k]  # written where it was
+    for k, v in state.get("velocity", {}).items():
+        assert torch.equal(own_state["velocity"][k], v)
+
+
+def test_adam_has_no_update_in_place():
+    assert adam(0.1).update_in_place is None
+
+
 @pytest.mark.parametrize(
     "make",
     [

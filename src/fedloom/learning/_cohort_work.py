@@ -219,7 +219,9 @@ class CohortStep:
     from :meth:`begin`), which lets :class:`FoldUpdateIntoGemm` accumulate SGD's
     update of a linear layer straight into its weights (momentum's, into its
     velocity); in :meth:`steps`, SGD's updates of a layer fed by the data are
-    first deferred to the end of the call (``_defer_update.py``).
+    first deferred to the end of the call (``_defer_update.py``). Eager, the
+    unmasked steps of SGD and momentum update in place too
+    (``Optimizer.update_in_place``); a masked step returns new tensors.
     """
 
     def __init__(
@@ -238,6 +240,9 @@ class CohortStep:
         self.optimizer = optimizer
         # Elementwise optimizers apply to stacked parameters as they are.
         self._update = optimizer.update if optimizer.elementwise else None
+        self._update_in_place = (
+            optimizer.update_in_place if optimizer.elementwise else None
+        )
         self.compiled = compile
         self.fold: FoldUpdateIntoGemm | None = None
         """The compiler pass of the compiled step (its ``folded`` counts rewrites)."""
@@ -283,11 +288,15 @@ class CohortStep:
         """(new params, new state, each client's summed loss in this step).
 
         ``masked=False`` promises that every client has a batch (no masking needed).
-        Compiled, the new params and state are ``params`` and ``state`` themselves,
-        updated in place (so they must be the step's own, from :meth:`begin`).
+        The new params and state may be ``params`` and ``state`` themselves, updated
+        in place (so they must be the step's own, from :meth:`begin`): compiled,
+        always; eager, at unmasked steps of an optimizer with ``update_in_place``
+        (SGD, momentum).
         """
         if not self.compiled:
-            return self._step(data.x, data.y, params, state, index, batch_mask, masked)
+            return self._step(
+                data.x, data.y, params, state, index, batch_mask, masked, in_place=True
+            )
         # Same strides every step, so an epoch's index slices do not each cost a
         # recompilation (a no-op on contiguous tensors).
         index, batch_mask = index.contiguous(), batch_mask.contiguous()
@@ -366,16 +375,24 @@ class CohortStep:
         index: torch.Tensor,
         batch_mask: torch.Tensor,
         masked: bool,
+        in_place: bool = False,
     ) -> tuple[Params, Any, torch.Tensor]:
+        """The step; with ``in_place`` (eager only: the compiled step's graph is
+        functional until its pass folds the update), an unmasked step of an
+        optimizer with ``update_in_place`` writes into ``params`` and ``state``."""
         x, y = _gather(x_all, y_all, index)
         grads, loss = self.grad(params, x, y, batch_mask)
+        loss = loss.detach().double() * batch_mask.sum(dim=1)
+        if in_place and not masked and self._update_in_place is not None:
+            self._update_in_place(grads, state, params)
+            return params, state, loss
         update = self._update or vmap(self.optimizer.update)
         new_params, new_state = update(grads, state, params)
         if masked:
             active = batch_mask.any(dim=1)
             new_params = _keep_where(active, new_params, params)
             new_state = _keep_where(active, new_state, state)
-        return new_params, new_state, loss.detach().double() * batch_mask.sum(dim=1)
+        return new_params, new_state, loss
 
 
 class TrainingPlan(NamedTuple):

@@ -2,6 +2,11 @@
 
 ``torch.optim`` mutates parameters in place and cannot be vmapped or checkpointed as
 plain tensors; these are pure functions of tensors, used on clients and at the server.
+SGD and momentum also have ``update_in_place``, the same arithmetic written into the
+parameters and state, which the vectorized runtime's eager step uses: a cohort's
+stacked weights are tens of MB, and writing them in place made that step 1.04-1.06x
+faster for the McMahan CNN and 1.08-1.11x for the 2NN (10 clients, B = 10, a
+2-core CPU, ``benchmarks/eager_update.py``).
 """
 
 from __future__ import annotations
@@ -24,12 +29,17 @@ class Optimizer(NamedTuple):
     """A pair of pure functions: ``init(params)`` and ``update(grads, state, params)``.
 
     ``update`` returns the new parameters and the new state; nothing is mutated.
+    ``update_in_place``, where an optimizer has one, computes the same values
+    (bit for bit) and writes them into ``params`` and ``state`` instead.
 
     >>> import torch
     >>> opt = sgd(0.5)
     >>> params = {"w": torch.tensor([1.0])}
     >>> new, state = opt.update({"w": torch.tensor([2.0])}, opt.init(params), params)
     >>> new["w"]
+    tensor([0.])
+    >>> opt.update_in_place({"w": torch.tensor([2.0])}, opt.init(params), params)
+    >>> params["w"]
     tensor([0.])
     """
 
@@ -38,6 +48,9 @@ class Optimizer(NamedTuple):
     elementwise: bool = False
     """Whether ``init`` and ``update`` act entry by entry with no scalar state, so
     they apply as they are to parameters stacked along a client axis (no ``vmap``)."""
+    update_in_place: Callable[[Params, OptState, Params], None] | None = None
+    """``update``'s arithmetic written into ``params`` and ``state`` (``None``: the
+    optimizer has no such form); for elementwise optimizers only."""
 
 
 def positive(name: str, value: float) -> float:
@@ -79,7 +92,11 @@ def sgd(learning_rate: float) -> Optimizer:
         # One fused kernel (and one allocation) per tensor: w + (-lr) g.
         return {k: torch.add(params[k], grads[k], alpha=-lr) for k in params}, state
 
-    return Optimizer(init, update, elementwise=True)
+    def update_in_place(grads: Params, state: OptState, params: Params) -> None:
+        for k in params:
+            params[k].add_(grads[k], alpha=-lr)
+
+    return Optimizer(init, update, elementwise=True, update_in_place=update_in_place)
 
 
 def momentum(learning_rate: float, beta: float = 0.9) -> Optimizer:
@@ -102,7 +119,13 @@ def momentum(learning_rate: float, beta: float = 0.9) -> Optimizer:
         new = {k: torch.add(params[k], velocity[k], alpha=-lr) for k in params}
         return new, {"velocity": velocity}
 
-    return Optimizer(init, update, elementwise=True)
+    def update_in_place(grads: Params, state: OptState, params: Params) -> None:
+        for k in params:
+            velocity = state["velocity"][k]
+            torch.add(grads[k], velocity, alpha=beta, out=velocity)
+            params[k].add_(velocity, alpha=-lr)
+
+    return Optimizer(init, update, elementwise=True, update_in_place=update_in_place)
 
 
 def adam(

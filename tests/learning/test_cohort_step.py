@@ -1,0 +1,40 @@
+"""The eager cohort step writes SGD's and momentum's update in place, and computes
+what the functional update does."""
+
+import pytest
+import torch
+
+from fedloom.core import Replicated
+from fedloom.data import ClientData, load_dataset
+from fedloom.learning import build_model, momentum, sgd
+from fedloom.learning._cohort_work import CohortStep, plan_training
+
+
+@pytest.mark.parametrize("make", [lambda: sgd(0.1), lambda: momentum(0.05)])
+def test_the_eager_step_updates_in_place_as_the_functional_update_would(make):
+    digits = load_dataset("digits")
+    model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
+    clients = ClientData.from_dataset(digits, "quantity_skew", 30, seed=3)
+    examples = [clients.client(i) for i in range(4)]
+    start = Replicated(model.init(), 4)
+    plan = plan_training(start, examples, [1, 2, 3, 4], 1, 8, torch.device("cpu"))
+    optimizer = make()
+    in_place = CohortStep(model, optimizer)
+    functional = CohortStep(model, optimizer._replace(update_in_place=None))
+    got, got_state = in_place.begin(plan.start)
+    want, want_state = functional.begin(plan.start)
+    steps = plan.batch_index.shape[2]
+    assert plan.everyone[0][0] and not plan.everyone[0][-1]
+    for s in [0, 1, steps - 1, 2]:  # a masked step (clients ran out) in between
+        masked = not plan.everyone[0][s]
+        batch = plan.batch_index[:, 0, s], plan.batch_mask[:, 0, s], masked
+        before = got
+        got, got_state, got_loss = in_place(plan.data, got, got_state, *batch)
+        want, want_state, want_loss = functional(plan.data, want, want_state, *batch)
+        assert (got is before) == (not masked)  # masked: new tensors, kept where idle
+        torch.testing.assert_close(got_loss, want_loss, rtol=0, atol=0)
+    for k, v in want.items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+        assert not torch.equal(v, plan.start[k])
+    for k, v in want_state.get("velocity", {}).items():
+        torch.testing.assert_close(got_state["velocity"][k], v, rtol=0, atol=0)
