@@ -2,7 +2,7 @@
 
 Times one compiled step of the vectorized runtime (a cohort of Fashion-MNIST
 clients, B = 10, lr 0.05, SGD or ``--optimizer momentum`` (beta 0.9), the 2NN by
-default) in seven variants, one process:
+default) in eight variants, one process:
 
 - ``functional, dynamic``: the step returns new parameters, every dimension
   symbolic (``torch.compile(dynamic=True)``), as the step was first compiled;
@@ -18,8 +18,10 @@ default) in seven variants, one process:
   (``steps_per_call=5``), so the call's overhead is paid once for five;
 - ``+ deferred first layer``: in those five steps, the forward products of the
   layer fed by the data (the 2NN's first) as one product, and its five updates
-  as one at the end (``fedloom.learning._defer_update``; SGD only), as the runtime
-  compiles it.
+  as one at the end (``fedloom.learning._defer_update``; SGD only);
+- ``+ PyTorch layouts kept``: inductor's ``layout_optimization`` off, so a model
+  with convolutions (``--model cnn``) is not laid out channels-last (a model
+  without them compiles the same), as the runtime compiles it.
 
 The variants take turns, ``--repeats`` times ``--steps`` steps each, and the best
 time per step of each is kept (the noise of a shared machine only adds time). Each
@@ -50,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from fedloom.core import Replicated
 from fedloom.data import ClientData, load_dataset
@@ -83,13 +85,16 @@ class Variant(CohortStep):
         cpp: bool,
         steps_per_call: int = 1,
         defer: bool = True,
+        keep_layouts: bool = True,
     ) -> None:
         super().__init__(model, optimizer, compile=True, steps_per_call=steps_per_call)
         self.in_place = in_place
-        if in_place and fold and static and cpp and defer:
+        if in_place and fold and static and cpp and defer and keep_layouts:
             return  # the runtime's own compile_step
         self.fold = FoldUpdateIntoGemm(defer=defer) if fold else None
-        options: dict[str, Any] = {"cpp_wrapper": cpp}
+        options: dict[str, Any] = {"cpp_wrapper": cpp, "layout_optimization": False}
+        if not keep_layouts:
+            del options["layout_optimization"]  # inductor's default: on
         if self.fold is not None:
             options["post_grad_custom_post_pass"] = self.fold
         method = self._step_in_place if in_place else self._step
@@ -106,19 +111,57 @@ class Variant(CohortStep):
         return self._run(data.x, data.y, params, state, index, mask, masked)
 
 
+_EARLIER = dict(keep_layouts=False)  # the forms before "+ PyTorch layouts kept"
 VARIANTS = {
-    "functional, dynamic": dict(in_place=False, fold=False, static=False, cpp=False),
-    "in place, dynamic": dict(in_place=True, fold=False, static=False, cpp=False),
-    "+ fold": dict(in_place=True, fold=True, static=False, cpp=False),
-    "+ static shapes": dict(in_place=True, fold=True, static=True, cpp=False),
-    "+ cpp_wrapper": dict(in_place=True, fold=True, static=True, cpp=True),
+    "functional, dynamic": dict(
+        in_place=False, fold=False, static=False, cpp=False, **_EARLIER
+    ),
+    "in place, dynamic": dict(
+        in_place=True, fold=False, static=False, cpp=False, **_EARLIER
+    ),
+    "+ fold": dict(in_place=True, fold=True, static=False, cpp=False, **_EARLIER),
+    "+ static shapes": dict(
+        in_place=True, fold=True, static=True, cpp=False, **_EARLIER
+    ),
+    "+ cpp_wrapper": dict(in_place=True, fold=True, static=True, cpp=True, **_EARLIER),
     "+ 5 steps a call": dict(
-        in_place=True, fold=True, static=True, cpp=True, steps_per_call=5, defer=False
+        in_place=True,
+        fold=True,
+        static=True,
+        cpp=True,
+        steps_per_call=5,
+        defer=False,
+        **_EARLIER,
     ),
     "+ deferred first layer": dict(
+        in_place=True, fold=True, static=True, cpp=True, steps_per_call=5, **_EARLIER
+    ),
+    "+ PyTorch layouts kept": dict(
         in_place=True, fold=True, static=True, cpp=True, steps_per_call=5
     ),
 }
+
+
+def _conv_backward_flops(
+    grad_out_shape: Any,
+    x_shape: Any,
+    w_shape: Any,
+    _bias: Any,
+    _stride: Any,
+    _padding: Any,
+    _dilation: Any,
+    transposed: bool,
+    _output_padding: Any,
+    _groups: int,
+    output_mask: Any,
+    *_: Any,
+    **__: Any,
+) -> int:
+    """Each gradient a convolution's backward computes costs what its forward does.
+    (torch's own formula counts a grouped convolution's weight gradient once for
+    every group: ten times over for the cohort's convolutions.)"""
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
 
 
 def _step_flops(model: Any, optimizer: Any, plan: TrainingPlan) -> int:
@@ -126,7 +169,8 @@ def _step_flops(model: Any, optimizer: Any, plan: TrainingPlan) -> int:
     step = CohortStep(model, optimizer)
     params, state = step.begin(plan.start)
     index, mask = plan.batch_index[:, 0, 0], plan.batch_mask[:, 0, 0]
-    with FlopCounterMode(display=False) as counter:
+    corrected = {torch.ops.aten.convolution_backward: _conv_backward_flops}
+    with FlopCounterMode(display=False, custom_mapping=corrected) as counter:
         step(plan.data, params, state, index, mask, False)
     return int(counter.get_total_flops())
 
