@@ -43,9 +43,7 @@ each variant's GFLOP/s is given as a share of that rate.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -54,6 +52,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.records import write_record
 from fedloom.core import Replicated
 from fedloom.data import ClientData, load_dataset
 from fedloom.learning import build_model, momentum, sgd
@@ -292,20 +292,7 @@ def main() -> None:
             f" {row['first_steps_seconds']:10.1f}"
             f" {row['gflop_per_s']:8.1f} {row['share_of_matmul_rate']:9.0%}"
         )
-    record = {
-        "command": " ".join(sys.argv),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-        },
-        "workload": vars(args) | {"json": str(args.json)},
-        "step_flops": flops,
-        "matmul_flop_per_s": matmul,
-        "rows": rows,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=2) + "\n")
+    write_record(args.json, args, step_flops=flops, matmul_flop_per_s=matmul, rows=rows)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,7 @@ parameters after the same steps (bit for bit: the same arithmetic).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,6 +25,8 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.records import write_record
 from fedloom.core import Replicated
 from fedloom.data import ClientData, load_dataset
 from fedloom.learning import build_model, momentum, sgd
@@ -104,18 +104,7 @@ def main() -> None:
             f"{row['model']:<6} {row['optimizer']:<9} {ms['new tensors']:15.2f}"
             f" {ms['in place']:12.2f}   {row['speedup']:.2f}x"
         )
-    record = {
-        "command": " ".join(sys.argv),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-        },
-        "workload": vars(args) | {"json": str(args.json)},
-        "rows": rows,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=2) + "\n")
+    write_record(args.json, args, rows=rows)
     print(f"wrote {args.json}")
 
 
