@@ -198,7 +198,7 @@ def compile_step(method: Any, fold: Any = None) -> Any:
     Tensors keep their PyTorch layouts (``layout_optimization`` off). Inductor
     would otherwise lay a graph with convolutions out channels-last; a cohort's
     convolutions are the grouped ones ``vmap`` makes (a group per client), and the
-    pooling, ReLU and masking between them then ran as loops that read one layout
+    bias, ReLU and pooling between them then ran as loops that read one layout
     and write the other (one of them 6.4 ms of the McMahan CNN's 50 ms step). Kept
     as they are, that step ran 1.07-1.08x faster at 2 threads and 1.12-1.19x at 1
     (``compiled_step.py --model cnn``); a model without convolutions compiles the
