@@ -187,7 +187,11 @@ def _matmul_rate(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / best
 
 
-def _run(step: CohortStep, plan: TrainingPlan, steps: int) -> dict[str, torch.Tensor]:
+def run_steps(
+    step: CohortStep, plan: TrainingPlan, steps: int
+) -> dict[str, torch.Tensor]:
+    """The parameters after ``steps`` steps from ``plan``'s start, as
+    :func:`cohort_local_training` runs them (``steps_per_call`` at a time)."""
     params, state = step.begin(plan.start)
     if step.steps_per_call > 1:  # as cohort_local_training runs it
         k = step.steps_per_call
@@ -245,7 +249,7 @@ def main() -> None:
     results, compile_seconds = {}, {}
     for name, step in variants.items():
         started = time.perf_counter()
-        results[name] = _run(step, plan, CHECKED_STEPS)
+        results[name] = run_steps(step, plan, CHECKED_STEPS)
         compile_seconds[name] = time.perf_counter() - started
     first = next(iter(variants))
     for params in results.values():
@@ -255,7 +259,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, step in variants.items():
             started = time.perf_counter()
-            _run(step, plan, args.steps)
+            run_steps(step, plan, args.steps)
             best[name] = min(best[name], (time.perf_counter() - started) / args.steps)
     names = list(variants)
     flops, matmul = _step_flops(model, optimizer, plan), _matmul_rate()

@@ -26,23 +26,16 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.compiled_step import run_steps
 from benchmarks.records import write_record
 from fedloom.core import Replicated
 from fedloom.data import ClientData, load_dataset
 from fedloom.learning import build_model, momentum, sgd
-from fedloom.learning._cohort_work import CohortStep, TrainingPlan, plan_training
+from fedloom.learning._cohort_work import CohortStep, plan_training
 from fedloom.runtimes import reuse_cpu_memory
 
 LEARNING_RATE = 0.05
 OPTIMIZERS = {"sgd": sgd, "momentum": momentum}  # momentum: beta 0.9
-
-
-def _run(step: CohortStep, plan: TrainingPlan, begin: int, steps: int) -> Any:
-    params, state = step.begin(plan.start)
-    for s in range(begin, begin + steps):
-        index, mask = plan.batch_index[:, 0, s], plan.batch_mask[:, 0, s]
-        params, state, _ = step(plan.data, params, state, index, mask, False)
-    return params
 
 
 def measure(
@@ -57,14 +50,14 @@ def measure(
         "new tensors": CohortStep(model, optimizer._replace(update_in_place=None)),
         "in place": CohortStep(model, optimizer),
     }
-    results = [_run(step, plan, 0, 3) for step in forms.values()]
+    results = [run_steps(step, plan, 3) for step in forms.values()]
     for k, v in results[0].items():
         torch.testing.assert_close(results[1][k], v, rtol=0, atol=0)
     best = dict.fromkeys(forms, float("inf"))
     for _ in range(args.repeats):
         for form, step in forms.items():
             started = time.perf_counter()
-            _run(step, plan, 0, args.steps)
+            run_steps(step, plan, args.steps)
             best[form] = min(best[form], (time.perf_counter() - started) / args.steps)
     return {
         "model": model_name,
