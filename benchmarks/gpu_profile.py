@@ -2,12 +2,20 @@
 
 For a cohort of ``--cohort`` McMahan CNN clients (B = 10 examples each), this
 (1) profiles eager vmapped training steps and prints the kernels that take the most
-GPU time, grouped by name; (2) times one step (gradient by ``vmap(grad)`` and the SGD
-update, captured as a CUDA graph and replayed) in float32 as PyTorch runs it by
-default (cuDNN convolutions in TF32), with TF32 matmuls too, and under bf16
-autocast, reporting each as a ratio to the default.
+GPU time, grouped by name, with the kernel launches and the GPU time of a step in
+all; (2) times one step (gradient by ``vmap(grad)`` and the SGD update, captured as a
+CUDA graph and replayed) in float32 as PyTorch runs it by default (cuDNN
+convolutions in TF32), with TF32 matmuls too, and under bf16 autocast, reporting
+each as a ratio to the default.
 
-    python benchmarks/gpu_profile.py [--cohort 10 100] [--json PATH]
+``--convs cudnn triton`` does both for the model as it is (its convolutions are
+cuDNN's grouped ones under ``vmap``) and with its convolutions routed to
+``benchmarks/triton_client_conv.py``'s kernels (``client_conv_op.swap_convs``, as
+``gpu_speed.py``'s ``graphs triton-conv`` row): with the convolutions down to a
+launch each, what the rest of the step costs, and in how many launches.
+
+    python benchmarks/gpu_profile.py [--cohort 10 100] [--convs cudnn triton]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -22,14 +30,32 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from fedloom.data import Examples
-from fedloom.learning import build_model, sgd
+from fedloom.learning import FunctionalModel, build_model, sgd
 from fedloom.learning._cohort_work import CohortStep, PaddedCohort
 
 BATCH = 10
+CONVS = ("cudnn", "triton")
 
 
-def _setup(cohort: int) -> tuple[CohortStep, PaddedCohort, dict[str, torch.Tensor]]:
+def _model(convs: str) -> FunctionalModel:
+    """The McMahan CNN, its convolutions cuDNN's or ``client_conv_op``'s."""
     model = build_model("cnn", (1, 28, 28), 10, seed=0)
+    if convs == "cudnn":
+        return model
+    sys.path.insert(0, str(Path(__file__).parent))
+    import client_conv_op  # beside this file; imports Triton if it can
+
+    if not client_conv_op.uses_triton(torch.zeros(1, device="cuda")):
+        raise RuntimeError("Triton's kernels cannot run here")
+    tiling = client_conv_op.kernels.Tiling(rows=64, flat=False)  # gpu_speed.py's
+    module, _ = client_conv_op.swap_convs(model.module, tiling)
+    return FunctionalModel(module)
+
+
+def _setup(
+    cohort: int, convs: str
+) -> tuple[CohortStep, PaddedCohort, dict[str, torch.Tensor]]:
+    model = _model(convs)
     generator = torch.Generator().manual_seed(0)
     examples = [
         Examples(
@@ -45,8 +71,12 @@ def _setup(cohort: int) -> tuple[CohortStep, PaddedCohort, dict[str, torch.Tenso
     return CohortStep(model, sgd(0.05)), data, params
 
 
-def profile_kernels(cohort: int, steps: int = 20) -> list[dict[str, Any]]:
-    step, data, params = _setup(cohort)
+def profile_kernels(
+    cohort: int, convs: str, steps: int = 20
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The top kernels of an eager step, and the step's kernel launches and GPU
+    time in all."""
+    step, data, params = _setup(cohort, convs)
     index = torch.arange(BATCH, device="cuda").expand(cohort, BATCH).contiguous()
     mask = torch.ones(cohort, BATCH, dtype=torch.bool, device="cuda")
     state = step.init(params)
@@ -58,7 +88,7 @@ def profile_kernels(cohort: int, steps: int = 20) -> list[dict[str, Any]]:
             params, state, _ = step(data, params, state, index, mask, False)
         torch.cuda.synchronize()
     rows = []
-    events = prof.key_averages()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
     total = sum(e.device_time_total for e in events) or 1.0
     for e in sorted(events, key=lambda e: -e.device_time_total)[:15]:
         rows.append(
@@ -69,12 +99,13 @@ def profile_kernels(cohort: int, steps: int = 20) -> list[dict[str, Any]]:
                 "share": e.device_time_total / total,
             }
         )
-    return rows
+    launches = sum(e.count for e in events) / steps
+    return rows, {"launches_per_step": launches, "gpu_us_per_step": total / steps}
 
 
-def time_step(cohort: int, mode: str, replays: int = 50) -> float:
+def time_step(cohort: int, convs: str, mode: str, replays: int = 50) -> float:
     """The mean time of one step over ``replays`` graph replays, in ms."""
-    step, data, params = _setup(cohort)
+    step, data, params = _setup(cohort, convs)
     index = torch.arange(BATCH, device="cuda").expand(cohort, BATCH).contiguous()
     mask = torch.ones(cohort, BATCH, dtype=torch.bool, device="cuda")
     state = step.init(params)
@@ -112,6 +143,7 @@ def time_step(cohort: int, mode: str, replays: int = 50) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cohort", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--convs", nargs="+", choices=CONVS, default=["cudnn"])
     parser.add_argument(
         "--json", type=Path, default=Path("benchmarks/results/gpu_profile.json")
     )
@@ -120,34 +152,54 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,
-        "cohorts": {},
+        "runs": [],
     }
     for cohort in args.cohort:
+        for convs in args.convs:
+            _run(report, cohort, convs)
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _run(report: dict[str, Any], cohort: int, convs: str) -> None:
+    """Profile and time a ``cohort`` with ``convs`` convolutions into ``report``."""
+    label = f"cohort {cohort}, {convs} convolutions"
+    try:
+        kernels, totals = profile_kernels(cohort, convs)
+    except Exception as error:  # keep going: the timings may still run
+        print(f"{label}: profiling failed: {error!r}")
+        kernels, totals = [], {}
+    print(f"\n{label}: top kernels of an eager step (GPU time)")
+    for k in kernels:
+        print(
+            f"  {k['us_per_step']:9.1f} us {k['share']:6.1%} "
+            f"x{k['calls_per_step']:<4.0f} {k['kernel']}"
+        )
+    if totals:
+        print(
+            f"  in all: {totals['launches_per_step']:.0f} launches,"
+            f" {totals['gpu_us_per_step']:.1f} us of GPU time a step"
+        )
+    modes = ["float32 (default)", "tf32", "bf16"]
+    times: dict[str, float] = {}
+    for mode in modes:
         try:
-            kernels = profile_kernels(cohort)
-        except Exception as error:  # keep going: the timings may still run
-            print(f"cohort {cohort}: profiling failed: {error!r}")
-            kernels = []
-        print(f"\ncohort {cohort}: top kernels of an eager step (GPU time)")
-        for k in kernels:
-            print(
-                f"  {k['us_per_step']:9.1f} us {k['share']:6.1%} "
-                f"x{k['calls_per_step']:<4.0f} {k['kernel']}"
-            )
-        modes = ["float32 (default)", "tf32", "bf16"]
-        times: dict[str, float] = {}
-        for mode in modes:
-            try:
-                times[mode] = time_step(cohort, mode)
-            except Exception as error:
-                print(f"cohort {cohort} {mode}: failed: {error!r}")
-        base = times.get(modes[0], float("nan"))
-        print(f"cohort {cohort}: one captured step, ms (ratio to default)")
-        for mode, ms in times.items():
-            print(f"  {mode:<18} {ms:8.3f} ms  {base / ms:5.2f}x")
-        report["cohorts"][str(cohort)] = {"kernels": kernels, "step_ms": times}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+            times[mode] = time_step(cohort, convs, mode)
+        except Exception as error:
+            print(f"{label} {mode}: failed: {error!r}")
+    base = times.get(modes[0], float("nan"))
+    print(f"{label}: one captured step, ms (ratio to default)")
+    for mode, ms in times.items():
+        print(f"  {mode:<18} {ms:8.3f} ms  {base / ms:5.2f}x")
+    report["runs"].append(
+        {
+            "cohort": cohort,
+            "convs": convs,
+            "kernels": kernels,
+            **totals,
+            "step_ms": times,
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The open GPU work in one device-tool call, most decisive first:
 #
-# 1. benchmarks/gpu_grouped_conv.py: the CNN's second convolution alone, cuDNN's
-#    layouts and precisions beside benchmarks/triton_client_conv.py's kernels
-#    (checked against float64 first);
+# 1. benchmarks/gpu_profile.py --convs cudnn triton: where a step's GPU time goes,
+#    in how many launches, with cuDNN's convolutions and with
+#    benchmarks/triton_client_conv.py's (Triton's rounds gained 1.3x where its
+#    second convolution alone gained 7.2x: what takes the rest?);
 # 2. benchmarks/gpu_speed.py, whole FedAvg rounds at cohorts 10 and 100: the
 #    runtime as it is ("graphs") beside the same with its convolutions through
 #    benchmarks/client_conv_op.py ("graphs triton-conv"), with only the second
@@ -22,12 +23,12 @@
 # (nvidia-h200: the GPU of the earlier CNN rows and of benchmarks/results'
 # chunk_size_nvidia_h200.json). Then here, with the call's files under FILES:
 #
-#   cp FILES/gpu_grouped_conv.json FILES/gpu_speed_triton.json benchmarks/results/
+#   cp FILES/gpu_profile.json FILES/gpu_speed_triton.json benchmarks/results/
 #   and what benchmarks/mcmahan2017/gpu.sh says for the rest.
 #
-# A dry run without a GPU (the Triton rows are then left out):
-#   DEVICE=cpu OUT=/tmp/out CONV_ARGS="--cohort 2 --iterations 1 --repeats 1" \
-#       SPEED_ARGS="--sizes 2 --rounds 1" bash benchmarks/gpu_session.sh 60
+# A dry run without a GPU (step 1 needs one; the Triton rows are left out):
+#   DEVICE=cpu OUT=/tmp/out SPEED_ARGS="--sizes 2 --rounds 1" \
+#       bash benchmarks/gpu_session.sh 60
 set -uo pipefail
 budget="${1:-560}"
 started=$SECONDS
@@ -40,9 +41,11 @@ then
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 device="${DEVICE:-cuda}"
-# shellcheck disable=SC2086
-timeout 180 python3 benchmarks/gpu_grouped_conv.py --device "$device" ${CONV_ARGS:-} \
-    --json "$OUT/gpu_grouped_conv.json" 2>&1 | tee "$OUT/gpu_grouped_conv.log"
+if [ "$device" = cuda ]; then
+    timeout 150 python3 benchmarks/gpu_profile.py --cohort 10 100 \
+        --convs cudnn triton --json "$OUT/gpu_profile.json" \
+        2>&1 | tee "$OUT/gpu_profile.log"
+fi
 # shellcheck disable=SC2086
 timeout 200 python3 benchmarks/gpu_speed.py --device "$device" \
     ${SPEED_ARGS:---sizes 10 100 --rounds 3} --budget-s 170 \
