@@ -1,17 +1,20 @@
-"""Claim: the eager cohort step is faster with the optimizer's update in place.
+"""Claim: eager training steps are faster with the optimizer's update in place.
 
 The vectorized runtime's eager step (``CohortStep`` without ``compile``) writes SGD's
 and momentum's update into the stacked parameters (``Optimizer.update_in_place``)
-instead of into new tensors (``update``). This times one step of each form, for
-each model and optimizer, on a cohort of Fashion-MNIST clients (B = 10, lr 0.05,
-momentum's beta 0.9), in one process: the forms take turns, ``--repeats`` times
-``--steps`` steps each, and the best time per step of each is kept (a shared
-machine's noise only adds time). It first checks that both leave the same
-parameters after the same steps (bit for bit: the same arithmetic).
+instead of into new tensors (``update``), and so does the local runtime's client
+(``LocalTraining``, into a copy of the parameters of its own). This times a step of
+each form, for each model and optimizer, on Fashion-MNIST clients (B = 10, lr 0.05,
+momentum's beta 0.9), in one process: for ``cohort``, one step of ``--clients``
+clients at once, ``--steps`` steps a turn; for ``local``, one client's local
+training (an epoch: 60 steps) a turn. The forms take turns ``--repeats`` times,
+and the best time per step of each is kept (a shared machine's noise only adds
+time). It first checks that both leave the same parameters (bit for bit: the same
+arithmetic).
 
-    python benchmarks/eager_update.py [--models cnn 2nn] [--optimizers sgd momentum]
-        [--clients 10] [--threads 2] [--steps 10] [--repeats 8]
-        [--json benchmarks/results/eager_update.json]
+    python benchmarks/eager_update.py [--runtimes cohort local] [--models cnn 2nn]
+        [--optimizers sgd momentum] [--clients 10] [--threads 2] [--steps 10]
+        [--repeats 8] [--json benchmarks/results/eager_update.json]
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from benchmarks.compiled_step import run_steps
 from benchmarks.records import write_record
 from fedloom.core import Replicated
 from fedloom.data import ClientData, load_dataset
-from fedloom.learning import build_model, momentum, sgd
+from fedloom.learning import ClientInput, build_model, momentum, sgd
+from fedloom.learning._client_work import LocalTraining
 from fedloom.learning._cohort_work import CohortStep, plan_training
 from fedloom.runtimes import reuse_cpu_memory
 
@@ -38,28 +42,63 @@ LEARNING_RATE = 0.05
 OPTIMIZERS = {"sgd": sgd, "momentum": momentum}  # momentum: beta 0.9
 
 
-def measure(
-    dataset: Any, clients: ClientData, model_name: str, name: str, args: Any
-) -> dict[str, Any]:
-    model = build_model(model_name, dataset.input_shape, dataset.num_classes, seed=0)
+def _cohort_forms(
+    model: Any, optimizers: dict[str, Any], clients: ClientData, args: Any
+) -> tuple[dict[str, Any], int]:
+    """A cohort step of each form, as a call with no arguments, and its steps."""
     examples = [clients.client(i) for i in range(args.clients)]
     start = Replicated(model.init(), args.clients)
     plan = plan_training(start, examples, range(args.clients), 1, 10, "cpu")
+    steps = {form: CohortStep(model, opt) for form, opt in optimizers.items()}
+    checked = [run_steps(step, plan, 3) for step in steps.values()]
+    for k, v in checked[0].items():
+        torch.testing.assert_close(checked[1][k], v, rtol=0, atol=0)
+    return {
+        form: lambda step=step: run_steps(step, plan, args.steps)
+        for form, step in steps.items()
+    }, args.steps
+
+
+def _local_forms(
+    model: Any, optimizers: dict[str, Any], clients: ClientData, args: Any
+) -> tuple[dict[str, Any], int]:
+    """One client's local training (an epoch) in each form, and its steps."""
+    client, params = ClientInput(clients.client(0), 0), model.init()
+    works = {form: LocalTraining(model, opt, 1, 10) for form, opt in optimizers.items()}
+    checked = [work(params, client).update for work in works.values()]
+    for k, v in checked[0].items():
+        torch.testing.assert_close(checked[1][k], v, rtol=0, atol=0)
+    return {
+        form: lambda work=work: work(params, client) for form, work in works.items()
+    }, len(client.examples) // 10
+
+
+FORMS = {"cohort": _cohort_forms, "local": _local_forms}
+
+
+def measure(
+    dataset: Any,
+    clients: ClientData,
+    runtime: str,
+    model_name: str,
+    name: str,
+    args: Any,
+) -> dict[str, Any]:
+    model = build_model(model_name, dataset.input_shape, dataset.num_classes, seed=0)
     optimizer = OPTIMIZERS[name](LEARNING_RATE)
-    forms = {
-        "new tensors": CohortStep(model, optimizer._replace(update_in_place=None)),
-        "in place": CohortStep(model, optimizer),
+    optimizers = {
+        "new tensors": optimizer._replace(update_in_place=None),
+        "in place": optimizer,
     }
-    results = [run_steps(step, plan, 3) for step in forms.values()]
-    for k, v in results[0].items():
-        torch.testing.assert_close(results[1][k], v, rtol=0, atol=0)
+    forms, steps = FORMS[runtime](model, optimizers, clients, args)
     best = dict.fromkeys(forms, float("inf"))
     for _ in range(args.repeats):
-        for form, step in forms.items():
+        for form, run in forms.items():
             started = time.perf_counter()
-            run_steps(step, plan, args.steps)
-            best[form] = min(best[form], (time.perf_counter() - started) / args.steps)
+            run()
+            best[form] = min(best[form], (time.perf_counter() - started) / steps)
     return {
+        "runtime": runtime,
         "model": model_name,
         "optimizer": name,
         "ms_per_step": {form: seconds * 1e3 for form, seconds in best.items()},
@@ -69,6 +108,7 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runtimes", nargs="+", choices=FORMS, default=list(FORMS))
     parser.add_argument("--models", nargs="+", default=["cnn", "2nn"])
     parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=None)
     parser.add_argument("--clients", type=int, default=10)
@@ -85,17 +125,25 @@ def main() -> None:
     dataset = load_dataset("fashion_mnist")
     clients = ClientData.from_dataset(dataset, "iid", 100, seed=0)
     rows = [
-        measure(dataset, clients, model_name, name, args)
+        measure(dataset, clients, runtime, model_name, name, args)
+        for runtime in args.runtimes
         for model_name in args.models
         for name in args.optimizers
     ]
-    print(f"{args.clients} clients, B = 10, {args.threads} thread(s), eager step:")
-    print(f"{'model':<6} {'optimizer':<9} {'new tensors ms':>15} {'in place ms':>12}")
+    print(
+        f"B = 10, {args.threads} thread(s), eager steps (cohort: {args.clients}"
+        " clients at once; local: one client):"
+    )
+    print(
+        f"{'runtime':<7} {'model':<6} {'optimizer':<9} {'new tensors ms':>15}"
+        f" {'in place ms':>12}"
+    )
     for row in rows:
         ms = row["ms_per_step"]
         print(
-            f"{row['model']:<6} {row['optimizer']:<9} {ms['new tensors']:15.2f}"
-            f" {ms['in place']:12.2f}   {row['speedup']:.2f}x"
+            f"{row['runtime']:<7} {row['model']:<6} {row['optimizer']:<9}"
+            f" {ms['new tensors']:15.2f} {ms['in place']:12.2f}"
+            f"   {row['speedup']:.2f}x"
         )
     write_record(args.json, args, rows=rows)
     print(f"wrote {args.json}")

@@ -22,6 +22,7 @@ from ._cohort_work import (
     check_batchable,
     cohort_gradient,
     cohort_local_training,
+    own_copy,
     plan_training,
 )
 from ._functional import FunctionalModel
@@ -105,7 +106,8 @@ class LocalTraining:
     batch of ``batch_size``; ``batch_size=None`` is the full batch, one step per epoch.
     The update is the change of the parameters, ``w_local - w``; the weight is the
     number of examples; ``train_loss`` averages the minibatch losses over all examples
-    seen.
+    seen. An optimizer with ``update_in_place`` (SGD, momentum) updates a copy of the
+    parameters of the client's own in place: the same values, bit for bit.
     """
 
     model: FunctionalModel
@@ -136,14 +138,21 @@ class LocalTraining:
         batch = n if self.batch_size is None else min(self.batch_size, n)
         generator = torch.Generator().manual_seed(data.seed)
         step = _gradient_and_loss(self.model)
-        local, state = params, self.optimizer.init(params)
+        in_place = self.optimizer.update_in_place
+        # With an in-place update (SGD, momentum) the client trains a copy of its
+        # own: the same values, bit for bit, without a new tensor a step.
+        local = params if in_place is None else own_copy(params)
+        state = self.optimizer.init(local)
         loss_sum = torch.zeros((), dtype=torch.float64)
         for _ in range(self.epochs):
             order = torch.randperm(n, generator=generator)
             for start in range(0, n, batch):
                 index = order[start : start + batch]
                 grads, loss = step(local, x[index], y[index])
-                local, state = self.optimizer.update(grads, state, local)
+                if in_place is None:
+                    local, state = self.optimizer.update(grads, state, local)
+                else:
+                    in_place(grads, state, local)
                 loss_sum = loss_sum + loss.detach().to(torch.float64) * len(index)
         update = {k: (local[k] - params[k]).detach() for k in params}
         metrics = {"train_loss": loss_sum / (self.epochs * n)}

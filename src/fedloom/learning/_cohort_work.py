@@ -147,6 +147,14 @@ def _keep_where(active: torch.Tensor, new: Any, old: Any) -> Any:
     return tree_map(pick, new, old)
 
 
+def own_copy(tree: Any) -> Any:
+    """A copy of ``tree`` whose leaves are contiguous and have memory of their own
+    (to update in place: broadcast or expanded values share theirs)."""
+    return tree_map(
+        lambda v: v.detach().clone(memory_format=torch.contiguous_format), tree
+    )
+
+
 def copy_tree(into: Any, values: Any) -> None:
     """Copy the leaves of ``values`` into the matching tensors of ``into``."""
     targets, _ = tree_flatten(into)
@@ -276,14 +284,8 @@ class CohortStep:
         every leaf has memory of its own: ``vmap`` of an optimizer's ``init``
         returns a state that does not depend on the parameters, such as Adam's
         step count, as one value expanded over the clients)."""
-
-        def own(tree: Any) -> Any:
-            return tree_map(
-                lambda v: v.detach().clone(memory_format=torch.contiguous_format), tree
-            )
-
-        params = own(start)
-        return params, own(self.init(params))
+        params = own_copy(start)
+        return params, own_copy(self.init(params))
 
     def __call__(
         self,
