@@ -1,5 +1,5 @@
 """The eager cohort step writes SGD's and momentum's update in place, and computes
-what the functional update does."""
+what the functional update does; its loss is ``F.cross_entropy``'s."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ import torch
 from fedloom.core import Replicated
 from fedloom.data import ClientData, load_dataset
 from fedloom.learning import build_model, momentum, sgd
-from fedloom.learning._cohort_work import CohortStep, plan_training
+from fedloom.learning._cohort_work import CohortStep, _cross_entropy, plan_training
 
 
 @pytest.mark.parametrize("make", [lambda: sgd(0.1), lambda: momentum(0.05)])
@@ -38,3 +38,27 @@ def test_the_eager_step_updates_in_place_as_the_functional_update_would(make):
         assert not torch.equal(v, plan.start[k])
     for k, v in want_state.get("velocity", {}).items():
         torch.testing.assert_close(got_state["velocity"][k], v, rtol=0, atol=0)
+
+
+def test_the_steps_cross_entropy_is_torchs_bit_for_bit_under_vmap():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 10, generator=generator) * 5
+    y = torch.randint(0, 10, (3, 7), generator=generator)
+
+    def ours(z, t):
+        return _cross_entropy(z, t)
+
+    def torchs(z, t):
+        return torch.nn.functional.cross_entropy(z, t, reduction="none")
+
+    weights = torch.rand(3, 7, generator=generator)
+    for f in (ours, torchs):
+        z = logits.clone().requires_grad_()
+        value = torch.vmap(f)(z, y)
+        (value * weights).sum().backward()
+        if f is ours:
+            got, got_grad = value, z.grad
+    torch.testing.assert_close(got, value, rtol=0, atol=0)
+    torch.testing.assert_close(got_grad, z.grad, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="out of bounds"):
+        _cross_entropy(logits[0], torch.full((7,), -100))
