@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.compiled_step import run_steps
 from benchmarks.records import write_record
+from benchmarks.turns import best_per_step
 from fedloom.core import Replicated
 from fedloom.data import ClientData, load_dataset
 from fedloom.learning import build_model, sgd
@@ -79,12 +79,11 @@ def measure(dataset: Any, clients: ClientData, name: str, args: Any) -> dict[str
         with _Count() as counter:
             run_steps(step, plan, 1)
         ops[form] = counter.ops
-    best = dict.fromkeys(forms, float("inf"))
-    for _ in range(args.repeats):
-        for form, step in forms.items():
-            started = time.perf_counter()
-            run_steps(step, plan, args.steps)
-            best[form] = min(best[form], (time.perf_counter() - started) / args.steps)
+    runs = {
+        form: lambda step=step: run_steps(step, plan, args.steps)
+        for form, step in forms.items()
+    }
+    best = best_per_step(runs, args.steps, args.repeats)
     return {
         "model": name,
         "ops_per_step": ops,

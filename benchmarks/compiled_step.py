@@ -54,6 +54,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.records import write_record
+from benchmarks.turns import best_per_step
 from fedloom.core import Replicated
 from fedloom.data import ClientData, load_dataset
 from fedloom.learning import build_model, momentum, sgd
@@ -255,12 +256,11 @@ def main() -> None:
     for params in results.values():
         for k, v in results[first].items():
             torch.testing.assert_close(params[k], v, rtol=1e-4, atol=1e-6)
-    best = dict.fromkeys(variants, float("inf"))
-    for _ in range(args.repeats):
-        for name, step in variants.items():
-            started = time.perf_counter()
-            run_steps(step, plan, args.steps)
-            best[name] = min(best[name], (time.perf_counter() - started) / args.steps)
+    runs = {
+        name: lambda step=step: run_steps(step, plan, args.steps)
+        for name, step in variants.items()
+    }
+    best = best_per_step(runs, args.steps, args.repeats)
     names = list(variants)
     flops, matmul = _step_flops(model, optimizer, plan), _matmul_rate()
     rows = [

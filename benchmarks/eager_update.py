@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.compiled_step import run_steps
 from benchmarks.records import write_record
+from benchmarks.turns import best_per_step
 from fedloom.core import Replicated
 from fedloom.data import ClientData, load_dataset
 from fedloom.learning import ClientInput, build_model, momentum, sgd
@@ -91,12 +91,7 @@ def measure(
         "in place": optimizer,
     }
     forms, steps = FORMS[runtime](model, optimizers, clients, args)
-    best = dict.fromkeys(forms, float("inf"))
-    for _ in range(args.repeats):
-        for form, run in forms.items():
-            started = time.perf_counter()
-            run()
-            best[form] = min(best[form], (time.perf_counter() - started) / steps)
+    best = best_per_step(forms, steps, args.repeats)
     return {
         "runtime": runtime,
         "model": model_name,
