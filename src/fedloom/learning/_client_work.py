@@ -143,7 +143,10 @@ class LocalTraining:
         # own: the same values, bit for bit, without a new tensor a step.
         local = params if in_place is None else own_copy(params)
         state = self.optimizer.init(local)
-        loss_sum = torch.zeros((), dtype=torch.float64)
+        # Each batch's mean loss, weighted by its size at the end: three small
+        # operations a step fewer (a 2NN client's step 1.06x faster at 1 and 2
+        # threads, benchmarks/local_step.py).
+        losses, sizes = [], []
         for _ in range(self.epochs):
             order = torch.randperm(n, generator=generator)
             for start in range(0, n, batch):
@@ -153,7 +156,10 @@ class LocalTraining:
                     local, state = self.optimizer.update(grads, state, local)
                 else:
                     in_place(grads, state, local)
-                loss_sum = loss_sum + loss.detach().to(torch.float64) * len(index)
+                losses.append(loss)
+                sizes.append(len(index))
+        weights = torch.tensor(sizes, dtype=torch.float64, device=losses[0].device)
+        loss_sum = (torch.stack(losses).to(torch.float64) * weights).sum()
         update = {k: (local[k] - params[k]).detach() for k in params}
         metrics = {"train_loss": loss_sum / (self.epochs * n)}
         weight = torch.tensor(float(n), dtype=torch.float64)

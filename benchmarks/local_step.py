@@ -1,0 +1,84 @@
+"""Claim: a client of the local runtime trains as fast as a plain PyTorch loop.
+
+Times one client's local training (FedAvg's ``LocalTraining``: 600 Fashion-MNIST
+examples, B = 10, SGD, lr 0.05, ``--epochs`` epochs) against the same client in
+``simulation_speed.py``'s plain loop (``nn.Module`` + ``torch.optim.SGD``), per
+step, at each ``--threads`` count, in one process: the two take turns ``--repeats``
+times, and the best of each is kept. The per-step overhead of the local runtime's
+bookkeeping (its functional step, its loss accounting) is what the ratio shows.
+
+    python benchmarks/local_step.py [--models 2nn cnn] [--epochs 1]
+        [--threads 1 2] [--repeats 7] [--json benchmarks/results/local_step.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.records import write_record
+from benchmarks.simulation_speed import BATCH_SIZE, LEARNING_RATE, torch_loop_round
+from benchmarks.turns import best_per_step
+from fedloom.data import ClientData, load_dataset
+from fedloom.learning import ClientInput, build_model, sgd
+from fedloom.learning._client_work import LocalTraining
+from fedloom.runtimes import reuse_cpu_memory
+
+
+def measure(dataset: Any, clients: ClientData, name: str, args: Any) -> dict[str, Any]:
+    model = build_model(name, dataset.input_shape, dataset.num_classes, seed=0)
+    params, client = model.init(), ClientInput(clients.client(0), 0)
+    work = LocalTraining(model, sgd(LEARNING_RATE), args.epochs, BATCH_SIZE)
+    runs = {
+        "fedloom local": lambda: work(params, client),
+        "torch loop": lambda: torch_loop_round(model, params, [client], args.epochs),
+    }
+    steps = args.epochs * len(client.examples) // BATCH_SIZE
+    best = best_per_step(runs, steps, args.repeats)
+    return {
+        "model": name,
+        "threads": torch.get_num_threads(),
+        "us_per_step": {runner: seconds * 1e6 for runner, seconds in best.items()},
+        "local_vs_loop": best["torch loop"] / best["fedloom local"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["2nn", "cnn"])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1})
+    )
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--json", type=Path, default=Path("benchmarks/results/local_step.json")
+    )
+    args = parser.parse_args()
+    reuse_cpu_memory()
+    dataset = load_dataset("fashion_mnist")
+    clients = ClientData.from_dataset(dataset, "iid", 100, seed=0)
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        rows += [measure(dataset, clients, name, args) for name in args.models]
+    print(f"one client, E = {args.epochs}, B = 10, SGD: microseconds a step")
+    print(f"{'model':<6} {'threads':>7} {'fedloom local':>14} {'torch loop':>11}")
+    for row in rows:
+        us = row["us_per_step"]
+        print(
+            f"{row['model']:<6} {row['threads']:>7} {us['fedloom local']:14.1f}"
+            f" {us['torch loop']:11.1f}   {row['local_vs_loop']:.2f}x"
+        )
+    write_record(args.json, args, rows=rows)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
