@@ -28,13 +28,12 @@ from torch.func import grad_and_value, vmap
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.compiled_step import run_steps
+from benchmarks.compiled_step import assert_same, cohort_plan, run_steps
 from benchmarks.records import write_record
 from benchmarks.turns import best_per_step
-from fedloom.core import Replicated
 from fedloom.data import ClientData, load_dataset
 from fedloom.learning import build_model, sgd
-from fedloom.learning._cohort_work import CohortStep, plan_training
+from fedloom.learning._cohort_work import CohortStep
 from fedloom.runtimes import reuse_cpu_memory
 
 
@@ -65,15 +64,11 @@ class _Count(TorchDispatchMode):
 
 def measure(dataset: Any, clients: ClientData, name: str, args: Any) -> dict[str, Any]:
     model = build_model(name, dataset.input_shape, dataset.num_classes, seed=0)
-    examples = [clients.client(i) for i in range(args.clients)]
-    start = Replicated(model.init(), args.clients)
-    plan = plan_training(start, examples, range(args.clients), 1, 10, "cpu")
+    plan = cohort_plan(model, clients, args.clients)
     before = CohortStep(model, sgd(0.05))
     before.grad = vmap(grad_and_value(_torch_loss(model)))
     forms = {"F.cross_entropy": before, "own": CohortStep(model, sgd(0.05))}
-    checked = [run_steps(step, plan, 3) for step in forms.values()]
-    for k, v in checked[0].items():
-        torch.testing.assert_close(checked[1][k], v, rtol=0, atol=0)
+    assert_same([run_steps(step, plan, 3) for step in forms.values()])
     ops = {}
     for form, step in forms.items():
         with _Count() as counter:

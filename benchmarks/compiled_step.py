@@ -188,6 +188,24 @@ def _matmul_rate(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / best
 
 
+def cohort_plan(model: Any, clients: ClientData, count: int) -> TrainingPlan:
+    """An epoch of B = 10 for the first ``count`` of ``clients`` (client i seeded
+    with i) from ``model``'s initial parameters, on the CPU."""
+    examples = [clients.client(i) for i in range(count)]
+    start = Replicated(model.init(), count)
+    return plan_training(start, examples, range(count), 1, 10, torch.device("cpu"))
+
+
+def assert_same(
+    results: list[dict[str, torch.Tensor]], rtol: float = 0.0, atol: float = 0.0
+) -> None:
+    """Every parameter tree of ``results`` equals the first (bit for bit unless
+    given a tolerance)."""
+    for params in results[1:]:
+        for k, v in results[0].items():
+            torch.testing.assert_close(params[k], v, rtol=rtol, atol=atol)
+
+
 def run_steps(
     step: CohortStep, plan: TrainingPlan, steps: int
 ) -> dict[str, torch.Tensor]:
@@ -226,16 +244,7 @@ def main() -> None:
     dataset = load_dataset("fashion_mnist")
     clients = ClientData.from_dataset(dataset, "iid", 100, seed=0)
     model = build_model(args.model, dataset.input_shape, dataset.num_classes, seed=0)
-    examples = [clients.client(i) for i in range(args.clients)]
-    seeds = list(range(args.clients))
-    plan = plan_training(
-        Replicated(model.init(), args.clients),
-        examples,
-        seeds,
-        1,
-        10,
-        torch.device("cpu"),
-    )
+    plan = cohort_plan(model, clients, args.clients)
     if args.steps > plan.batch_index.shape[2] or args.steps % 5:
         sys.exit(f"--steps: a multiple of 5, at most {plan.batch_index.shape[2]}")
     # Compiled afresh (not from inductor's on-disk cache), so "folded" counts.
@@ -252,16 +261,14 @@ def main() -> None:
         started = time.perf_counter()
         results[name] = run_steps(step, plan, CHECKED_STEPS)
         compile_seconds[name] = time.perf_counter() - started
-    first = next(iter(variants))
-    for params in results.values():
-        for k, v in results[first].items():
-            torch.testing.assert_close(params[k], v, rtol=1e-4, atol=1e-6)
+    assert_same(list(results.values()), rtol=1e-4, atol=1e-6)
     runs = {
         name: lambda step=step: run_steps(step, plan, args.steps)
         for name, step in variants.items()
     }
     best = best_per_step(runs, args.steps, args.repeats)
     names = list(variants)
+    first = names[0]
     flops, matmul = _step_flops(model, optimizer, plan), _matmul_rate()
     rows = [
         {

@@ -28,14 +28,13 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.compiled_step import run_steps
+from benchmarks.compiled_step import assert_same, cohort_plan, run_steps
 from benchmarks.records import write_record
 from benchmarks.turns import best_per_step
-from fedloom.core import Replicated
 from fedloom.data import ClientData, load_dataset
 from fedloom.learning import ClientInput, build_model, momentum, sgd
 from fedloom.learning._client_work import LocalTraining
-from fedloom.learning._cohort_work import CohortStep, plan_training
+from fedloom.learning._cohort_work import CohortStep
 from fedloom.runtimes import reuse_cpu_memory
 
 LEARNING_RATE = 0.05
@@ -46,13 +45,9 @@ def _cohort_forms(
     model: Any, optimizers: dict[str, Any], clients: ClientData, args: Any
 ) -> tuple[dict[str, Any], int]:
     """A cohort step of each form, as a call with no arguments, and its steps."""
-    examples = [clients.client(i) for i in range(args.clients)]
-    start = Replicated(model.init(), args.clients)
-    plan = plan_training(start, examples, range(args.clients), 1, 10, "cpu")
+    plan = cohort_plan(model, clients, args.clients)
     steps = {form: CohortStep(model, opt) for form, opt in optimizers.items()}
-    checked = [run_steps(step, plan, 3) for step in steps.values()]
-    for k, v in checked[0].items():
-        torch.testing.assert_close(checked[1][k], v, rtol=0, atol=0)
+    assert_same([run_steps(step, plan, 3) for step in steps.values()])
     return {
         form: lambda step=step: run_steps(step, plan, args.steps)
         for form, step in steps.items()
@@ -65,9 +60,7 @@ def _local_forms(
     """One client's local training (an epoch) in each form, and its steps."""
     client, params = ClientInput(clients.client(0), 0), model.init()
     works = {form: LocalTraining(model, opt, 1, 10) for form, opt in optimizers.items()}
-    checked = [work(params, client).update for work in works.values()]
-    for k, v in checked[0].items():
-        torch.testing.assert_close(checked[1][k], v, rtol=0, atol=0)
+    assert_same([work(params, client).update for work in works.values()])
     return {
         form: lambda work=work: work(params, client) for form, work in works.items()
     }, len(client.examples) // 10

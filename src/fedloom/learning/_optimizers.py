@@ -3,10 +3,11 @@
 ``torch.optim`` mutates parameters in place and cannot be vmapped or checkpointed as
 plain tensors; these are pure functions of tensors, used on clients and at the server.
 SGD and momentum also have ``update_in_place``, the same arithmetic written into the
-parameters and state, which the vectorized runtime's eager step uses: a cohort's
-stacked weights are tens of MB, and writing them in place made that step 1.04-1.06x
-faster for the McMahan CNN and 1.08-1.11x for the 2NN (10 clients, B = 10, a
-2-core CPU, ``benchmarks/eager_update.py``).
+parameters and state, which the vectorized runtime's eager step and the local
+runtime's clients use: a cohort's stacked weights are tens of MB, and writing them in
+place made that step 1.03-1.09x faster for the McMahan CNN and 1.09-1.15x for the
+2NN (10 clients, B = 10, SGD and momentum, a 2-core CPU), a local client's step
+1.03-1.07x (``benchmarks/eager_update.py``).
 """
 
 from __future__ import annotations
