@@ -450,6 +450,18 @@ def test_setup_errors_name_the_field(tmp_path, changes, field):
         run_experiment(_config(**changes), out_dir=tmp_path, quiet=True)
 
 
+def test_compile_without_a_cpp_compiler_stops_before_the_run(tmp_path):
+    from torch._inductor import config
+
+    out = tmp_path / "run"
+    no_compiler = config.patch({"cpp.cxx": ("/nonexistent/g++",)})
+    with no_compiler, pytest.raises(ConfigError, match=r"needs a C\+\+ compiler"):
+        run_experiment(
+            _config(runtime="vectorized", compile=True), out_dir=out, quiet=True
+        )
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_device_is_one_config_key_and_checked(tmp_path):
     with pytest.raises(ConfigError, match=r"device: must be 'cpu', 'cuda' or 'cuda:N'"):
         _config(device="gpu")

@@ -294,6 +294,16 @@ def test_compile_is_for_the_cpu():
         VectorizedRuntime("cuda", compile=True)
 
 
+def test_compile_without_a_cpp_compiler_is_refused_at_once():
+    from torch._inductor import config
+
+    with config.patch({"cpp.cxx": ("/nonexistent/g++",)}):
+        with pytest.raises(ValueError, match=r"C\+\+ compiler.*/nonexistent/g"):
+            VectorizedRuntime(compile=True)
+        VectorizedRuntime()  # eager needs none
+    VectorizedRuntime(compile=True)  # this machine's compiler is found
+
+
 def test_steps_per_call_is_for_the_compiled_step():
     with pytest.raises(ValueError, match="compile=True"):
         VectorizedRuntime(steps_per_call=5)
