@@ -254,8 +254,9 @@ class ExperimentConfig(BaseModel):
     most that many rounds, on the same trajectory."""
     threads: int | None = Field(default=None, ge=1, le=1024)
     """PyTorch intra-op threads during the run. By default 1 with the ``local``
-    runtime (a client's small batches are fastest on one thread:
-    ``benchmarks/threads.py``) and every core the process may use with
+    runtime (a client's small batches ran 2.5-4x faster on one thread than on two
+    on one 2-core machine, and up to 1.76x slower on another, for the Fashion-MNIST
+    CNN: ``benchmarks/threads.py``) and every core the process may use with
     ``vectorized`` (a cohort's batched step has enough work a call for threads to
     pay: ``benchmarks/simulation_speed.py``). At most 1,024 (100,000 threads
     crashed the BLAS library)."""
