@@ -199,6 +199,12 @@ def _own_code(method: Any) -> Any:
     return types.MethodType(copy, method.__self__)
 
 
+COMPILE_OPTIONS: dict[str, Any] = {"cpp_wrapper": True, "layout_optimization": False}
+"""Inductor's options for :func:`compile_step` (see there;
+``benchmarks/step_profile.py`` turns ``cpp_wrapper`` off to see the kernels in a
+profile)."""
+
+
 def compile_step(method: Any, fold: Any = None) -> Any:
     """``torch.compile`` of a cohort step method (a copy of its code, see
     :func:`_own_code`), as the vectorized runtime compiles it on the CPU.
@@ -221,7 +227,7 @@ def compile_step(method: Any, fold: Any = None) -> Any:
     (``compiled_step.py --model cnn``); a model without convolutions compiles the
     same either way.
     """
-    options: dict[str, Any] = {"cpp_wrapper": True, "layout_optimization": False}
+    options: dict[str, Any] = dict(COMPILE_OPTIONS)
     if fold is not None:
         options["post_grad_custom_post_pass"] = fold
     return torch.compile(_own_code(method), options=options)

@@ -1,17 +1,24 @@
-"""Claim: where the eager cohort step spends the time that a plain loop does not.
+"""Claim: where the cohort step spends the time that a plain loop does not.
 
-Profiles one epoch of the vectorized runtime's eager FedAvg step (``CohortStep``,
-10 Fashion-MNIST clients of 600 examples, B = 10, SGD, lr 0.05: 60 cohort steps)
-and the same epoch of ``simulation_speed.py``'s plain PyTorch loop (``nn.Module``
-+ ``torch.optim.SGD``, client after client: 600 client steps) with
-``torch.profiler``, and gives each operator's self CPU time per cohort step (ten
-client steps) in both, largest difference first. Before profiling, each is timed
-without the profiler (best of ``--repeats`` epochs, taking turns), so the table's
-totals can be set against the real step times. glibc keeps freed memory
+Profiles one epoch of the vectorized runtime's FedAvg step (``CohortStep``, 10
+Fashion-MNIST clients of 600 examples, B = 10, SGD, lr 0.05: 60 cohort steps),
+eager or with ``--compiled``, and the same epoch of ``simulation_speed.py``'s plain
+PyTorch loop (``nn.Module`` + ``torch.optim.SGD``, client after client: 600 client
+steps) with ``torch.profiler``, and gives each operator's self CPU time per cohort
+step (ten client steps) in both, largest difference first. Before profiling, each
+is timed without the profiler (best of ``--repeats`` epochs, taking turns), so the
+table's totals can be set against the real step times. glibc keeps freed memory
 (``reuse_cpu_memory``), as ``fedloom run`` does.
 
-    python benchmarks/eager_profile.py [--model cnn] [--threads 1] [--rows 14]
-        [--repeats 3] [--json benchmarks/results/eager_profile_cnn_1thread.json]
+Compiled, the step is built as the runtime builds it except that the calls between
+kernels stay in Python (``cpp_wrapper`` off) and inductor records each of its own
+kernels (``cpp.enable_kernel_profile``), so that they appear in the profile by name
+(``graph_0_cpp_fused_...``, named after the operations fused into them); its timed
+step is that variant's too.
+
+    python benchmarks/step_profile.py [--model cnn] [--threads 1] [--compiled]
+        [--rows 14] [--repeats 3]
+        [--json benchmarks/results/step_profile_cnn_1thread[_compiled].json]
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from benchmarks.simulation_speed import LEARNING_RATE, torch_loop_round
 from benchmarks.turns import best_per_step
 from fedloom.data import ClientData, load_dataset
 from fedloom.learning import ClientInput, build_model, sgd
+from fedloom.learning import _cohort_work as cohort_work
 from fedloom.learning._cohort_work import CohortStep
 from fedloom.runtimes import reuse_cpu_memory
 
@@ -38,6 +46,17 @@ CLIENTS = 10
 # The loop's linear layers run as addmm/mm, the cohort's as bmm: one row for both.
 PRODUCTS = "matrix products (mm, addmm, bmm)"
 GROUPS = {"aten::mm": PRODUCTS, "aten::addmm": PRODUCTS, "aten::bmm": PRODUCTS}
+
+
+def profile_compiled_kernels() -> None:
+    """Make the runtime's compiled step show its kernels in the profile: inductor
+    records each, and the calls between them stay in Python (``cpp_wrapper`` off,
+    which ``compile_step`` turns on)."""
+    import torch._inductor.config as inductor
+
+    inductor.cpp.enable_kernel_profile = True
+    compile_options = dict(cohort_work.COMPILE_OPTIONS, cpp_wrapper=False)
+    cohort_work.COMPILE_OPTIONS = compile_options
 
 
 def self_ms_by_operator(run: Any, steps: int) -> dict[str, float]:
@@ -52,16 +71,24 @@ def self_ms_by_operator(run: Any, steps: int) -> dict[str, float]:
     return {name: ms for name, ms in times.items() if ms > 0}
 
 
+def short(name: str, width: int = 44) -> str:
+    """``name`` cut to ``width`` characters, keeping its end (a fused kernel's
+    name lists its operations and ends with its number; the JSON keeps it whole)."""
+    return name if len(name) <= width else f"{name[: width - 9]}...{name[-6:]}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cnn")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--compiled", action="store_true")
     parser.add_argument("--rows", type=int, default=14)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.json is None:
-        name = f"eager_profile_{args.model}_{args.threads}thread.json"
+        form = "_compiled" if args.compiled else ""
+        name = f"step_profile_{args.model}_{args.threads}thread{form}.json"
         args.json = Path("benchmarks/results") / name
     reuse_cpu_memory()
     torch.set_num_threads(args.threads)
@@ -70,7 +97,9 @@ def main() -> None:
     model = build_model(args.model, dataset.input_shape, dataset.num_classes, seed=0)
     plan = cohort_plan(model, clients, CLIENTS)
     steps = plan.batch_index.shape[2]
-    step = CohortStep(model, sgd(LEARNING_RATE))
+    if args.compiled:
+        profile_compiled_kernels()
+    step = CohortStep(model, sgd(LEARNING_RATE), compile=args.compiled)
 
     def cohort_epoch() -> None:
         params, state = step.begin(plan.start)
@@ -99,13 +128,15 @@ def main() -> None:
         key=lambda r: -abs(r["cohort_ms"] - r["loop_ms"]),
     )
     print(
-        f"{args.model}, {CLIENTS} clients, B = 10, SGD, {args.threads} thread(s): "
+        f"{args.model}, {CLIENTS} clients, B = 10, SGD, {args.threads} thread(s), "
+        f"{'compiled' if args.compiled else 'eager'}: "
         f"ms a cohort step ({CLIENTS} client steps)"
     )
     print(f"{'operator':<44} {'cohort':>8} {'loop':>8} {'cohort - loop':>14}")
     for r in rows[: args.rows]:
         cohort, loop = r["cohort_ms"], r["loop_ms"]
-        print(f"{r['operator']:<44} {cohort:8.2f} {loop:8.2f} {cohort - loop:14.2f}")
+        name = short(r["operator"])
+        print(f"{name:<44} {cohort:8.2f} {loop:8.2f} {cohort - loop:14.2f}")
     totals = {k: sum(v.values()) for k, v in profiled.items()}
     print(
         f"{'all operators (profiled)':<44} {totals['cohort']:8.2f} "
