@@ -5,7 +5,7 @@ digits CNN, the Fashion-MNIST 2NN and (unless ``--skip-cnn``) the Fashion-MNIST 
 with 1 and with all cores' intra-op threads, in the same process, and reports the
 ratio. Its answer depends on the machine: on one of the project's 2-core machines one
 thread was 2.5-4x faster than two (the reason ``threads = 1`` is the local runtime's
-default in ``fedloom run``), on another two threads were 1.07-1.7x faster (the
+default in ``fedloom run``), on another two threads were 1.00-1.76x as fast (the
 README gives both).
 
     python benchmarks/threads.py [--rounds 3] [--skip-cnn]

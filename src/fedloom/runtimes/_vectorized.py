@@ -237,18 +237,23 @@ class VectorizedRuntime:
 def _check_cpp_compiler() -> None:
     """A ``ValueError`` now, rather than an inductor error in the first round, if
     ``torch.compile`` has no C++ compiler to build the CPU step's kernels with."""
-    # torch._inductor takes seconds to import: only when compiling, which needs it
-    from torch._inductor import config, cpp_builder, exc
+    try:  # private API: where torch moves it, inductor's own error comes later
+        # torch._inductor takes seconds to import: only when compiling, which needs it
+        from torch._inductor import config, cpp_builder, exc
 
+        find, missing = cpp_builder.get_cpp_compiler, exc.InvalidCxxCompiler
+    except (ImportError, AttributeError):
+        return
     try:
-        cpp_builder.get_cpp_compiler()
-    except exc.InvalidCxxCompiler:
+        find()
+    except missing as error:
         cxx = config.cpp.cxx
         tried = [c for c in (cxx if isinstance(cxx, (list, tuple)) else [cxx]) if c]
         raise ValueError(
             "compile=True needs a C++ compiler: torch.compile builds the step's "
-            f"CPU kernels with one, and found none (tried {', '.join(tried)}); "
-            "install g++ or set CXX to a compiler, or leave compile off"
+            f"CPU kernels with one, and found none (tried "
+            f"{', '.join(tried) or 'none configured'}: {error}); install g++ or set "
+            "CXX to a compiler, or leave compile off"
         ) from None
 
 
