@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
-from typing import final
+from typing import Any, final
 
 import torch
 from torch import nn
@@ -57,26 +58,26 @@ class FunctionalModel:
         """The model's logits for inputs ``x`` under ``params``, for training: the
         module runs in its own mode (``nn.Module``'s default, training: dropout
         drops)."""
-        if torch.compiler.is_compiling():
-            return functional_call(self.module, params, (x,))
-        with self._lock:
+        with self._turn():
             return functional_call(self.module, params, (x,))
 
     def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """:meth:`apply` for evaluation: the module runs in eval mode (dropout
         passes everything), and is left in the mode it had."""
-        if torch.compiler.is_compiling():
-            return self._predict(params, x)
-        with self._lock:
-            return self._predict(params, x)
+        with self._turn():
+            training = self.module.training
+            self.module.train(False)
+            try:
+                return functional_call(self.module, params, (x,))
+            finally:
+                self.module.train(training)
 
-    def _predict(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        training = self.module.training
-        self.module.train(False)
-        try:
-            return functional_call(self.module, params, (x,))
-        finally:
-            self.module.train(training)
+    def _turn(self) -> contextlib.AbstractContextManager[Any]:
+        """The lock a call holds while the module has its parameters; none in
+        compiled code, which has that swap traced away."""
+        if torch.compiler.is_compiling():
+            return contextlib.nullcontext()
+        return self._lock
 
     def unbatchable_layers(self, *, training: bool) -> list[str]:
         """The layers that keep a cohort from running as one padded batch: batch
