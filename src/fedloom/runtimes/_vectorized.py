@@ -239,20 +239,17 @@ def _check_cpp_compiler() -> None:
     ``torch.compile`` has no C++ compiler to build the CPU step's kernels with."""
     try:  # private API: where torch moves it, inductor's own error comes later
         # torch._inductor takes seconds to import: only when compiling, which needs it
-        from torch._inductor import config, cpp_builder, exc
+        from torch._inductor import cpp_builder, exc
 
         find, missing = cpp_builder.get_cpp_compiler, exc.InvalidCxxCompiler
     except (ImportError, AttributeError):
         return
     try:
         find()
-    except missing as error:
-        cxx = config.cpp.cxx
-        tried = [c for c in (cxx if isinstance(cxx, (list, tuple)) else [cxx]) if c]
+    except missing as error:  # its message names the compilers it tried
         raise ValueError(
             "compile=True needs a C++ compiler: torch.compile builds the step's "
-            f"CPU kernels with one, and found none (tried "
-            f"{', '.join(tried) or 'none configured'}: {error}); install g++ or set "
+            f"CPU kernels with one, and found none ({error}); install g++ or set "
             "CXX to a compiler, or leave compile off"
         ) from None
 
