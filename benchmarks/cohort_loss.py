@@ -30,8 +30,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.compiled_step import assert_same, cohort_plan, run_steps
 from benchmarks.records import write_record
+from benchmarks.simulation_speed import fashion_mnist_clients
 from benchmarks.turns import best_per_step
-from fedloom.data import ClientData, load_dataset
+from fedloom.data import ClientData
 from fedloom.learning import build_model, sgd
 from fedloom.learning._cohort_work import CohortStep
 from fedloom.runtimes import reuse_cpu_memory
@@ -100,8 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     reuse_cpu_memory()
     torch.set_num_threads(args.threads)
-    dataset = load_dataset("fashion_mnist")
-    clients = ClientData.from_dataset(dataset, "iid", 100, seed=0)
+    dataset, clients = fashion_mnist_clients()
     rows = [measure(dataset, clients, name, args) for name in args.models]
     print(f"{args.clients} clients, B = 10, SGD, {args.threads} thread(s), eager step:")
     print(f"{'model':<6} {'ops':>10} {'F.cross_entropy ms':>19} {'own ms':>8}")

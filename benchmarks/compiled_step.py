@@ -54,9 +54,10 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.records import write_record
+from benchmarks.simulation_speed import fashion_mnist_clients
 from benchmarks.turns import best_per_step
 from fedloom.core import Replicated
-from fedloom.data import ClientData, load_dataset
+from fedloom.data import ClientData
 from fedloom.learning import build_model, momentum, sgd
 from fedloom.learning._cohort_work import (
     CohortStep,
@@ -241,8 +242,7 @@ def main() -> None:
     args = parser.parse_args()
     reuse_cpu_memory()
     torch.set_num_threads(args.threads)
-    dataset = load_dataset("fashion_mnist")
-    clients = ClientData.from_dataset(dataset, "iid", 100, seed=0)
+    dataset, clients = fashion_mnist_clients()
     model = build_model(args.model, dataset.input_shape, dataset.num_classes, seed=0)
     plan = cohort_plan(model, clients, args.clients)
     if args.steps > plan.batch_index.shape[2] or args.steps % 5:

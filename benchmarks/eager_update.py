@@ -30,8 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.compiled_step import assert_same, cohort_plan, run_steps
 from benchmarks.records import write_record
+from benchmarks.simulation_speed import fashion_mnist_clients
 from benchmarks.turns import best_per_step
-from fedloom.data import ClientData, load_dataset
+from fedloom.data import ClientData
 from fedloom.learning import ClientInput, build_model, momentum, sgd
 from fedloom.learning._client_work import LocalTraining
 from fedloom.learning._cohort_work import CohortStep
@@ -110,8 +111,7 @@ def main() -> None:
     args.optimizers = args.optimizers or list(OPTIMIZERS)
     reuse_cpu_memory()
     torch.set_num_threads(args.threads)
-    dataset = load_dataset("fashion_mnist")
-    clients = ClientData.from_dataset(dataset, "iid", 100, seed=0)
+    dataset, clients = fashion_mnist_clients()
     rows = [
         measure(dataset, clients, runtime, model_name, name, args)
         for runtime in args.runtimes

@@ -23,9 +23,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.records import write_record
-from benchmarks.simulation_speed import BATCH_SIZE, LEARNING_RATE, torch_loop_round
+from benchmarks.simulation_speed import (
+    BATCH_SIZE,
+    LEARNING_RATE,
+    fashion_mnist_clients,
+    torch_loop_round,
+)
 from benchmarks.turns import best_per_step
-from fedloom.data import ClientData, load_dataset
+from fedloom.data import ClientData
 from fedloom.learning import ClientInput, build_model, sgd
 from fedloom.learning._client_work import LocalTraining
 from fedloom.runtimes import reuse_cpu_memory
@@ -62,8 +67,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     reuse_cpu_memory()
-    dataset = load_dataset("fashion_mnist")
-    clients = ClientData.from_dataset(dataset, "iid", 100, seed=0)
+    dataset, clients = fashion_mnist_clients()
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)

@@ -79,6 +79,13 @@ FLOWER_SCRIPT = Path(__file__).with_name("flower_baseline.py")
 FLOWER_ACCURACY_TOLERANCE = 0.05
 
 
+def fashion_mnist_clients() -> tuple[Dataset, ClientData]:
+    """The workload's data, which the other CPU benchmarks share: Fashion-MNIST split
+    IID over 100 clients (seed 0)."""
+    dataset = load_dataset("fashion_mnist")
+    return dataset, ClientData.from_dataset(dataset, "iid", 100, seed=0)
+
+
 def torch_loop_round(
     model: FunctionalModel,
     params: dict[str, torch.Tensor],
@@ -301,8 +308,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     reused = args.reuse_cpu_memory and reuse_cpu_memory()
-    dataset = load_dataset("fashion_mnist")
-    clients = ClientData.from_dataset(dataset, "iid", 100, seed=0)
+    dataset, clients = fashion_mnist_clients()
     grid = [(m, e) for m in args.models for e in args.epochs]
     if args.quick:
         grid = [("2nn", 1)]

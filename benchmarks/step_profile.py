@@ -34,9 +34,12 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.compiled_step import cohort_plan
 from benchmarks.records import write_record
-from benchmarks.simulation_speed import LEARNING_RATE, torch_loop_round
+from benchmarks.simulation_speed import (
+    LEARNING_RATE,
+    fashion_mnist_clients,
+    torch_loop_round,
+)
 from benchmarks.turns import best_per_step
-from fedloom.data import ClientData, load_dataset
 from fedloom.learning import ClientInput, build_model, sgd
 from fedloom.learning import _cohort_work as cohort_work
 from fedloom.learning._cohort_work import CohortStep
@@ -92,8 +95,7 @@ def main() -> None:
         args.json = Path("benchmarks/results") / name
     reuse_cpu_memory()
     torch.set_num_threads(args.threads)
-    dataset = load_dataset("fashion_mnist")
-    clients = ClientData.from_dataset(dataset, "iid", 100, seed=0)
+    dataset, clients = fashion_mnist_clients()
     model = build_model(args.model, dataset.input_shape, dataset.num_classes, seed=0)
     plan = cohort_plan(model, clients, CLIENTS)
     steps = plan.batch_index.shape[2]
