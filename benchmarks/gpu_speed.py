@@ -25,8 +25,13 @@ Rows for each cohort size, all on the same GPU in the same process:
   convolution and each of its gradients, instead of cuDNN's grouped convolution;
   the loop over kernel offsets unrolled or flat; the row says whether Triton ran),
   ``graphs triton-conv2 flat`` (only the second convolution so: the first has one
-  input channel) and ``graphs fp32-conv`` (cuDNN without TF32, a control for the
-  parameter differences below).
+  input channel), ``graphs fp32-conv`` (cuDNN without TF32, a control for the
+  parameter differences below), ``graphs compiled`` (``compile=True``: the graph
+  replays the kernels inductor made of the step, SGD's update folded into the
+  linear layers' weight-gradient products), ``graphs compiled tf32`` (the same with
+  TF32 matrix products), ``compiled`` (no graphs), and ``graphs matmul-conv1``
+  and ``graphs compiled matmul-conv1`` (the first convolution, one input channel,
+  as ``unfold`` and a batched matrix product: ``benchmarks/matmul_first_conv.py``).
 
 A round is timed from the host, device synchronized, and includes everything:
 padding the cohort's data and copying it to the GPU, the training, the checked
@@ -35,6 +40,13 @@ every minibatch, counted by ``torch.utils.flop_counter`` on one client step) ove
 the round's time give the achieved rate, reported as a fraction of two ceilings
 measured in the same run: a float32 and a TF32 8192^3 matrix product. (cuDNN runs
 float32 convolutions in TF32 by default; the linear layers run in float32.)
+
+A second floor is memory: every step of every client reads its float32 parameters
+for the forward pass and again for the backward pass, and writes them updated,
+at least 3 x 4 bytes a parameter a step however the kernels are fused (more where
+the gradient is stored before the update). That traffic over the device's
+bandwidth, measured in the same run as a copy of 1 GiB, is the round's memory
+floor; the table gives the floor's share of each round's time ("of mem").
 
 All variants start from the same model and train the same cohorts; the script
 prints each one's test accuracy and its largest parameter difference to the first
@@ -91,6 +103,8 @@ class Variant(NamedTuple):
     triton_rows: int = 64  # the Triton tile's rows (its Tiling.rows)
     triton_min_in: int = 1  # convolutions with fewer input channels stay cuDNN's
     tf32_conv: bool = True  # torch.backends.cudnn.allow_tf32 (PyTorch's default)
+    compile: bool = False  # VectorizedRuntime(compile=True)
+    matmul_conv1: bool = False  # one-input-channel convs via matmul_first_conv.py
 
 
 VARIANTS = {
@@ -115,6 +129,11 @@ VARIANTS = {
         # kernels in float32 instead of TF32, whose difference to "graphs" is the
         # drift rounding alone gives over a round's steps.
         Variant("graphs fp32-conv", tf32_conv=False),
+        Variant("graphs compiled", compile=True),
+        Variant("graphs compiled tf32", compile=True, tf32_matmul=True),
+        Variant("compiled", graphs=False, compile=True),
+        Variant("graphs matmul-conv1", matmul_conv1=True),
+        Variant("graphs compiled matmul-conv1", compile=True, matmul_conv1=True),
     ]
 }
 
@@ -132,6 +151,15 @@ def matmul_tflops(device: torch.device, tf32: bool, size: int, repeats: int) -> 
         return 2 * size**3 * repeats / seconds / 1e12
     finally:
         torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def copy_bandwidth(device: torch.device, gib: float, repeats: int) -> float:
+    """Bytes a second a device-to-device copy of ``gib`` GiB moves (read + write)."""
+    source = torch.ones(int(gib * 2**30) // 4, device=device)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    _, seconds = _timed(device, lambda: [target.copy_(source) for _ in range(repeats)])
+    return 2 * source.numel() * 4 * repeats / seconds
 
 
 def flops_per_client_step(model: FunctionalModel, dataset: Dataset) -> int:
@@ -226,9 +254,11 @@ class Bench:
             "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         }
         size, repeats = (8192, 10) if self.device.type == "cuda" else (512, 3)
+        gib = 1.0 if self.device.type == "cuda" else 0.125
         ceilings = {
             "float32_matmul_tflops": matmul_tflops(self.device, False, size, repeats),
             "tf32_matmul_tflops": matmul_tflops(self.device, True, size, repeats),
+            "copy_bandwidth_bytes_per_s": copy_bandwidth(self.device, gib, repeats),
         }
         self.report["ceilings"] = ceilings
         flops = flops_per_client_step(self.model, self.dataset)
@@ -238,6 +268,12 @@ class Bench:
             "steps_per_client_round": steps,
             "per_client_round": flops * steps,
         }
+        parameters = self.report["workload"]["parameters"]
+        self.report["memory_floor"] = {
+            "bytes_per_client_step": 3 * 4 * parameters,
+            "bytes_per_client_round": 3 * 4 * parameters * steps,
+            "note": "float32 parameters read twice and written once a step",
+        }
         print(json.dumps(self.report["machine"]), flush=True)
         print(json.dumps(ceilings), json.dumps(self.report["flops"]), flush=True)
         self.save()
@@ -246,6 +282,11 @@ class Bench:
         flops = self.report["flops"]["per_client_round"] * size
         rate = flops / seconds / 1e12
         ceilings = self.report["ceilings"]
+        floor = (
+            self.report["memory_floor"]["bytes_per_client_round"]
+            * size
+            / ceilings["copy_bandwidth_bytes_per_s"]
+        )
         row = {
             "cohort": size,
             "runner": runner,
@@ -253,6 +294,8 @@ class Bench:
             "tflops": rate,
             "fraction_of_float32_ceiling": rate / ceilings["float32_matmul_tflops"],
             "fraction_of_tf32_ceiling": rate / ceilings["tf32_matmul_tflops"],
+            "memory_floor_seconds": floor,
+            "fraction_of_memory_floor": floor / seconds,
             **extra,
         }
         self.report["rows"].append(row)
@@ -302,8 +345,14 @@ class Bench:
             self.device,
             chunk_size=self.args.chunk_size,
             cuda_graphs=variant.graphs,
+            compile=variant.compile,
         )
         model, extra = self.model, {}
+        if variant.matmul_conv1:
+            import matmul_first_conv  # beside this file
+
+            module, swapped = matmul_first_conv.swap_first_convs(model.module)
+            model, extra = FunctionalModel(module), {"convs_swapped": swapped}
         if variant.triton_conv:
             import client_conv_op  # beside this file; imports Triton if it can
 
@@ -460,7 +509,7 @@ def _print_table(report: dict[str, Any]) -> None:
     print(f"\n{report['machine']['gpu']}, torch {report['machine']['torch']}")
     print(
         f"{'cohort':>7}  {'runner':<28}{'ms/round':>10}{'vs loop':>9}"
-        f"{'TFLOP/s':>9}{'of fp32':>9}{'of tf32':>9}"
+        f"{'TFLOP/s':>9}{'of fp32':>9}{'of tf32':>9}{'of mem':>8}"
     )
     loops = {
         r["cohort"]: r["seconds_per_round"]
@@ -474,6 +523,7 @@ def _print_table(report: dict[str, Any]) -> None:
             f"{r['cohort']:>7}  {r['runner']:<28}{r['seconds_per_round'] * 1000:>10.1f}"
             f"{ratio}{r['tflops']:>9.2f}{r['fraction_of_float32_ceiling']:>9.3f}"
             f"{r['fraction_of_tf32_ceiling']:>9.3f}"
+            f"{r.get('fraction_of_memory_floor', float('nan')):>8.3f}"
         )
     for error in report["errors"]:
         print(f"  not measured: {error['what']}: {error['error']}")

@@ -43,13 +43,19 @@ RUNTIMES = {
     "cuda": lambda: VectorizedRuntime("cuda", cuda_graphs=False),
     "cuda-graphs": lambda: VectorizedRuntime("cuda"),
     "cuda-graphs-chunked": lambda: VectorizedRuntime("cuda", chunk_size=3),
+    "cuda-compiled": lambda: VectorizedRuntime("cuda", cuda_graphs=False, compile=True),
+    "cuda-graphs-compiled": lambda: VectorizedRuntime("cuda", compile=True),
 }
 GPU = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 NAMES = [pytest.param(n, marks=GPU if "cuda" in n else ()) for n in RUNTIMES]
-pytestmark = pytest.mark.usefixtures("no_tf32", "fresh_compile")
+pytestmark = [
+    pytest.mark.usefixtures("no_tf32", "fresh_compile"),
+    # inductor's advice to turn on the TF32 that no_tf32 turned off (compiling on CUDA)
+    pytest.mark.filterwarnings("ignore:TensorFloat32 tensor cores"),
+]
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 
 
@@ -70,12 +76,12 @@ def _cohort(digits, partition, count=7):
     return [ClientInput(clients.client(i), seed=100 + i) for i in range(count)]
 
 
-def _assert_same_round(process, cohort, runtime):
+def _assert_same_round(process, cohort, runtime, tolerance=TOLERANCE):
     state = process.init()
     expected_state, expected = process.next(state, cohort, runtime=LocalRuntime())
     got_state, got = process.next(state, cohort, runtime=runtime)
     for name, value in expected_state.params.items():
-        torch.testing.assert_close(got_state.params[name], value, **TOLERANCE)
+        torch.testing.assert_close(got_state.params[name], value, **tolerance)
     assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5)
     assert got["num_examples"] == expected["num_examples"]
     return got_state
@@ -112,7 +118,14 @@ def test_fedavg_stateful_client_and_server_optimizers(digits, runtime, client):
         # rounding in a near-zero update into a full step of either sign.
         server_optimizer=adam(0.01, beta2=0.99, epsilon=1e-3),
     )
-    _assert_same_round(process, _cohort(digits, "quantity_skew"), RUNTIMES[runtime]())
+    # The client's Adam (epsilon 1e-8) divides by the root of its second moment,
+    # near zero for the digits' blank pixels, where CUDA's float32 rounding grows:
+    # on an H200, 1 of 12,800 weights came out 1.9e-5 from the CPU's.
+    tolerance = TOLERANCE
+    if client == "adam" and "cuda" in runtime:
+        tolerance = {"rtol": 1e-4, "atol": 1e-4}
+    cohort = _cohort(digits, "quantity_skew")
+    _assert_same_round(process, cohort, RUNTIMES[runtime](), tolerance)
 
 
 @pytest.mark.parametrize("runtime", NAMES)
@@ -289,9 +302,17 @@ def test_cuda_without_a_cuda_device_is_refused_at_once():
         VectorizedRuntime("cuda")
 
 
-def test_compile_is_for_the_cpu():
-    with pytest.raises(ValueError, match="compile=True is for the CPU"):
-        VectorizedRuntime("cuda", compile=True)
+def test_compile_is_for_cpu_and_cuda():
+    with pytest.raises(ValueError, match="compile=True is for 'cpu' and 'cuda'"):
+        VectorizedRuntime("meta", compile=True)
+
+
+def test_steps_per_call_is_not_for_captured_epochs():
+    # refused before the device is looked at: the same on machines without CUDA
+    with pytest.raises(ValueError, match="leave steps_per_call at 1"):
+        VectorizedRuntime("cuda", compile=True, steps_per_call=5)
+    runtime = VectorizedRuntime(compile=True, steps_per_call=5)  # the CPU: allowed
+    assert runtime.options.steps_per_call == 5
 
 
 def test_compile_without_a_cpp_compiler_is_refused_at_once():

@@ -118,11 +118,11 @@ class LocalTraining:
         default_factory=GraphCache, init=False, repr=False, compare=False
     )
     """Captured epochs for the vectorized runtime on CUDA, kept between rounds."""
-    steps: dict[tuple[bool, int], CohortStep] = field(
+    steps: dict[tuple[bool, int, str], CohortStep] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    """The batched step, eager and compiled, kept between rounds (a compiled one
-    is not compiled again)."""
+    """The batched step, eager and compiled (by steps a call and device type), kept
+    between rounds (a compiled one is not compiled again)."""
 
     def __post_init__(self) -> None:
         count("epochs", self.epochs)
@@ -171,16 +171,20 @@ class LocalTraining:
         """The same training for a whole cohort at once (vectorized runtime).
 
         With ``options.capture`` (CUDA) each epoch runs as a captured CUDA graph,
-        kept in :attr:`graphs` for the next cohorts of the same shape.
+        kept in :attr:`graphs` for the next cohorts of the same shape; with
+        ``options.compile`` too, the graph replays the compiled step's kernels.
         """
         check_batchable(self.model, training=True)
         params, inputs = args
         examples, seeds = _inputs(inputs)
-        compile = options.compile and not options.capture  # graphs capture eager steps
-        key = (compile, options.steps_per_call if compile else 1)
+        key = (options.compile, options.steps_per_call, device.type)
         if key not in self.steps:
             self.steps[key] = CohortStep(
-                self.model, self.optimizer, compile=compile, steps_per_call=key[1]
+                self.model,
+                self.optimizer,
+                compile=options.compile,
+                steps_per_call=options.steps_per_call,
+                cpp_wrapper=device.type == "cpu",
             )
         step = self.steps[key]
         plan = plan_training(

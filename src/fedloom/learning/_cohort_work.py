@@ -205,7 +205,7 @@ COMPILE_OPTIONS: dict[str, Any] = {"cpp_wrapper": True, "layout_optimization": F
 profile)."""
 
 
-def compile_step(method: Any, fold: Any = None) -> Any:
+def compile_step(method: Any, fold: Any = None, *, cpp_wrapper: bool = True) -> Any:
     """``torch.compile`` of a cohort step method (a copy of its code, see
     :func:`_own_code`), as the vectorized runtime compiles it on the CPU.
 
@@ -216,7 +216,10 @@ def compile_step(method: Any, fold: Any = None) -> Any:
     code), and 2-3 % faster again with ``cpp_wrapper`` (the calls between kernels
     made from C++, not Python), which can cost seconds more at compilation
     (``benchmarks/compiled_step.py``, at 1 and 2 threads). ``fold``, if given, is
-    the post-grad pass.
+    the post-grad pass. ``cpp_wrapper=False`` leaves the calls in Python: on CUDA,
+    where the vectorized runtime replays the step's kernels from a CUDA graph, the
+    calls' overhead is not paid at all, and the C++ wrapper would only lengthen
+    compilation.
 
     Tensors keep their PyTorch layouts (``layout_optimization`` off). Inductor
     would otherwise lay a graph with convolutions out channels-last; a cohort's
@@ -228,6 +231,7 @@ def compile_step(method: Any, fold: Any = None) -> Any:
     same either way.
     """
     options: dict[str, Any] = dict(COMPILE_OPTIONS)
+    options["cpp_wrapper"] = options["cpp_wrapper"] and cpp_wrapper
     if fold is not None:
         options["post_grad_custom_post_pass"] = fold
     return torch.compile(_own_code(method), options=options)
@@ -263,6 +267,7 @@ class CohortStep:
         *,
         compile: bool = False,
         steps_per_call: int = 1,
+        cpp_wrapper: bool = True,
     ) -> None:
         CohortOptions(compile=compile, steps_per_call=steps_per_call)  # checks them
         self.steps_per_call = steps_per_call
@@ -283,9 +288,10 @@ class CohortStep:
             from ._gemm_update import FoldUpdateIntoGemm
 
             self.fold = FoldUpdateIntoGemm()
-            self._run = compile_step(self._step_in_place, self.fold)
+            wrapper = {"cpp_wrapper": cpp_wrapper}
+            self._run = compile_step(self._step_in_place, self.fold, **wrapper)
             # its own code object, so its own compilations and recompile_limit
-            self._run_steps = compile_step(self._steps_in_place, self.fold)
+            self._run_steps = compile_step(self._steps_in_place, self.fold, **wrapper)
 
     def init(self, params: Params) -> Any:
         """The optimizer state of every client, from stacked parameters."""
