@@ -13,8 +13,12 @@ cuDNN's grouped ones under ``vmap``) and with its convolutions routed to
 ``benchmarks/triton_client_conv.py``'s kernels (``client_conv_op.swap_convs``, as
 ``gpu_speed.py``'s ``graphs triton-conv`` row): with the convolutions down to a
 launch each, what the rest of the step costs, and in how many launches.
+``compiled`` is the model as it is with the step through ``torch.compile``, as
+``VectorizedRuntime("cuda", compile=True)`` runs it (inductor's kernels, SGD's update
+folded into the weight-gradient products; the eager profile is of the compiled step,
+called step by step).
 
-    python benchmarks/gpu_profile.py [--cohort 10 100] [--convs cudnn triton]
+    python benchmarks/gpu_profile.py [--cohort 10 100] [--convs cudnn triton compiled]
         [--json PATH]
 """
 
@@ -34,13 +38,13 @@ from fedloom.learning import FunctionalModel, build_model, sgd
 from fedloom.learning._cohort_work import CohortStep, PaddedCohort
 
 BATCH = 10
-CONVS = ("cudnn", "triton")
+CONVS = ("cudnn", "triton", "compiled")
 
 
 def _model(convs: str) -> FunctionalModel:
     """The McMahan CNN, its convolutions cuDNN's or ``client_conv_op``'s."""
     model = build_model("cnn", (1, 28, 28), 10, seed=0)
-    if convs == "cudnn":
+    if convs in ("cudnn", "compiled"):
         return model
     sys.path.insert(0, str(Path(__file__).parent))
     import client_conv_op  # beside this file; imports Triton if it can
@@ -68,7 +72,9 @@ def _setup(
     params = {
         k: v.cuda().expand(cohort, *v.shape).clone() for k, v in model.init().items()
     }
-    return CohortStep(model, sgd(0.05)), data, params
+    compiled = convs == "compiled"  # the runtime's CUDA options: no C++ wrapper
+    step = CohortStep(model, sgd(0.05), compile=compiled, cpp_wrapper=False)
+    return step, data, params
 
 
 def profile_kernels(

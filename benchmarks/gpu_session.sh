@@ -1,32 +1,36 @@
 #!/usr/bin/env bash
 # The open GPU work in one device-tool call, most decisive first:
 #
-# 1. benchmarks/gpu_profile.py --convs cudnn triton: where a step's GPU time goes,
-#    in how many launches, with cuDNN's convolutions and with
-#    benchmarks/triton_client_conv.py's (Triton's rounds gained 1.3x where its
-#    second convolution alone gained 7.2x: what takes the rest?);
-# 2. benchmarks/gpu_speed.py, whole FedAvg rounds at cohorts 10 and 100: the
-#    runtime as it is ("graphs") beside the same with its convolutions through
-#    benchmarks/client_conv_op.py ("graphs triton-conv"), with only the second
-#    one so ("graphs triton-conv2 flat"), and cuDNN without TF32 ("graphs
-#    fp32-conv", the control for the rows' parameter differences);
-# 3. benchmarks/mcmahan2017/gpu.sh --rerun-best with the seconds left: the CNN
-#    cells' best runs recorded before the results file kept their accuracy by
-#    round (the IID ones), made again for their curves (what it needs, .whl/ and
-#    .devdata/, both ignored by git: `bash benchmarks/prepare_device.sh` once a
-#    machine). Every cell of Table 2 has been run.
+# 1. pytest -m gpu, the tests no GPU has run yet: the conformance suite's two
+#    compiled CUDA runtimes (VectorizedRuntime("cuda", compile=True), with and
+#    without graphs) and its client-Adam test with the CUDA tolerance of
+#    2026-11-27 (the other GPU tests passed on an H200 that day);
+# 2. benchmarks/gpu_profile.py --convs compiled: where the compiled step's GPU time
+#    goes (its kernels, launches and captured step time; fp32, TF32, bf16), the
+#    profile that says what to do next to the runtime's fastest path;
+# 3. benchmarks/gpu_speed.py, whole FedAvg rounds at cohorts 10 and 100: the
+#    graph runner, the compiled one, each with the first convolution as a matrix
+#    product (benchmarks/matmul_first_conv.py: the largest item left in the
+#    Triton step's profile), then the compiled one with TF32 matrix products and
+#    the Triton prototype for the second convolution ("graphs triton-conv2
+#    flat"): 2026-11-27's fastest rows again, beside the new ones;
+# 4. benchmarks/mcmahan2017/gpu.sh --rerun-best with the seconds left: the IID
+#    CNN's E = 20, B = inf best run, cut off by the budget on 2026-11-27 (its
+#    checkpoint in runs/ resumes it), whose curve the IID CNN figure waits for
+#    (what it needs, .whl/ and .devdata/, both ignored by git: `bash
+#    benchmarks/prepare_device.sh` once a machine).
 #
 #   run(command="FEDLOOM_COMMIT=<git rev-parse --short HEAD, here> \
 #                bash benchmarks/gpu_session.sh 560", timeout_s=590, kind="nvidia-h200",
 #       carry=[".whl", ".devdata", "runs/mcmahan2017/fashion_mnist/cnn"])
 #
-# (nvidia-h200: the GPU of the earlier CNN rows and of benchmarks/results'
-# chunk_size_nvidia_h200.json). Then here, with the call's files under FILES:
+# (nvidia-h200: the GPU of the earlier CNN rows). Then here, with the call's files
+# under FILES:
 #
-#   cp FILES/gpu_profile.json FILES/gpu_speed_triton.json benchmarks/results/
+#   cp FILES/gpu_profile_compiled.json FILES/gpu_speed_session.json benchmarks/results/
 #   and what benchmarks/mcmahan2017/gpu.sh says for the rest.
 #
-# A dry run without a GPU (step 1 needs one; the Triton rows are left out):
+# A dry run without a GPU (the tests, the profile and the Triton rows need one):
 #   DEVICE=cpu OUT=/tmp/out SPEED_ARGS="--sizes 2 --rounds 1" \
 #       bash benchmarks/gpu_session.sh 60
 set -uo pipefail
@@ -40,19 +44,24 @@ then
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+if [ -d .devdata/fashion-mnist ]; then  # the device has no network to download it
+    export FEDLOOM_DATA="$PWD/.devdata"
+fi
 device="${DEVICE:-cuda}"
+runners=(graphs "graphs compiled" "graphs compiled matmul-conv1"
+    "graphs matmul-conv1" "graphs compiled tf32")
 if [ "$device" = cuda ]; then
-    timeout 150 python3 benchmarks/gpu_profile.py --cohort 10 100 \
-        --convs cudnn triton --json "$OUT/gpu_profile.json" \
-        2>&1 | tee "$OUT/gpu_profile.log"
+    timeout 200 python3 -m pytest -p no:cacheprovider -p no:logging -m gpu \
+        tests/runtimes/test_conformance.py -k "compiled or adam" --tb=short \
+        2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+    timeout 120 python3 benchmarks/gpu_profile.py --cohort 100 10 --convs compiled \
+        --json "$OUT/gpu_profile_compiled.json" 2>&1 | tee "$OUT/gpu_profile_compiled.log"
+    runners+=("graphs triton-conv2 flat")
 fi
 # shellcheck disable=SC2086
-timeout 200 python3 benchmarks/gpu_speed.py --device "$device" \
-    ${SPEED_ARGS:---sizes 10 100 --rounds 3} --budget-s 170 \
-    --runners graphs "graphs triton-conv" "graphs triton-conv2 flat" \
-    "graphs fp32-conv" \
-    --json "$OUT/gpu_speed_triton.json" \
-    2>&1 | tee "$OUT/gpu_speed_triton.log"
+timeout 230 python3 benchmarks/gpu_speed.py --device "$device" \
+    ${SPEED_ARGS:---sizes 10 100 --rounds 2} --budget-s 210 --runners "${runners[@]}" \
+    --json "$OUT/gpu_speed_session.json" 2>&1 | tee "$OUT/gpu_speed_session.log"
 left=$((budget - (SECONDS - started)))
 if [ "$left" -gt 60 ]; then
     SWEEP_ARGS="--rerun-best" bash benchmarks/mcmahan2017/gpu.sh "$left"
