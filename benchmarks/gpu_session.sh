@@ -4,7 +4,9 @@
 # 1. pytest -m gpu, the tests no GPU has run yet: the conformance suite's two
 #    compiled CUDA runtimes (VectorizedRuntime("cuda", compile=True), with and
 #    without graphs) and its client-Adam test with the CUDA tolerance of
-#    2026-11-27 (the other GPU tests passed on an H200 that day);
+#    2026-11-27 (the other GPU tests passed on an H200 that day); then two rounds
+#    of examples/fashion_mnist_cnn_iid.toml with --set device=cuda (the config's
+#    way to the compiled CUDA runtime, as the example's comment advises);
 # 2. benchmarks/gpu_profile.py --convs compiled: where the compiled step's GPU time
 #    goes (its kernels, launches and captured step time; fp32, TF32, bf16), the
 #    profile that says what to do next to the runtime's fastest path;
@@ -54,6 +56,10 @@ if [ "$device" = cuda ]; then
     timeout 200 python3 -m pytest -p no:cacheprovider -p no:logging -m gpu \
         tests/runtimes/test_conformance.py -k "compiled or adam" --tb=short \
         2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+    timeout 90 python3 -c "import sys; from fedloom.cli._main import main
+sys.exit(main(sys.argv[1:]))" run examples/fashion_mnist_cnn_iid.toml \
+        --set device=cuda --set rounds=2 --out /tmp/example_run --quiet \
+        && tail -n 2 /tmp/example_run/metrics.jsonl
     timeout 120 python3 benchmarks/gpu_profile.py --cohort 100 10 --convs compiled \
         --json "$OUT/gpu_profile_compiled.json" 2>&1 | tee "$OUT/gpu_profile_compiled.log"
     runners+=("graphs triton-conv2 flat")
