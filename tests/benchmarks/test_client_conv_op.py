@@ -12,42 +12,21 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import client_conv_op as op
-from fedloom.learning import build_model
 
 
-def _gradients(module: nn.Module, params, x, y):
-    def loss(p, x, y):
-        logits = functional_call(module, p, (x,))
-        return nn.functional.cross_entropy(logits, y)
-
-    return vmap(grad(loss))(params, x, y)
-
-
-def test_swapped_cnn_has_the_same_gradients_under_vmap():
-    model = build_model("cnn", (1, 28, 28), 10, seed=0)
-    swapped, count = op.swap_convs(model.module)
+def test_swapped_cnn_has_the_same_gradients_under_vmap(cnn, gradient_errors):
+    swapped, count = op.swap_convs(cnn.module)
     assert count == 2
-    assert op.swap_convs(model.module, min_in_channels=16)[1] == 1  # not 1 -> 32
+    assert op.swap_convs(cnn.module, min_in_channels=16)[1] == 1  # not 1 -> 32
     assert [type(m) for m in swapped.modules()].count(op.ClientConv2d) == 2
-    assert dict(swapped.named_parameters()).keys() == model.init().keys()
-    generator = torch.Generator().manual_seed(0)
-    clients, n = 3, 4
-    params = {
-        k: v.double() + 0.01 * torch.randn(clients, *v.shape, generator=generator)
-        for k, v in model.init().items()
-    }
-    x = torch.randn(clients, n, 1, 28, 28, generator=generator, dtype=torch.float64)
-    y = torch.randint(0, 10, (clients, n), generator=generator)
-    expected = _gradients(model.module.double(), params, x, y)
-    got = _gradients(swapped.double(), params, x, y)
-    for name, value in expected.items():
-        error = (got[name] - value).norm() / value.norm()
-        assert error < 1e-12, name
+    assert dict(swapped.named_parameters()).keys() == cnn.init().keys()
+    errors = gradient_errors(swapped)
+    assert errors.keys() == cnn.init().keys()
+    assert max(errors.values()) < 1e-12, errors
 
 
 def test_unbatched_call_is_a_plain_convolution():
@@ -76,23 +55,24 @@ def test_only_same_size_stride_one_convolutions_are_swapped(conv):
     assert type(swapped[0]) is nn.Conv2d
 
 
-def test_swapped_cnn_trains_like_the_original_for_many_steps_in_float64():
+def test_swapped_cnn_trains_like_the_original_for_many_steps_in_float64(
+    cnn, vmap_gradients
+):
     # In float32 the two part within a few dozen steps (a ReLU or max-pool that
     # flips on a rounding difference, as plain PyTorch's float32 does against
     # float64); in float64 they must not part at all.
-    model = build_model("cnn", (1, 28, 28), 10, seed=0)
-    base = model.module.double()
+    base = cnn.module.double()
     swapped, _ = op.swap_convs(base)
     generator = torch.Generator().manual_seed(0)
     clients, n, steps = 2, 4, 30
-    params = {k: v.double().expand(clients, *v.shape) for k, v in model.init().items()}
+    params = {k: v.double().expand(clients, *v.shape) for k, v in cnn.init().items()}
     xs = torch.randn(
         steps, clients, n, 1, 28, 28, generator=generator, dtype=torch.float64
     )
     ys = torch.randint(0, 10, (steps, clients, n), generator=generator)
     a, b = params, params
     for x, y in zip(xs, ys, strict=True):
-        ga, gb = _gradients(base, a, x, y), _gradients(swapped, b, x, y)
+        ga, gb = vmap_gradients(base, a, x, y), vmap_gradients(swapped, b, x, y)
         a = {k: v - 0.05 * ga[k] for k, v in a.items()}
         b = {k: v - 0.05 * gb[k] for k, v in b.items()}
     for k in a:
