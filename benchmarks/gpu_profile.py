@@ -14,9 +14,8 @@ cuDNN's grouped ones under ``vmap``) and with its convolutions routed to
 ``gpu_speed.py``'s ``graphs triton-conv`` row): with the convolutions down to a
 launch each, what the rest of the step costs, and in how many launches.
 ``compiled`` is the model as it is with the step through ``torch.compile``, as
-``VectorizedRuntime("cuda", compile=True)`` runs it (inductor's kernels, SGD's update
-folded into the weight-gradient products; the eager profile is of the compiled step,
-called step by step).
+``VectorizedRuntime("cuda", compile=True)`` runs it (inductor's kernels; the eager
+profile is of the compiled step, called step by step).
 
     python benchmarks/gpu_profile.py [--cohort 10 100] [--convs cudnn triton compiled]
         [--json PATH]

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The open GPU work in one device-tool call, most decisive first:
 #
-# 1. pytest -m gpu, the tests no GPU has run yet: the conformance suite's two
-#    compiled CUDA runtimes (VectorizedRuntime("cuda", compile=True), with and
-#    without graphs) and its client-Adam test with the CUDA tolerance of
-#    2026-11-27 (the other GPU tests passed on an H200 that day); then two rounds
+# 1. pytest -m gpu, tests no GPU has run yet: the conformance suite on
+#    VectorizedRuntime("cuda", compile=True) (with graphs, the default; the
+#    variant without graphs only in its client-Adam test, for time) and that
+#    test, with the CUDA tolerance of 2026-11-27, on every CUDA variant (the other
+#    GPU tests passed on an H200 that day), each step's exit status in
+#    $OUT/gpu_session.log; then two rounds
 #    of examples/fashion_mnist_cnn_iid.toml with --set device=cuda (the config's
 #    way to the compiled CUDA runtime, as the example's comment advises);
 # 2. benchmarks/gpu_profile.py --convs compiled: where the compiled step's GPU time
@@ -30,6 +32,7 @@
 # under FILES:
 #
 #   cp FILES/gpu_profile_compiled.json FILES/gpu_speed_session.json benchmarks/results/
+#   (FILES/gpu_session.log: the tests, the example run and each step's exit status)
 #   and what benchmarks/mcmahan2017/gpu.sh says for the rest.
 #
 # A dry run without a GPU (the tests, the profile and the Triton rows need one):
@@ -50,24 +53,31 @@ if [ -d .devdata/fashion-mnist ]; then  # the device has no network to download 
     export FEDLOOM_DATA="$PWD/.devdata"
 fi
 device="${DEVICE:-cuda}"
+log="$OUT/gpu_session.log"  # each step's exit status, the tests and the example
+step_done() { echo "== $1: exit status $2 at $((SECONDS - started)) s" | tee -a "$log"; }
 runners=(graphs "graphs compiled" "graphs compiled matmul-conv1"
     "graphs matmul-conv1" "graphs compiled tf32")
-if [ "$device" = cuda ]; then
-    timeout 200 python3 -m pytest -p no:cacheprovider -p no:logging -m gpu \
-        tests/runtimes/test_conformance.py -k "compiled or adam" --tb=short \
-        2>&1 | tee "$OUT/gpu_tests.log" | tail -25
-    timeout 90 python3 -c "import sys; from fedloom.cli._main import main
+if [ "$device" = cuda ]; then  # 140 + 60 + 100 s at most, then 200: inside 560
+    timeout 140 python3 -m pytest -p no:cacheprovider -p no:logging -m gpu \
+        tests/runtimes/test_conformance.py -k "cuda-graphs-compiled or adam" \
+        --tb=short 2>&1 | tee -a "$log" | tail -25
+    step_done "pytest -m gpu" "${PIPESTATUS[0]}"
+    timeout 60 python3 -c "import sys; from fedloom.cli._main import main
 sys.exit(main(sys.argv[1:]))" run examples/fashion_mnist_cnn_iid.toml \
         --set device=cuda --set rounds=2 --out /tmp/example_run --quiet \
-        && tail -n 2 /tmp/example_run/metrics.jsonl
-    timeout 120 python3 benchmarks/gpu_profile.py --cohort 100 10 --convs compiled \
-        --json "$OUT/gpu_profile_compiled.json" 2>&1 | tee "$OUT/gpu_profile_compiled.log"
+        2>&1 | tee -a "$log"
+    step_done "fedloom run (device = cuda)" "${PIPESTATUS[0]}"
+    tail -n 2 /tmp/example_run/metrics.jsonl 2>&1 | tee -a "$log"
+    timeout 100 python3 benchmarks/gpu_profile.py --cohort 100 10 --convs compiled \
+        --json "$OUT/gpu_profile_compiled.json" 2>&1 | tee -a "$log"
+    step_done "gpu_profile.py --convs compiled" "${PIPESTATUS[0]}"
     runners+=("graphs triton-conv2 flat")
 fi
 # shellcheck disable=SC2086
-timeout 230 python3 benchmarks/gpu_speed.py --device "$device" \
-    ${SPEED_ARGS:---sizes 10 100 --rounds 2} --budget-s 210 --runners "${runners[@]}" \
+timeout 200 python3 benchmarks/gpu_speed.py --device "$device" \
+    ${SPEED_ARGS:---sizes 10 100 --rounds 2} --budget-s 180 --runners "${runners[@]}" \
     --json "$OUT/gpu_speed_session.json" 2>&1 | tee "$OUT/gpu_speed_session.log"
+step_done "gpu_speed.py" "${PIPESTATUS[0]}"
 left=$((budget - (SECONDS - started)))
 if [ "$left" -gt 60 ]; then
     SWEEP_ARGS="--rerun-best" bash benchmarks/mcmahan2017/gpu.sh "$left"

@@ -27,9 +27,8 @@ Rows for each cohort size, all on the same GPU in the same process:
   ``graphs triton-conv2 flat`` (only the second convolution so: the first has one
   input channel), ``graphs fp32-conv`` (cuDNN without TF32, a control for the
   parameter differences below), ``graphs compiled`` (``compile=True``: the graph
-  replays the kernels inductor made of the step, SGD's update folded into the
-  linear layers' weight-gradient products), ``graphs compiled tf32`` (the same with
-  TF32 matrix products), ``compiled`` (no graphs), and ``graphs matmul-conv1``
+  replays the kernels inductor made of the step), ``graphs compiled tf32`` (the
+  same with TF32 matrix products), ``compiled`` (no graphs), and ``graphs matmul-conv1``
   and ``graphs compiled matmul-conv1`` (the first convolution, one input channel,
   as ``unfold`` and a batched matrix product: ``benchmarks/matmul_first_conv.py``).
 
@@ -42,11 +41,11 @@ measured in the same run: a float32 and a TF32 8192^3 matrix product. (cuDNN run
 float32 convolutions in TF32 by default; the linear layers run in float32.)
 
 A second floor is memory: every step of every client reads its float32 parameters
-for the forward pass and again for the backward pass, and writes them updated,
-at least 3 x 4 bytes a parameter a step however the kernels are fused (more where
-the gradient is stored before the update). That traffic over the device's
-bandwidth, measured in the same run as a copy of 1 GiB, is the round's memory
-floor; the table gives the floor's share of each round's time ("of mem").
+for the forward pass and again for the backward pass, and writes them updated:
+for a step computed layer by layer, forward then backward, at least 3 x 4 bytes a
+parameter (more where the gradient is stored before the update). That traffic over
+the device's bandwidth, measured in the same run as a copy of 1 GiB, is the round's
+memory floor; the table gives the floor's share of each round's time ("of mem").
 
 All variants start from the same model and train the same cohorts; the script
 prints each one's test accuracy and its largest parameter difference to the first

@@ -16,7 +16,7 @@ never computed, since the input is the data. Plain torch operations: ``vmap``,
 ``grad`` and ``torch.compile`` take it as they are (no ``vmap`` rule for dynamo to
 trace past, unlike ``client_conv_op.py``).
 
-All of a model's convolutions computed so were 2.5-2.9x slower than the grouped
+All of a model's convolutions computed so were 2.2-2.9x slower than the grouped
 ones on an H200 (``benchmarks/results/gpu_speed_h200_matmul_conv.json``): the
 second convolution's 32 input channels make 800 columns a pixel. Whether the first
 alone gains is what ``benchmarks/gpu_speed.py``'s ``matmul-conv1`` rows are to

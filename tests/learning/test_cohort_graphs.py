@@ -39,8 +39,7 @@ def _cohort(digits, partition, seed, count=5):
     return examples, [seed * 100 + i for i in range(count)]
 
 
-def _train(model, optimizer, params, examples, seeds, device, cache=None, **compile):
-    step = CohortStep(model, optimizer, **compile)
+def _train(step, params, examples, seeds, device, cache=None):
     plan = plan_training(params, examples, seeds, 2, 8, device)
     if cache is None:
         return cohort_local_training(step, plan)
@@ -63,14 +62,17 @@ def _check(digits, optimizer_name, partition, device, compile=False, **tolerance
     optimizer = OPTIMIZERS[optimizer_name]()
     params = Replicated(model.init(), 5)
     cache = GraphCache()
+    eager = CohortStep(model, optimizer)
     compiled = {"compile": True, "cpp_wrapper": device.type == "cpu"} if compile else {}
+    step = CohortStep(model, optimizer, **compiled)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     for seed in (1, 1, 2):  # the second and third cohorts reuse the program
         examples, seeds = _cohort(digits, partition, seed)
-        expected = _train(model, optimizer, params, examples, seeds, device)
-        got = _train(
-            model, optimizer, params, examples, seeds, device, cache, **compiled
-        )
+        expected = _train(eager, params, examples, seeds, device)
+        got = _train(step, params, examples, seeds, device, cache)
         _assert_same(got, expected, **tolerance)
+    made = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
+    assert (made > 0) == compile  # the program ran the compiled step when asked
     return cache
 
 
@@ -105,12 +107,32 @@ def test_a_client_without_examples_keeps_its_parameters(digits):
     seeds.append(7)
     params = Replicated(model.init(), 4)
     cpu = torch.device("cpu")
-    deltas, weights, losses = _train(
-        model, sgd(0.1), params, examples, seeds, cpu, GraphCache()
-    )
+    step = CohortStep(model, sgd(0.1))
+    deltas, weights, losses = _train(step, params, examples, seeds, cpu, GraphCache())
     assert all(float(v[3].abs().max()) == 0.0 for v in deltas.values())
     assert float(weights[3]) == 0.0 and float(losses[3]) == 0.0
     assert all(float(v[0].abs().max()) > 0.0 for v in deltas.values())
+
+
+@pytest.mark.usefixtures("compiled_afresh")
+def test_one_cache_keeps_each_steps_program(digits):
+    # the same cohort shape, trained by the eager step and by the compiled one
+    # through one cache (as a process run on two runtimes does): each runs its own
+    # program, not the one the other left
+    model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
+    params = Replicated(model.init(), 5)
+    examples, seeds = _cohort(digits, "iid", 1)
+    cpu, cache = torch.device("cpu"), GraphCache()
+    eager, compiled = (
+        CohortStep(model, sgd(0.1)),
+        CohortStep(model, sgd(0.1), compile=True),
+    )
+    first = _train(eager, params, examples, seeds, cpu, cache)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    second = _train(compiled, params, examples, seeds, cpu, cache)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs
+    assert len(cache) == 2
+    _assert_same(second, first, rtol=1e-4, atol=1e-5)
 
 
 def test_graph_cache_keeps_the_most_recent():

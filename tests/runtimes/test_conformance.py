@@ -307,12 +307,25 @@ def test_compile_is_for_cpu_and_cuda():
         VectorizedRuntime("meta", compile=True)
 
 
-def test_steps_per_call_is_not_for_captured_epochs():
+def test_steps_per_call_is_for_the_cpu():
     # refused before the device is looked at: the same on machines without CUDA
-    with pytest.raises(ValueError, match="leave steps_per_call at 1"):
-        VectorizedRuntime("cuda", compile=True, steps_per_call=5)
+    for graphs in (True, False):
+        with pytest.raises(ValueError, match="leave steps_per_call at 1"):
+            VectorizedRuntime(
+                "cuda", cuda_graphs=graphs, compile=True, steps_per_call=5
+            )
     runtime = VectorizedRuntime(compile=True, steps_per_call=5)  # the CPU: allowed
     assert runtime.options.steps_per_call == 5
+
+
+def test_compile_on_cuda_without_triton_is_refused_at_once(monkeypatch):
+    import torch.utils._triton
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.utils._triton, "has_triton_package", lambda: False)
+    with pytest.raises(ValueError, match="compile=True on CUDA needs Triton"):
+        VectorizedRuntime("cuda", compile=True)
+    VectorizedRuntime("cuda")  # without compile, Triton is not needed
 
 
 def test_compile_without_a_cpp_compiler_is_refused_at_once():

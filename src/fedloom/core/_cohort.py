@@ -54,11 +54,13 @@ class CohortOptions:
 
     compile: bool = False
     """Compile the batched step with ``torch.compile`` and keep it for later cohorts
-    (the vectorized runtime allows it on the CPU only)."""
+    (the vectorized runtime allows it on the CPU and on CUDA, where a capture replays
+    the compiled step's kernels)."""
 
     steps_per_call: int = 1
-    """With ``compile``: how many local steps one compiled call runs (unrolled into
-    one graph), where every client has a batch in each."""
+    """With ``compile`` (the vectorized runtime: on the CPU): how many local steps
+    one compiled call runs (unrolled into one graph), where every client has a
+    batch in each."""
 
     def __post_init__(self) -> None:
         if self.steps_per_call < 1:

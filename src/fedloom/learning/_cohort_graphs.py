@@ -9,7 +9,8 @@ indices) and replayed: a round costs a few copies into the buffers and one repla
 per epoch.
 
 A capture is kept for the next cohorts of the same shape (clients, padded length,
-steps, batch size, whether any client runs out of batches), the few most recent in
+steps, batch size, whether any client runs out of batches) and the same step (eager
+or compiled: the client work keeps one of each), the few most recent in
 an LRU cache, so a run of IID rounds captures once. The graph computes exactly what
 :func:`cohort_local_training` computes; only the launches differ.
 """
@@ -173,6 +174,7 @@ def captured_local_training(
     masked = not all(all(steps) for steps in plan.everyone)
     state = step.init(start)
     key = (
+        id(step),  # a program replays its own step's kernels (eager or compiled)
         index.device,
         tuple(data.x.shape),
         data.x.dtype,

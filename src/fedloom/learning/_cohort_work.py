@@ -207,7 +207,7 @@ profile)."""
 
 def compile_step(method: Any, fold: Any = None, *, cpp_wrapper: bool = True) -> Any:
     """``torch.compile`` of a cohort step method (a copy of its code, see
-    :func:`_own_code`), as the vectorized runtime compiles it on the CPU.
+    :func:`_own_code`), as the vectorized runtime compiles it.
 
     Shapes start static: a dimension that changes later (the padded length of a new
     cohort, a smaller last chunk) is made dynamic by one recompilation. A 10-client
@@ -216,10 +216,11 @@ def compile_step(method: Any, fold: Any = None, *, cpp_wrapper: bool = True) -> 
     code), and 2-3 % faster again with ``cpp_wrapper`` (the calls between kernels
     made from C++, not Python), which can cost seconds more at compilation
     (``benchmarks/compiled_step.py``, at 1 and 2 threads). ``fold``, if given, is
-    the post-grad pass. ``cpp_wrapper=False`` leaves the calls in Python: on CUDA,
-    where the vectorized runtime replays the step's kernels from a CUDA graph, the
-    calls' overhead is not paid at all, and the C++ wrapper would only lengthen
-    compilation.
+    the post-grad pass. ``cpp_wrapper=False`` leaves the calls in Python, as the
+    vectorized runtime compiles for CUDA: replayed from a CUDA graph (its default
+    there), the step's kernels are launched without those calls, and the C++
+    wrapper would only lengthen compilation; without graphs the calls cost what
+    they cost in Python.
 
     Tensors keep their PyTorch layouts (``layout_optimization`` off). Inductor
     would otherwise lay a graph with convolutions out channels-last; a cohort's

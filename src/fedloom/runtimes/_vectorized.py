@@ -96,11 +96,12 @@ class VectorizedRuntime:
     ``ValueError`` here rather than an error in the first round. On CUDA the
     captured epochs replay inductor's kernels instead of the eager ones (a McMahan
     CNN round 1.34x as fast at 10 clients and 1.15x at 100 on an H200,
-    ``benchmarks/gpu_speed.py``). On the CPU, ``steps_per_call`` > 1 unrolls that
-    many of FedAvg's local steps (where every client has a batch) into one compiled
-    call, which saves the overhead of the calls (about 0.1 ms each; the 2NN's step
-    runs 1.07-1.2x as fast with 5, ``benchmarks/compiled_step.py``) and compiles
-    as many times as long; a captured epoch has no calls to save.
+    ``benchmarks/gpu_speed.py``); compiling there needs Triton, checked here too.
+    ``steps_per_call`` > 1 (the CPU only) unrolls that many of FedAvg's local steps
+    (where every client has a batch) into one compiled call, which saves the
+    overhead of the calls (about 0.1 ms each; the 2NN's step runs 1.07-1.2x as fast
+    with 5, ``benchmarks/compiled_step.py``) and compiles as many times as long; a
+    captured epoch has no calls to save.
 
     >>> from fedloom.core import CLIENTS, computation, map, mean
     >>> import torch
@@ -134,16 +135,18 @@ class VectorizedRuntime:
         """How cohort functions are asked to compute (graphs on CUDA only)."""
         if compile and self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"compile=True is for 'cpu' and 'cuda', not {device!r}")
-        if self.options.capture and steps_per_call > 1:
+        if steps_per_call > 1 and self.device.type != "cpu":
             raise ValueError(
-                "steps_per_call > 1 saves the calls between compiled steps; on CUDA "
-                "with cuda_graphs=True an epoch is one graph replay, with no calls "
-                "to save: leave steps_per_call at 1 there"
+                "steps_per_call > 1 is for the CPU, where it saves the calls between "
+                f"compiled steps; on {device!r} an epoch is captured as one CUDA "
+                "graph instead: leave steps_per_call at 1 there"
             )
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: no CUDA device is available here")
         if compile and self.device.type == "cpu":
             _check_cpp_compiler()
+        elif compile:
+            _check_triton()
         self.chunk_size = chunk_size
         self.fallbacks = 0
         """How many maps of stacked values could not be vmapped and ran in sequence."""
@@ -258,6 +261,21 @@ def _check_cpp_compiler() -> None:
             f"CPU kernels with one, and found none ({error}); install g++ or set "
             "CXX to a compiler, or leave compile off"
         ) from None
+
+
+def _check_triton() -> None:
+    """A ``ValueError`` now, rather than an inductor error in the first round, if
+    ``torch.compile`` has no Triton to build the CUDA step's kernels with."""
+    try:  # private API: where torch moves it, inductor's own error comes later
+        from torch.utils._triton import has_triton_package
+    except ImportError:
+        return
+    if not has_triton_package():
+        raise ValueError(
+            "compile=True on CUDA needs Triton: torch.compile builds the step's GPU "
+            "kernels with it, and it is not installed (install the triton version "
+            "your torch was built with), or leave compile off"
+        )
 
 
 def _replicated(payload: Payload) -> Any:
