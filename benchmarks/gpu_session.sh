@@ -13,7 +13,8 @@
 #    goes (its kernels, launches and captured step time; fp32, TF32, bf16), the
 #    profile that says what to do next to the runtime's fastest path;
 # 3. benchmarks/gpu_speed.py, whole FedAvg rounds at cohorts 10 and 100: the
-#    graph runner, the compiled one, each with the first convolution as a matrix
+#    graph runner, the compiled one, the compiled one in bfloat16 mixed precision
+#    (the model's autocast), the two with the first convolution as a matrix
 #    product (benchmarks/matmul_first_conv.py: the largest item left in the
 #    Triton step's profile), then the compiled one with TF32 matrix products and
 #    the Triton prototype for the second convolution ("graphs triton-conv2
@@ -55,7 +56,7 @@ fi
 device="${DEVICE:-cuda}"
 log="$OUT/gpu_session.log"  # each step's exit status, the tests and the example
 step_done() { echo "== $1: exit status $2 at $((SECONDS - started)) s" | tee -a "$log"; }
-runners=(graphs "graphs compiled" "graphs compiled matmul-conv1"
+runners=(graphs "graphs compiled" "graphs compiled bf16" "graphs compiled matmul-conv1"
     "graphs matmul-conv1" "graphs compiled tf32")
 if [ "$device" = cuda ]; then  # 140 + 60 + 100 s at most, then 200: inside 560
     timeout 140 python3 -m pytest -p no:cacheprovider -p no:logging -m gpu \

@@ -30,7 +30,9 @@ Rows for each cohort size, all on the same GPU in the same process:
   replays the kernels inductor made of the step), ``graphs compiled tf32`` (the
   same with TF32 matrix products), ``compiled`` (no graphs), and ``graphs matmul-conv1``
   and ``graphs compiled matmul-conv1`` (the first convolution, one input channel,
-  as ``unfold`` and a batched matrix product: ``benchmarks/matmul_first_conv.py``).
+  as ``unfold`` and a batched matrix product: ``benchmarks/matmul_first_conv.py``),
+  ``graphs bf16`` and ``graphs compiled bf16`` (the model in bfloat16 mixed
+  precision, ``build_model(..., autocast=torch.bfloat16)``).
 
 A round is timed from the host, device synchronized, and includes everything:
 padding the cohort's data and copying it to the GPU, the training, the checked
@@ -104,6 +106,7 @@ class Variant(NamedTuple):
     tf32_conv: bool = True  # torch.backends.cudnn.allow_tf32 (PyTorch's default)
     compile: bool = False  # VectorizedRuntime(compile=True)
     matmul_conv1: bool = False  # one-input-channel convs via matmul_first_conv.py
+    bf16: bool = False  # the model under autocast to bfloat16
 
 
 VARIANTS = {
@@ -133,6 +136,8 @@ VARIANTS = {
         Variant("compiled", graphs=False, compile=True),
         Variant("graphs matmul-conv1", matmul_conv1=True),
         Variant("graphs compiled matmul-conv1", compile=True, matmul_conv1=True),
+        Variant("graphs bf16", bf16=True),
+        Variant("graphs compiled bf16", compile=True, bf16=True),
     ]
 }
 
@@ -347,6 +352,8 @@ class Bench:
             compile=variant.compile,
         )
         model, extra = self.model, {}
+        if variant.bf16:
+            model = FunctionalModel(model.module, autocast=torch.bfloat16)
         if variant.matmul_conv1:
             import matmul_first_conv  # beside this file
 

@@ -342,6 +342,14 @@ def test_compile_is_a_config_key_for_the_vectorized_runtime():
         _config(runtime="vectorized", steps_per_call=5)
 
 
+def test_autocast_is_a_model_config_key():
+    model = setup(_config(model={"name": "2nn", "autocast": "bfloat16"})).model
+    assert model.autocast is torch.bfloat16
+    assert setup(_config()).model.autocast is None
+    with pytest.raises(ValueError, match=r"model\.autocast"):
+        _config(model={"name": "2nn", "autocast": "float16"})
+
+
 def test_tampered_checkpoint_round_is_refused(tmp_path):
     run_experiment(_config(rounds=2), out_dir=tmp_path, quiet=True)
     index = tmp_path / "checkpoint" / "checkpoint.json"

@@ -128,6 +128,11 @@ class ModelConfig(BaseModel):
     model_config = _MODEL_CONFIG
 
     name: ModelName = "cnn"
+    autocast: Literal["bfloat16"] | None = None
+    """Mixed precision: "bfloat16" runs the model's matrix products and
+    convolutions in bfloat16, its parameters, gradients and loss staying float32
+    (``FunctionalModel``'s ``autocast``). Faster where the hardware has bfloat16
+    units (``benchmarks/mixed_precision.py``), and not what McMahan et al. ran."""
 
 
 class AlgorithmConfig(BaseModel):

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from fedloom.core import Runtime
 from fedloom.data import ClientData, DataFileError, Dataset, Examples, load_dataset
 from fedloom.learning import (
@@ -123,6 +125,7 @@ def setup(config: ExperimentConfig) -> Setup:
             dataset.input_shape,
             dataset.num_classes,
             seed=config.seed,
+            autocast=None if config.model.autocast is None else torch.bfloat16,
         )
     with _naming(f"runtime ({config.runtime!r}) / device ({config.device!r})"):
         runtime = get_runtime(

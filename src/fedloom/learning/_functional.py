@@ -29,6 +29,13 @@ class FunctionalModel:
     ran with each other's parameters, 512 of 600 in a test); compiled code has that
     swap traced away and takes no lock.
 
+    ``autocast=torch.bfloat16`` runs the module in mixed precision
+    (``torch.autocast`` on the inputs' device): its matrix products and
+    convolutions in bfloat16, while parameters, gradients, the optimizer and the
+    loss stay float32 (the logits are returned as float32). That changes what is
+    computed, by bfloat16's rounding (8 bits of mantissa), and buys speed where the
+    hardware has bfloat16 units: ``benchmarks/mixed_precision.py``.
+
     >>> import torch
     >>> model = build_model("logistic", (4,), 3, seed=0)
     >>> params = model.init()
@@ -37,11 +44,17 @@ class FunctionalModel:
     """
 
     module: nn.Module
+    autocast: torch.dtype | None = None
     _lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
 
     def __post_init__(self) -> None:
+        if self.autocast not in (None, torch.bfloat16):
+            raise ValueError(
+                f"autocast must be None or torch.bfloat16, got {self.autocast!r} "
+                "(float16 would need loss scaling, which fedloom does not do)"
+            )
         buffers = [name for name, _ in self.module.named_buffers()]
         if buffers:
             raise ValueError(
@@ -58,19 +71,28 @@ class FunctionalModel:
         """The model's logits for inputs ``x`` under ``params``, for training: the
         module runs in its own mode (``nn.Module``'s default, training: dropout
         drops)."""
-        with self._turn():
-            return functional_call(self.module, params, (x,))
+        with self._turn(), self._precision(x):
+            logits = functional_call(self.module, params, (x,))
+        return logits if self.autocast is None else logits.float()
 
     def predict(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """:meth:`apply` for evaluation: the module runs in eval mode (dropout
         passes everything), and is left in the mode it had."""
-        with self._turn():
+        with self._turn(), self._precision(x):
             training = self.module.training
             self.module.train(False)
             try:
-                return functional_call(self.module, params, (x,))
+                logits = functional_call(self.module, params, (x,))
             finally:
                 self.module.train(training)
+        return logits if self.autocast is None else logits.float()
+
+    def _precision(self, x: torch.Tensor) -> contextlib.AbstractContextManager[Any]:
+        """``torch.autocast`` on ``x``'s device with :attr:`autocast`, if set (its
+        cache of cast weights off: a CUDA graph may capture the call)."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(x.device.type, dtype=self.autocast, cache_enabled=False)
 
     def _turn(self) -> contextlib.AbstractContextManager[Any]:
         """The lock a call holds while the module has its parameters; none in
@@ -108,7 +130,14 @@ def _drops(layer: nn.Module) -> bool:
 
 
 def build_model(
-    name: str, input_shape: tuple[int, ...], num_classes: int, *, seed: int = 0
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    seed: int = 0,
+    autocast: torch.dtype | None = None,
 ) -> FunctionalModel:
-    """A built-in model ("2nn", "cnn", "logistic") as a :class:`FunctionalModel`."""
-    return FunctionalModel(build_module(name, input_shape, num_classes, seed=seed))
+    """A built-in model ("2nn", "cnn", "logistic") as a :class:`FunctionalModel`
+    (``autocast``: see there)."""
+    module = build_module(name, input_shape, num_classes, seed=seed)
+    return FunctionalModel(module, autocast=autocast)
