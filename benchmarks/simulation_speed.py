@@ -48,6 +48,7 @@ default.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -92,11 +93,14 @@ def torch_loop_round(
     cohort: list[ClientInput],
     epochs: int,
     device: torch.device | None = None,
+    autocast: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
     """One FedAvg round the way per-client frameworks run it, in plain PyTorch.
 
     On ``device`` (default: the CPU) each client's model and data are moved there;
-    the averaged parameters come back to the CPU.
+    the averaged parameters come back to the CPU. With ``autocast`` each step's
+    forward pass and loss run under ``torch.autocast`` in that dtype (as PyTorch's
+    mixed-precision recipe has it: backward and the update outside).
     """
     device = device or torch.device("cpu")
     total = {k: torch.zeros_like(v, device=device) for k, v in params.items()}
@@ -112,12 +116,22 @@ def torch_loop_round(
             for start in range(0, len(y), BATCH_SIZE):
                 index = order[start : start + BATCH_SIZE]
                 optimizer.zero_grad()
-                nn.functional.cross_entropy(module(x[index]), y[index]).backward()
+                with _autocast(device, autocast):
+                    loss = nn.functional.cross_entropy(module(x[index]), y[index])
+                loss.backward()
                 optimizer.step()
         for k, v in module.state_dict().items():
             total[k] += len(y) * v.detach()
         examples += len(y)
     return {k: (v / examples).cpu() for k, v in total.items()}
+
+
+def _autocast(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[object]:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def _cohort(clients: ClientData, round: int) -> list[ClientInput]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from fedloom.deploy import (
     client_work,
     register_client_work,
     registered_client_works,
+    task_model,
     task_spec,
 )
 from fedloom.experiments import config_from_dict
@@ -40,3 +42,21 @@ def test_an_unregistered_or_misconfigured_work_is_refused() -> None:
         )
     with pytest.raises(ValueError, match="already registered"):
         register_client_work("fedavg/local_training", lambda m, c: None)  # type: ignore[arg-type,return-value]
+
+
+def test_devices_build_the_model_in_the_servers_precision() -> None:
+    for autocast, dtype in ((None, None), ("bfloat16", torch.bfloat16)):
+        model: dict = (
+            {"name": "2nn"}
+            if autocast is None
+            else {"name": "2nn", "autocast": autocast}
+        )
+        config = config_from_dict(
+            {"model": model, "algorithm": {"name": "fedavg", "clients_per_round": 1}}
+        )
+        spec = task_spec(config)
+        assert spec.config.get("autocast") == autocast
+        built = task_model(spec.config, (1, 8, 8), 10)
+        assert built.autocast is dtype
+    with pytest.raises(ValueError, match="'autocast' must be 'bfloat16'"):
+        task_model({"model": "2nn", "autocast": "float16"}, (1, 8, 8), 10)

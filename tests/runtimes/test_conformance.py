@@ -144,7 +144,7 @@ def test_fedavg_in_mixed_precision(digits, runtime):
     process = fed_avg(fp32, client_learning_rate=0.1, local_epochs=2, batch_size=8)
     fp32_state, _ = process.next(process.init(), cohort, runtime=LocalRuntime())
     apart = max((state.params[k] - v).abs().max() for k, v in fp32_state.params.items())
-    assert apart > 1e-4  # bfloat16 did change the result (1.1e-3 on the CPU)
+    assert apart > 1e-4  # bfloat16 did change the result (1.1-1.5e-3 on the CPU)
 
 
 class _Probe(nn.Module):

@@ -270,8 +270,8 @@ def _client(args: argparse.Namespace) -> int:
     from typing import Any
 
     from fedloom.data import ClientData, load_dataset
-    from fedloom.deploy import ClientRefused, DeviceClient
-    from fedloom.learning import FunctionalModel, build_model
+    from fedloom.deploy import ClientRefused, DeviceClient, task_model
+    from fedloom.learning import FunctionalModel
 
     _logging()
     token = args.token_file.read_text(encoding="utf-8").strip()
@@ -286,8 +286,7 @@ def _client(args: argparse.Namespace) -> int:
         )
 
     def model(config: Mapping[str, Any]) -> FunctionalModel:
-        name = config.get("model")
-        return build_model(str(name), dataset.input_shape, dataset.num_classes)
+        return task_model(config, dataset.input_shape, dataset.num_classes)
 
     client = DeviceClient(
         args.server,

@@ -32,6 +32,7 @@ from ._config import load_server_config as load_server_config
 from ._registry import client_work as client_work
 from ._registry import register_client_work as register_client_work
 from ._registry import registered_client_works as registered_client_works
+from ._registry import task_model as task_model
 from ._round import RoundFailed as RoundFailed
 from ._round import TaskSpec as TaskSpec
 from ._runtime import DeploymentRuntime as DeploymentRuntime
@@ -57,6 +58,7 @@ __all__ = [
     "read_status",
     "register_client_work",
     "registered_client_works",
+    "task_model",
     "serve",
     "task_spec",
     "write_client_tokens",

@@ -47,7 +47,9 @@ __all__ = ["ClientRefused", "DeviceClient"]
 logger = logging.getLogger("fedloom.deploy")
 
 ModelSource = FunctionalModel | Callable[[Mapping[str, Any]], FunctionalModel]
-"""The device's model, or a function of the task's configuration that builds it."""
+"""The device's model, or a function of the task's configuration that builds it
+(``task_model`` builds the built-in model it names, in its ``autocast`` precision
+where the server's run sets one)."""
 
 _RETRY_LATER = {grpc.StatusCode.RESOURCE_EXHAUSTED}
 _TASK_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}

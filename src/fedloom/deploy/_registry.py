@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
+
 from fedloom.learning import (
     ClientInput,
     ClientResult,
@@ -26,6 +28,7 @@ from fedloom.learning import (
     FunctionalModel,
     LocalTraining,
     Params,
+    build_model,
     sgd,
 )
 
@@ -35,12 +38,34 @@ __all__ = [
     "client_work",
     "register_client_work",
     "registered_client_works",
+    "task_model",
 ]
 
 ClientWork = Callable[[Params, ClientInput], ClientResult]
 ClientWorkFactory = Callable[[FunctionalModel, Mapping[str, Any]], ClientWork]
 
 _REGISTRY: dict[str, ClientWorkFactory] = {}
+
+
+def task_model(
+    config: Mapping[str, Any], input_shape: tuple[int, ...], num_classes: int
+) -> FunctionalModel:
+    """The built-in model a task's configuration names: its ``model`` and, where the
+    server's run sets ``[model] autocast``, ``autocast`` ("bfloat16"), so that a
+    device trains in the precision the server evaluates in.
+
+    >>> task_model({"model": "2nn", "autocast": "bfloat16"}, (1, 8, 8), 10).autocast
+    torch.bfloat16
+    """
+    autocast = config.get("autocast")
+    if autocast not in (None, "bfloat16"):
+        raise ValueError(
+            f"task config: 'autocast' must be 'bfloat16' if given, got {autocast!r}"
+        )
+    dtype = None if autocast is None else torch.bfloat16
+    return build_model(
+        str(config.get("model")), input_shape, num_classes, autocast=dtype
+    )
 
 
 def register_client_work(

@@ -63,7 +63,9 @@ logger = logging.getLogger("fedloom.deploy")
 def task_spec(config: ExperimentConfig) -> TaskSpec:
     """The task the devices run for ``config``'s algorithm (name + JSON config)."""
     algorithm = config.algorithm
-    common = {"model": config.model.name}
+    common: dict[str, Any] = {"model": config.model.name}
+    if config.model.autocast is not None:  # devices train as the server evaluates
+        common["autocast"] = config.model.autocast
     if algorithm.name == "fedsgd":
         return TaskSpec("fedsgd/full_batch_gradient", common)
     return TaskSpec(

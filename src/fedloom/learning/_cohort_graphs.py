@@ -174,7 +174,7 @@ def captured_local_training(
     masked = not all(all(steps) for steps in plan.everyone)
     state = step.init(start)
     key = (
-        id(step),  # a program replays its own step's kernels (eager or compiled)
+        step,  # a program replays its own step's kernels (eager or compiled)
         index.device,
         tuple(data.x.shape),
         data.x.dtype,
