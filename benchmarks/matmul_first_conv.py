@@ -82,15 +82,8 @@ def swap_first_convs(module: nn.Module) -> tuple[nn.Module, int]:
     module = copy.deepcopy(module)
     if _supported(module):
         return UnfoldConv2d(module), 1  # type: ignore[arg-type]
-    return module, _swap(module)
-
-
-def _swap(module: nn.Module) -> int:
-    swapped = 0
-    for name, child in module.named_children():
-        if _supported(child):
-            setattr(module, name, UnfoldConv2d(child))  # type: ignore[arg-type]
-            swapped += 1
-        else:
-            swapped += _swap(child)
-    return swapped
+    names = [name for name, child in module.named_modules() if _supported(child)]
+    for name in names:
+        conv = module.get_submodule(name)
+        module.set_submodule(name, UnfoldConv2d(conv))  # type: ignore[arg-type]
+    return module, len(names)

@@ -27,13 +27,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.compiled_step import cohort_plan
+from benchmarks.compiled_step import cohort_plan, run_steps
 from benchmarks.records import write_record
 from benchmarks.simulation_speed import (
     LEARNING_RATE,
@@ -75,7 +76,7 @@ def step_times(repeats: int) -> dict[str, float]:
         runs[f"loop {precision}"] = _loop(plain, inputs, dtype)
         for form, compile in (("eager", False), ("compiled", True)):
             step = CohortStep(model, sgd(LEARNING_RATE), compile=compile)
-            runs[f"{form} {precision}"] = _epoch(step, plan, steps)
+            runs[f"{form} {precision}"] = partial(run_steps, step, plan, steps)
     for run in runs.values():  # warm-up (compiled: the compilation)
         run()
     return best_per_step(runs, steps, repeats)
@@ -84,16 +85,6 @@ def step_times(repeats: int) -> dict[str, float]:
 def _loop(model: Any, inputs: list[ClientInput], dtype: Any) -> Callable[[], Any]:
     start = model.init()
     return lambda: torch_loop_round(model, start, inputs, 1, autocast=dtype)
-
-
-def _epoch(step: CohortStep, plan: Any, steps: int) -> Callable[[], None]:
-    def run() -> None:
-        params, state = step.begin(plan.start)
-        for s in range(steps):
-            index, mask = plan.batch_index[:, 0, s], plan.batch_mask[:, 0, s]
-            params, state, _ = step(plan.data, params, state, index, mask, False)
-
-    return run
 
 
 def accuracy_by_round(rounds: int) -> dict[str, list[float]]:

@@ -32,7 +32,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.compiled_step import cohort_plan
+from benchmarks.compiled_step import cohort_plan, run_steps
 from benchmarks.records import write_record
 from benchmarks.simulation_speed import (
     LEARNING_RATE,
@@ -103,16 +103,10 @@ def main() -> None:
         profile_compiled_kernels()
     step = CohortStep(model, sgd(LEARNING_RATE), compile=args.compiled)
 
-    def cohort_epoch() -> None:
-        params, state = step.begin(plan.start)
-        for s in range(steps):
-            index, mask = plan.batch_index[:, 0, s], plan.batch_mask[:, 0, s]
-            params, state, _ = step(plan.data, params, state, index, mask, False)
-
     start = model.init()
     inputs = [ClientInput(clients.client(i), i) for i in range(CLIENTS)]
     runs = {
-        "cohort": cohort_epoch,
+        "cohort": lambda: run_steps(step, plan, steps),
         "loop": lambda: torch_loop_round(model, start, inputs, 1),
     }
     for run in runs.values():  # warm-up (compiled: the compilation)

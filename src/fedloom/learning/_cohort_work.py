@@ -289,10 +289,13 @@ class CohortStep:
             from ._gemm_update import FoldUpdateIntoGemm
 
             self.fold = FoldUpdateIntoGemm()
-            wrapper = {"cpp_wrapper": cpp_wrapper}
-            self._run = compile_step(self._step_in_place, self.fold, **wrapper)
+            self._run = compile_step(
+                self._step_in_place, self.fold, cpp_wrapper=cpp_wrapper
+            )
             # its own code object, so its own compilations and recompile_limit
-            self._run_steps = compile_step(self._steps_in_place, self.fold, **wrapper)
+            self._run_steps = compile_step(
+                self._steps_in_place, self.fold, cpp_wrapper=cpp_wrapper
+            )
 
     def init(self, params: Params) -> Any:
         """The optimizer state of every client, from stacked parameters."""
