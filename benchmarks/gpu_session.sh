@@ -13,12 +13,15 @@
 #    goes (its kernels, launches and captured step time; fp32, TF32, bf16), the
 #    profile that says what to do next to the runtime's fastest path;
 # 3. benchmarks/gpu_speed.py, whole FedAvg rounds at cohorts 10 and 100: the
-#    graph runner, the compiled one, the compiled one in bfloat16 mixed precision
-#    (the model's autocast), the two with the first convolution as a matrix
-#    product (benchmarks/matmul_first_conv.py: the largest item left in the
-#    Triton step's profile), then the compiled one with TF32 matrix products and
-#    the Triton prototype for the second convolution ("graphs triton-conv2
-#    flat"): 2026-11-27's fastest rows again, beside the new ones;
+#    graph runner, the compiled one, the compiled one with the Triton prototype's
+#    convolutions routed into it by a compiler pass (benchmarks/
+#    compiled_client_conv.py: the second convolution only, then both), the
+#    compiled one in bfloat16 mixed precision (the model's autocast), the Triton
+#    prototype for the second convolution uncompiled ("graphs triton-conv2 flat")
+#    and the compiled one with TF32 matrix products (2026-11-27's fastest rows
+#    again), then the two with the first convolution as a matrix product
+#    (benchmarks/matmul_first_conv.py); gpu_speed.py skips what its budget
+#    cannot fit, the last first;
 # 4. benchmarks/mcmahan2017/gpu.sh --rerun-best with the seconds left: the IID
 #    CNN's E = 20, B = inf best run, cut off by the budget on 2026-11-27 (its
 #    checkpoint in runs/ resumes it), whose curve the IID CNN figure waits for
@@ -56,8 +59,10 @@ fi
 device="${DEVICE:-cuda}"
 log="$OUT/gpu_session.log"  # each step's exit status, the tests and the example
 step_done() { echo "== $1: exit status $2 at $((SECONDS - started)) s" | tee -a "$log"; }
-runners=(graphs "graphs compiled" "graphs compiled bf16" "graphs compiled matmul-conv1"
-    "graphs matmul-conv1" "graphs compiled tf32")
+runners=(graphs "graphs compiled")
+triton_runners=("graphs compiled triton-conv2 flat" "graphs compiled triton-conv flat")
+later_runners=("graphs compiled bf16" "graphs triton-conv2 flat" "graphs compiled tf32"
+    "graphs compiled matmul-conv1" "graphs matmul-conv1")
 if [ "$device" = cuda ]; then  # 140 + 60 + 100 s at most, then 200: inside 560
     timeout 140 python3 -m pytest -p no:cacheprovider -p no:logging -m gpu \
         tests/runtimes/test_conformance.py -k "cuda-graphs-compiled or adam" \
@@ -72,8 +77,12 @@ sys.exit(main(sys.argv[1:]))" run examples/fashion_mnist_cnn_iid.toml \
     timeout 100 python3 benchmarks/gpu_profile.py --cohort 100 10 --convs compiled \
         --json "$OUT/gpu_profile_compiled.json" 2>&1 | tee -a "$log"
     step_done "gpu_profile.py --convs compiled" "${PIPESTATUS[0]}"
-    runners+=("graphs triton-conv2 flat")
+    runners+=("${triton_runners[@]}")
 fi
+for runner in "${later_runners[@]}"; do  # the Triton row only with a GPU
+    [ "$device" = cuda ] || [ "$runner" != "graphs triton-conv2 flat" ] &&
+        runners+=("$runner")
+done
 # shellcheck disable=SC2086
 timeout 200 python3 benchmarks/gpu_speed.py --device "$device" \
     ${SPEED_ARGS:---sizes 10 100 --rounds 2} --budget-s 180 --runners "${runners[@]}" \

@@ -32,7 +32,11 @@ Rows for each cohort size, all on the same GPU in the same process:
   and ``graphs compiled matmul-conv1`` (the first convolution, one input channel,
   as ``unfold`` and a batched matrix product: ``benchmarks/matmul_first_conv.py``),
   ``graphs bf16`` and ``graphs compiled bf16`` (the model in bfloat16 mixed
-  precision, ``build_model(..., autocast=torch.bfloat16)``).
+  precision, ``build_model(..., autocast=torch.bfloat16)``), ``graphs compiled
+  triton-conv2 flat`` and ``graphs compiled triton-conv flat`` (compiled, with the
+  grouped convolutions of the step's graph, the second only or both, routed to
+  the Triton kernels by a compiler pass: ``benchmarks/compiled_client_conv.py``;
+  the row counts the nodes routed).
 
 A round is timed from the host, device synchronized, and includes everything:
 padding the cohort's data and copying it to the GPU, the training, the checked
@@ -65,6 +69,7 @@ writes the JSON after every measurement, so a cut-off run keeps what it measured
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -107,6 +112,9 @@ class Variant(NamedTuple):
     compile: bool = False  # VectorizedRuntime(compile=True)
     matmul_conv1: bool = False  # one-input-channel convs via matmul_first_conv.py
     bf16: bool = False  # the model under autocast to bfloat16
+    # compiled: the step's grouped convolutions routed to client_conv_op.py's
+    # cohort functions by a compiler pass (compiled_client_conv.py), not swapped
+    route_convs: bool = False
 
 
 VARIANTS = {
@@ -138,6 +146,21 @@ VARIANTS = {
         Variant("graphs compiled matmul-conv1", compile=True, matmul_conv1=True),
         Variant("graphs bf16", bf16=True),
         Variant("graphs compiled bf16", compile=True, bf16=True),
+        # The Triton prototype inside the compiled step (compiled_client_conv.py)
+        Variant(
+            "graphs compiled triton-conv2 flat",
+            compile=True,
+            route_convs=True,
+            triton_conv="flat",
+            triton_rows=32,
+            triton_min_in=16,
+        ),
+        Variant(
+            "graphs compiled triton-conv flat",
+            compile=True,
+            route_convs=True,
+            triton_conv="flat",
+        ),
     ]
 }
 
@@ -359,6 +382,7 @@ class Bench:
 
             module, swapped = matmul_first_conv.swap_first_convs(model.module)
             model, extra = FunctionalModel(module), {"convs_swapped": swapped}
+        routing: Any = contextlib.nullcontext()
         if variant.triton_conv:
             import client_conv_op  # beside this file; imports Triton if it can
 
@@ -369,15 +393,30 @@ class Bench:
                 if kernels is not None
                 else None
             )
-            module, swapped = client_conv_op.swap_convs(
-                self.model.module, tiling, min_in_channels=variant.triton_min_in
-            )
-            model = FunctionalModel(module)
             probe = torch.zeros(1, device=self.device)
-            extra = {
-                "convs_swapped": swapped,
-                "triton": client_conv_op.uses_triton(probe),
-            }
+            extra = {"triton": client_conv_op.uses_triton(probe)}
+            if variant.route_convs:  # the compiled step's own, by a compiler pass
+                import compiled_client_conv  # beside this file
+
+                routing = compiled_client_conv.routing(variant.triton_min_in, tiling)
+                compiled_client_conv.RoutingFold.routed = 0
+            else:
+                module, swapped = client_conv_op.swap_convs(
+                    self.model.module, tiling, min_in_channels=variant.triton_min_in
+                )
+                model = FunctionalModel(module)
+                extra["convs_swapped"] = swapped
+        with routing:
+            return self._rounds(size, variant, model, runtime, extra)
+
+    def _rounds(
+        self,
+        size: int,
+        variant: Variant,
+        model: FunctionalModel,
+        runtime: VectorizedRuntime,
+        extra: dict[str, Any],
+    ) -> Any:
         process = fed_avg(
             model,
             client_learning_rate=LEARNING_RATE,
@@ -402,6 +441,10 @@ class Bench:
         times.sort()
         accuracy = evaluate(self.model, state.params, self.dataset.test)["accuracy"]
         self.per_client[variant.name] = times[len(times) // 2] / size
+        if variant.route_convs:  # compiled in the first round, counted by now
+            import compiled_client_conv  # beside this file
+
+            extra = {**extra, "convs_routed": compiled_client_conv.RoutingFold.routed}
         self.row(
             size,
             variant.name,

@@ -39,3 +39,36 @@ def compiled_afresh(monkeypatch):
         torch._functorch.config.patch(enable_autograd_cache=False),
     ):
         yield
+
+
+@pytest.fixture
+def float64_eager_steps():
+    """``run(model, steps)``: three digits clients' training plan in float64, the
+    first ``steps`` batch indices and masks (every client has a batch at each),
+    and the parameters after those steps of the eager cohort step (SGD, lr 0.1):
+    ``(plan, index, mask, params)``, the reference a compiled step is checked
+    against."""
+    from fedloom.core import Replicated
+    from fedloom.data import ClientData, load_dataset
+    from fedloom.learning import sgd
+    from fedloom.learning._cohort_work import CohortStep, plan_training
+
+    def run(model, steps):
+        digits = load_dataset("digits")
+        clients = ClientData.from_dataset(digits, "iid", 10, seed=0)
+        examples = [clients.client(i) for i in range(3)]
+        start = Replicated({k: v.double() for k, v in model.init().items()}, 3)
+        plan = plan_training(start, examples, [1, 2, 3], 1, 8, torch.device("cpu"))
+        plan.data.x = plan.data.x.double()  # float64 throughout
+        index = plan.batch_index[:, 0, :steps]
+        mask = plan.batch_mask[:, 0, :steps]
+        assert all(plan.everyone[0][:steps])
+        eager = CohortStep(model, sgd(0.1))
+        params, state = eager.begin(plan.start)
+        for s in range(steps):
+            params, state, _ = eager(
+                plan.data, params, state, index[:, s], mask[:, s], False
+            )
+        return plan, index, mask, params
+
+    return run

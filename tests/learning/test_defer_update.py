@@ -9,10 +9,9 @@ import pytest
 import torch
 from torch import fx, nn
 
-from fedloom.core import Replicated
-from fedloom.data import ClientData, load_dataset
+from fedloom.data import load_dataset
 from fedloom.learning import FunctionalModel, _defer_update, build_model, sgd
-from fedloom.learning._cohort_work import CohortStep, plan_training
+from fedloom.learning._cohort_work import CohortStep
 from fedloom.learning._defer_update import defer_data_layer_updates
 
 aten = torch.ops.aten
@@ -210,22 +209,10 @@ def _linear_stack(digits):
     ids=["2nn", "logistic", "linear-stack"],
 )
 def test_several_steps_a_call_match_float64_steps_one_at_a_time(
-    compiled_afresh, make, deferred
+    compiled_afresh, float64_eager_steps, make, deferred
 ):
-    digits = load_dataset("digits")
-    model = make(digits)
-    clients = ClientData.from_dataset(digits, "iid", 10, seed=0)
-    examples = [clients.client(i) for i in range(3)]
-    start = Replicated({k: v.double() for k, v in model.init().items()}, 3)
-    plan = plan_training(start, examples, [1, 2, 3], 1, 8, torch.device("cpu"))
-    plan.data.x = plan.data.x.double()  # float64 throughout
-    index, mask = plan.batch_index[:, 0, :6], plan.batch_mask[:, 0, :6]
-    assert all(plan.everyone[0][:6])
-
-    eager = CohortStep(model, sgd(0.1))
-    want, state = eager.begin(plan.start)
-    for s in range(6):
-        want, state, _ = eager(plan.data, want, state, index[:, s], mask[:, s], False)
+    model = make(load_dataset("digits"))
+    plan, index, mask, want = float64_eager_steps(model, 6)
 
     step = CohortStep(model, sgd(0.1), compile=True, steps_per_call=3)
     params, state = step.begin(plan.start)

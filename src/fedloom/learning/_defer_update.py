@@ -41,15 +41,13 @@ gradient and a masked step are left as they are.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch.fx import Graph, Node
-from torch.utils._pytree import tree_map
 
-from ._update_chains import Sum, update_chain, val
+from ._update_chains import Sum, new_node, update_chain, val
 
 __all__ = ["defer_data_layer_updates"]
 
@@ -151,24 +149,14 @@ def _ancestors_after(
     return sorted(found, key=order.__getitem__)
 
 
-def _call(graph: Graph, op: Any, *args: Any, **kwargs: Any) -> Node:
-    """A new node ``op(*args, **kwargs)``, with the value it stands for."""
-    node = graph.call_function(op, args, kwargs)
-    fake_args, fake_kwargs = tree_map(
-        lambda a: val(a) if isinstance(a, Node) else a, (args, kwargs)
-    )
-    mode = torch._guards.detect_fake_mode(fake_args)
-    with mode if mode is not None else contextlib.nullcontext():
-        node.meta["val"] = op(*fake_args, **fake_kwargs)
-    return node
-
-
 def _cat(graph: Graph, nodes: list[Any], dim: int) -> Node:
-    return nodes[0] if len(nodes) == 1 else _call(graph, _aten.cat.default, nodes, dim)
+    if len(nodes) == 1:
+        return nodes[0]
+    return new_node(graph, _aten.cat.default, nodes, dim)
 
 
 def _transpose(graph: Graph, node: Any) -> Node:
-    return _call(graph, _aten.permute.default, node, [0, 2, 1])
+    return new_node(graph, _aten.permute.default, node, [0, 2, 1])
 
 
 def _rows(node: Any) -> int:
@@ -259,29 +247,30 @@ def _defer(copy: Node, tainted: set[Node]) -> int:
     with graph.inserting_before(first):
         b_all = _cat(graph, bs, 1)
         if forwards:
-            y_all = _call(
+            y_all = new_node(
                 graph, _aten.bmm.default, _cat(graph, xs, 1), _transpose(graph, weight)
             )
     offset = 0
     for forward, x in zip(forwards, xs, strict=True):
         product = forward.product
         with graph.inserting_before(product):
-            y = _call(graph, _aten.slice.Tensor, y_all, 1, offset, offset + _rows(x))
+            y = new_node(graph, _aten.slice.Tensor, y_all, 1, offset, offset + _rows(x))
             offset += _rows(x)
             s = forward.version
             if s:
                 done = sum(_rows(b) for b in bs[:s])
-                b_before = _call(graph, _aten.slice.Tensor, b_all, 1, 0, done)
-                gram = _call(graph, _aten.bmm.default, x, _transpose(graph, b_before))
+                b_before = new_node(graph, _aten.slice.Tensor, b_all, 1, 0, done)
+                b_before_t = _transpose(graph, b_before)
+                gram = new_node(graph, _aten.bmm.default, x, b_before_t)
                 a_before = _cat(graph, [_transpose(graph, a) for a in a_s[:s]], 1)
-                correction = _call(graph, _aten.bmm.default, gram, a_before)
-                y = _call(graph, _aten.add.Tensor, y, correction, alpha=alpha)
+                correction = new_node(graph, _aten.bmm.default, gram, a_before)
+                y = new_node(graph, _aten.add.Tensor, y, correction, alpha=alpha)
         product.replace_all_uses_with(y)
         for node in [product, *reversed(forward.views)]:
             graph.erase_node(node)
     with graph.inserting_before(copy):
-        update = _call(graph, _aten.bmm.default, _cat(graph, a_s, 2), b_all)
-        total = _call(graph, _aten.add.Tensor, weight, update, alpha=alpha)
+        update = new_node(graph, _aten.bmm.default, _cat(graph, a_s, 2), b_all)
+        total = new_node(graph, _aten.add.Tensor, weight, update, alpha=alpha)
     copy.update_arg(1, total)
     for step in reversed(chain):
         graph.erase_node(step.total)

@@ -1,4 +1,5 @@
-"""Reading an in-place update out of a post-grad graph, for the compiler passes.
+"""Reading an in-place update out of a post-grad graph, and adding nodes to one,
+for the compiler passes.
 
 AOT autograd leaves a compiled step's in-place update of a tensor ``w`` (a graph
 input) as ``w.copy_(new)``, where ``new`` is reached from ``w`` through one sum a
@@ -8,11 +9,21 @@ elementwise sum. :func:`update_chain` reads those sums back, in order.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, NamedTuple
 
 import torch
+from torch.utils._pytree import tree_map
 
-__all__ = ["PRODUCTS", "Sum", "as_sum", "is_product", "update_chain", "val"]
+__all__ = [
+    "PRODUCTS",
+    "Sum",
+    "as_sum",
+    "is_product",
+    "new_node",
+    "update_chain",
+    "val",
+]
 
 _aten = torch.ops.aten
 
@@ -23,6 +34,21 @@ PRODUCTS = (_aten.bmm.default, _aten.mm.default)
 def val(node: Any) -> Any:
     """The value (a fake tensor) that ``node`` stands for, if it has one."""
     return node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+
+
+def new_node(
+    graph: torch.fx.Graph, op: Any, *args: Any, **kwargs: Any
+) -> torch.fx.Node:
+    """A new node ``op(*args, **kwargs)`` where ``graph`` inserts, with the value it
+    stands for (computed on the fake tensors of its inputs)."""
+    node = graph.call_function(op, args, kwargs)
+    fake_args, fake_kwargs = tree_map(
+        lambda a: val(a) if isinstance(a, torch.fx.Node) else a, (args, kwargs)
+    )
+    mode = torch._guards.detect_fake_mode(fake_args)
+    with mode if mode is not None else contextlib.nullcontext():
+        node.meta["val"] = op(*fake_args, **fake_kwargs)
+    return node
 
 
 class Sum(NamedTuple):

@@ -1,0 +1,194 @@
+"""A prototype: the compiled step's grouped convolutions routed to one launch a cohort.
+
+``benchmarks/client_conv_op.py`` gives a model's convolutions a ``vmap`` rule that
+calls its cohort functions (on a GPU, ``benchmarks/triton_client_conv.py``'s Triton
+kernels: one launch a convolution or gradient for the whole cohort, where cuDNN
+runs ``vmap``'s grouped convolution as a kernel a client). Compiled, that rule is
+not reached (dynamo traces through it), so the Triton rows and
+``VectorizedRuntime(compile=True)`` did not combine. This module reaches the
+compiled step another way: a post-grad pass (:func:`route_client_convolutions`)
+finds ``vmap``'s grouped convolutions and their gradients in the graph inductor
+compiles and replaces each by a custom operator that calls the cohort functions.
+The rest of the step keeps inductor's fused kernels.
+
+:func:`routing` makes every ``CohortStep`` compiled inside it use the pass (it
+stands in for the runtime's ``FoldUpdateIntoGemm``, which still runs after it).
+``benchmarks/gpu_speed.py``'s ``graphs compiled triton-conv*`` rows time it. On
+the CPU (as in the tests) the cohort functions are the same grouped convolutions,
+so there the pass only checks the plumbing.
+
+This is a measurement aid, not part of fedloom.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.fx import Graph
+
+from fedloom.learning import _gemm_update
+from fedloom.learning._update_chains import new_node, val
+
+try:  # imported as benchmarks.compiled_client_conv (the tests)
+    from benchmarks import client_conv_op as op
+except ImportError:  # or from a script beside it (benchmarks/gpu_speed.py)
+    import client_conv_op as op  # type: ignore[no-redef]
+
+__all__ = ["RoutingFold", "route_client_convolutions", "routing"]
+
+_aten = torch.ops.aten
+_ops = torch.ops.fedloom_bench
+_settings: dict[str, Any] = {"tiling": None}
+"""The Triton tiling the operators use (a custom operator takes no such object)."""
+
+
+def _clients_view(t: Tensor, clients: int) -> Tensor:
+    """[N, C * Ch, H, W] (the clients side by side in the channels, as ``vmap``
+    groups them) -> a [C, N, Ch, H, W] view."""
+    return t.unflatten(1, (clients, t.shape[1] // clients)).transpose(0, 1)
+
+
+def _grouped(t: Tensor) -> Tensor:
+    """[C, N, Ch, H, W] -> contiguous [N, C * Ch, H, W]."""
+    return t.transpose(0, 1).flatten(1, 2).contiguous()
+
+
+@torch.library.custom_op("fedloom_bench::cohort_conv", mutates_args=())
+def cohort_conv(x: Tensor, w: Tensor, bias: Tensor | None, groups: int) -> Tensor:
+    """``aten.convolution`` of ``x`` by ``w`` with ``groups`` clients (same size,
+    stride 1), through :func:`client_conv_op.cohort_conv`."""
+    outputs = w.shape[0] // groups
+    if bias is None:
+        bias = w.new_zeros(w.shape[0])
+    y = op.cohort_conv(
+        _clients_view(x, groups),
+        w.unflatten(0, (groups, outputs)),
+        bias.unflatten(0, (groups, outputs)),
+        _settings["tiling"],
+    )
+    return _grouped(y)
+
+
+@cohort_conv.register_fake
+def _(x, w, bias, groups):  # type: ignore[no-untyped-def]
+    return x.new_empty(x.shape[0], w.shape[0], *x.shape[2:])
+
+
+@torch.library.custom_op("fedloom_bench::cohort_conv_backward", mutates_args=())
+def cohort_conv_backward(
+    dy: Tensor, x: Tensor, w: Tensor, groups: int, mask: list[bool]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``aten.convolution_backward``'s gradients of :func:`cohort_conv` (input,
+    weight, bias; an empty tensor where ``mask`` says not wanted)."""
+    outputs, kernel = w.shape[0] // groups, w.shape[-1]
+    dys, ws = _clients_view(dy, groups), w.unflatten(0, (groups, outputs))
+    tiling = _settings["tiling"]
+    # an empty tensor where not wanted (a new one each: outputs may not alias)
+    dx, dw, db = (dy.new_empty(0) for _ in range(3))
+    if mask[0]:
+        dx = _grouped(op.cohort_conv_input_grad(dys, ws, tiling))
+    if mask[1]:
+        xs = _clients_view(x, groups)
+        dw = op.cohort_conv_weight_grad(xs, dys, kernel, tiling).flatten(0, 1)
+    if mask[2]:
+        db = dy.sum((0, 2, 3))
+    return dx, dw, db
+
+
+@cohort_conv_backward.register_fake
+def _(dy, x, w, groups, mask):  # type: ignore[no-untyped-def]
+    shapes = (x.shape, w.shape, (w.shape[0],))
+    return tuple(
+        dy.new_empty(shape if wanted else (0,))
+        for shape, wanted in zip(shapes, mask, strict=True)
+    )
+
+
+def _routable(x: Any, w: Any, args: tuple[Any, ...], groups: Any, min_in: int) -> bool:
+    """Whether a convolution of ``x`` by ``w`` with ``args`` (stride, padding,
+    dilation, transposed, output padding) is ``vmap``'s grouped form of a same-size
+    stride-1 convolution that :mod:`client_conv_op` computes."""
+    stride, padding, dilation, transposed, _ = args
+    x_val, w_val = val(x), val(w)
+    if x_val is None or w_val is None or not isinstance(groups, int) or groups < 2:
+        return False
+    kernel = w_val.shape[-1]
+    return (
+        not transposed
+        and x_val.dim() == 4
+        and w_val.shape[-2] == kernel
+        and kernel % 2 == 1
+        and list(stride) == [1, 1]
+        and list(padding) == [kernel // 2] * 2
+        and list(dilation) == [1, 1]
+        and w_val.shape[1] >= min_in
+    )
+
+
+def route_client_convolutions(graph: Graph, min_in_channels: int = 1) -> int:
+    """Replace, in ``graph``, each grouped convolution (and convolution gradient)
+    that :func:`_routable` accepts, whose groups read at least ``min_in_channels``
+    channels each, by :func:`cohort_conv` (:func:`cohort_conv_backward`); returns
+    how many nodes were replaced."""
+    routed = 0
+    for node in list(graph.nodes):
+        args: Any = node.args
+        if node.target is _aten.convolution.default:
+            x, w, bias, *conv, groups = args
+            if not _routable(x, w, tuple(conv), groups, min_in_channels):
+                continue
+            target, new_args = _ops.cohort_conv.default, (x, w, bias, groups)
+        elif node.target is _aten.convolution_backward.default:
+            dy, x, w, _, *conv, groups, mask = args
+            if not _routable(x, w, tuple(conv), groups, min_in_channels):
+                continue
+            target = _ops.cohort_conv_backward.default
+            new_args = (dy, x, w, groups, mask)
+        else:
+            continue
+        with graph.inserting_before(node):
+            routed_node = new_node(graph, target, *new_args)
+        node.replace_all_uses_with(routed_node)  # a gradient's getitems too
+        graph.erase_node(node)
+        routed += 1
+    return routed
+
+
+class RoutingFold(_gemm_update.FoldUpdateIntoGemm):
+    """The runtime's post-grad pass, after :func:`route_client_convolutions`."""
+
+    min_in_channels = 1
+    routed = 0
+    """Nodes replaced in all the graphs compiled with the pass (a class total)."""
+
+    def __call__(self, graph: Graph) -> None:
+        RoutingFold.routed += route_client_convolutions(graph, self.min_in_channels)
+        super().__call__(graph)
+
+    def uuid(self) -> Any:
+        here = Path(__file__).parent
+        files = ("compiled_client_conv.py", "client_conv_op.py")
+        own = tuple(str(here / name) for name in files)
+        hashed = _gemm_update.get_hash_for_files(own)
+        return super().uuid(), hashed, repr(_settings["tiling"]), self.min_in_channels
+
+
+@contextlib.contextmanager
+def routing(min_in_channels: int = 1, tiling: Any = None) -> Iterator[None]:
+    """Compile every ``CohortStep`` made inside with :class:`RoutingFold`: the
+    grouped convolutions whose groups read at least ``min_in_channels`` channels
+    run through the cohort functions (with ``tiling`` where they are Triton's)."""
+    saved = _gemm_update.FoldUpdateIntoGemm, dict(_settings)
+    RoutingFold.min_in_channels = min_in_channels
+    _settings["tiling"] = tiling
+    _gemm_update.FoldUpdateIntoGemm = RoutingFold  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        _gemm_update.FoldUpdateIntoGemm = saved[0]  # type: ignore[misc]
+        _settings.update(saved[1])
