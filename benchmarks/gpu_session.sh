@@ -5,7 +5,9 @@
 #    VectorizedRuntime("cuda", compile=True) (with graphs, the default; the
 #    variant without graphs only in its client-Adam test, for time) and that
 #    test, with the CUDA tolerance of 2026-11-27, on every CUDA variant (the other
-#    GPU tests passed on an H200 that day), each step's exit status in
+#    GPU tests passed on an H200 that day), and the compiled step with the Triton
+#    convolutions routed into it against float64 eager steps
+#    (benchmarks/compiled_client_conv.py), each step's exit status in
 #    $OUT/gpu_session.log; then two rounds
 #    of examples/fashion_mnist_cnn_iid.toml with --set device=cuda (the config's
 #    way to the compiled CUDA runtime, as the example's comment advises);
@@ -63,11 +65,14 @@ runners=(graphs "graphs compiled")
 triton_runners=("graphs compiled triton-conv2 flat" "graphs compiled triton-conv flat")
 later_runners=("graphs compiled bf16" "graphs triton-conv2 flat" "graphs compiled tf32"
     "graphs compiled matmul-conv1" "graphs matmul-conv1")
-if [ "$device" = cuda ]; then  # 140 + 60 + 100 s at most, then 200: inside 560
+if [ "$device" = cuda ]; then  # 140 + 50 + 60 + 100 s at most, then 200: 550
     timeout 140 python3 -m pytest -p no:cacheprovider -p no:logging -m gpu \
         tests/runtimes/test_conformance.py -k "cuda-graphs-compiled or adam" \
         --tb=short 2>&1 | tee -a "$log" | tail -25
     step_done "pytest -m gpu" "${PIPESTATUS[0]}"
+    timeout 50 python3 benchmarks/compiled_client_conv.py --device cuda 2>&1 |
+        tee -a "$log" | tail -10
+    step_done "compiled_client_conv.py --device cuda" "${PIPESTATUS[0]}"
     timeout 60 python3 -c "import sys; from fedloom.cli._main import main
 sys.exit(main(sys.argv[1:]))" run examples/fashion_mnist_cnn_iid.toml \
         --set device=cuda --set rounds=2 --out /tmp/example_run --quiet \

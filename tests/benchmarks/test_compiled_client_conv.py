@@ -4,6 +4,8 @@ convolutions routed to client_conv_op's cohort functions equals the eager step.
 Without Triton (as in CI) the cohort functions are the grouped-convolution
 fallback; this checks the plumbing (the pass, the custom operators' layouts and
 gradients) in float64, which the GPU's ``graphs compiled triton-conv*`` rows rest on.
+With Triton's kernels (in its interpreter, or on a GPU) the script itself checks
+the step: ``TRITON_INTERPRET=1 python benchmarks/compiled_client_conv.py``.
 """
 
 import sys
@@ -24,23 +26,33 @@ from fedloom.learning._cohort_work import CohortStep
     # each convolution's forward and gradient; with 16, only the second's
     [(1, 4), (16, 2)],
 )
+def _routed_steps(model, plan, index, mask, min_in_channels):
+    """The compiled cohort step, routed, over ``index``'s steps: its parameters."""
+    routed.RoutingFold.routed = 0
+    with routed.routing(min_in_channels):
+        step = CohortStep(model, sgd(0.1), compile=True)
+        params, state = step.begin(plan.start)
+        for s in range(index.shape[1]):
+            params, state, _ = step(
+                plan.data, params, state, index[:, s], mask[:, s], False
+            )
+    assert isinstance(step.fold, routed.RoutingFold)
+    assert step.fold.folded == 2  # the runtime's own pass ran after it
+    return params
+
+
+@pytest.mark.parametrize(
+    ("min_in_channels", "nodes"),
+    # each convolution's forward and gradient; with 16, only the second's
+    [(1, 4), (16, 2)],
+)
 def test_the_routed_compiled_step_matches_the_eager_step(
     compiled_afresh, float64_eager_steps, min_in_channels, nodes
 ):
     model = build_model("cnn", (1, 8, 8), 10, seed=0)  # digits' images
     plan, index, mask, want = float64_eager_steps(model, 3)
-
-    routed.RoutingFold.routed = 0
-    with routed.routing(min_in_channels):
-        step = CohortStep(model, sgd(0.1), compile=True)
-        params, state = step.begin(plan.start)
-        for s in range(3):
-            params, state, _ = step(
-                plan.data, params, state, index[:, s], mask[:, s], False
-            )
-    assert isinstance(step.fold, routed.RoutingFold)
+    params = _routed_steps(model, plan, index, mask, min_in_channels)
     assert routed.RoutingFold.routed == nodes
-    assert step.fold.folded == 2  # the runtime's own pass ran after it
     for k, v in want.items():
         torch.testing.assert_close(params[k], v, rtol=1e-10, atol=1e-12)
         assert not torch.equal(v, plan.start[k])  # every parameter trained
