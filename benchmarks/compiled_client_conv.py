@@ -205,11 +205,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="The routed step against float64.")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    import torch._inductor.config
+
     from fedloom.core import Replicated
     from fedloom.data import ClientData, load_dataset
     from fedloom.learning import build_model, sgd
     from fedloom.learning._cohort_work import CohortStep, plan_training
 
+    # compiled afresh (not from inductor's on-disk cache), so the pass counts
+    torch._inductor.config.fx_graph_cache = False
+    torch._functorch.config.enable_autograd_cache = False
     triton = op.uses_triton(torch.zeros(1, device=args.device))
     if not triton:
         sys.exit("Triton's kernels would not run: on a CPU set TRITON_INTERPRET=1")

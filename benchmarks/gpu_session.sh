@@ -7,7 +7,9 @@
 #    test, with the CUDA tolerance of 2026-11-27, on every CUDA variant (the other
 #    GPU tests passed on an H200 that day), and the compiled step with the Triton
 #    convolutions routed into it against float64 eager steps
-#    (benchmarks/compiled_client_conv.py), each step's exit status in
+#    (benchmarks/compiled_client_conv.py, after benchmarks/triton_client_conv.py's
+#    own check of its kernels, the first convolution's few-channel ones new), each
+#    step's exit status in
 #    $OUT/gpu_session.log; then two rounds
 #    of examples/fashion_mnist_cnn_iid.toml with --set device=cuda (the config's
 #    way to the compiled CUDA runtime, as the example's comment advises);
@@ -20,8 +22,9 @@
 #    compiled_client_conv.py: the second convolution only, then both), the
 #    compiled one in bfloat16 mixed precision (the model's autocast), the Triton
 #    prototype for the second convolution uncompiled ("graphs triton-conv2 flat")
-#    and the compiled one with TF32 matrix products (2026-11-27's fastest rows
-#    again), then the two with the first convolution as a matrix product
+#    and for both ("graphs triton-conv flat") and the compiled one with TF32
+#    matrix products (2026-11-27's fastest rows again), then the two with the
+#    first convolution as a matrix product
 #    (benchmarks/matmul_first_conv.py); gpu_speed.py skips what its budget
 #    cannot fit, the last first;
 # 4. benchmarks/mcmahan2017/gpu.sh --rerun-best with the seconds left: the IID
@@ -63,17 +66,20 @@ log="$OUT/gpu_session.log"  # each step's exit status, the tests and the example
 step_done() { echo "== $1: exit status $2 at $((SECONDS - started)) s" | tee -a "$log"; }
 runners=(graphs "graphs compiled")
 triton_runners=("graphs compiled triton-conv2 flat" "graphs compiled triton-conv flat")
-later_runners=("graphs compiled bf16" "graphs triton-conv2 flat" "graphs compiled tf32"
-    "graphs compiled matmul-conv1" "graphs matmul-conv1")
-if [ "$device" = cuda ]; then  # 140 + 50 + 60 + 100 s at most, then 200: 550
+later_runners=("graphs compiled bf16" "graphs triton-conv2 flat" "graphs triton-conv flat"
+    "graphs compiled tf32" "graphs compiled matmul-conv1" "graphs matmul-conv1")
+if [ "$device" = cuda ]; then  # 140 + 30 + 50 + 45 + 100 s at most, then 190: 555
     timeout 140 python3 -m pytest -p no:cacheprovider -p no:logging -m gpu \
         tests/runtimes/test_conformance.py -k "cuda-graphs-compiled or adam" \
         --tb=short 2>&1 | tee -a "$log" | tail -25
     step_done "pytest -m gpu" "${PIPESTATUS[0]}"
+    timeout 30 python3 benchmarks/triton_client_conv.py --device cuda 2>&1 |
+        tee -a "$log" | tail -4
+    step_done "triton_client_conv.py --device cuda" "${PIPESTATUS[0]}"
     timeout 50 python3 benchmarks/compiled_client_conv.py --device cuda 2>&1 |
         tee -a "$log" | tail -10
     step_done "compiled_client_conv.py --device cuda" "${PIPESTATUS[0]}"
-    timeout 60 python3 -c "import sys; from fedloom.cli._main import main
+    timeout 45 python3 -c "import sys; from fedloom.cli._main import main
 sys.exit(main(sys.argv[1:]))" run examples/fashion_mnist_cnn_iid.toml \
         --set device=cuda --set rounds=2 --out /tmp/example_run --quiet \
         2>&1 | tee -a "$log"
@@ -84,13 +90,12 @@ sys.exit(main(sys.argv[1:]))" run examples/fashion_mnist_cnn_iid.toml \
     step_done "gpu_profile.py --convs compiled" "${PIPESTATUS[0]}"
     runners+=("${triton_runners[@]}")
 fi
-for runner in "${later_runners[@]}"; do  # the Triton row only with a GPU
-    [ "$device" = cuda ] || [ "$runner" != "graphs triton-conv2 flat" ] &&
-        runners+=("$runner")
+for runner in "${later_runners[@]}"; do  # the Triton rows only with a GPU
+    [[ "$device" = cuda || "$runner" != *triton* ]] && runners+=("$runner")
 done
 # shellcheck disable=SC2086
-timeout 200 python3 benchmarks/gpu_speed.py --device "$device" \
-    ${SPEED_ARGS:---sizes 10 100 --rounds 2} --budget-s 180 --runners "${runners[@]}" \
+timeout 190 python3 benchmarks/gpu_speed.py --device "$device" \
+    ${SPEED_ARGS:---sizes 10 100 --rounds 2} --budget-s 170 --runners "${runners[@]}" \
     --json "$OUT/gpu_speed_session.json" 2>&1 | tee "$OUT/gpu_speed_session.log"
 step_done "gpu_speed.py" "${PIPESTATUS[0]}"
 left=$((budget - (SECONDS - started)))

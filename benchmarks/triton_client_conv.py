@@ -11,6 +11,12 @@ These kernels do the whole cohort in one launch each, a client per grid column:
 - ``weight_grad``:  ``dw[c]``, per (client, kernel offset) a product over the
   examples and positions.
 
+With fewer than 16 input channels (the CNN's first convolution has one) a product a
+kernel offset would fill ``tl.dot``'s least reduction of 16 with padding (16x the
+work) and read dy once an offset; there ``forward`` and ``weight_grad`` take all
+kernel offsets and channels (at most :data:`MAX_TAPS`) as one dimension of one
+product instead (``_conv_taps_kernel``, ``_weight_grad_taps_kernel``).
+
 Tensors are per-client channels-last: ``x[c, n, h, w, ci]``, ``w[c, kh, kw, ci, co]``,
 ``y[c, n, h, w, co]``; stride 1, zero padding, any odd kernel size. This file is a
 measurement aid, not part of fedloom: ``benchmarks/gpu_grouped_conv.py`` times it
@@ -181,6 +187,109 @@ def _weight_grad_kernel(
     tl.store(out + cos[None, :], acc, mask=ci_ok[:, None] & co_ok[None, :])
 
 
+@triton.jit
+def _conv_taps_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    N, H, W, C_OUT,
+    K: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, PAD: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr,
+):  # fmt: skip
+    """:func:`_conv_kernel`'s forward for few input channels (K, contiguous x and
+    w): one product over all KH * KW * K taps (BT of them, padded), each row's
+    gathered from x, instead of one a kernel offset whose K channels fill a tile
+    of at least 16 (``tl.dot``'s least) with padding."""
+    pid_m, pid_n, c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rows = pid_m * BM + tl.arange(0, BM)  # (n, h, w) flattened
+    cols = pid_n * BN + tl.arange(0, BN)  # output channels
+    n = rows // (H * W)
+    h = (rows // W) % H
+    w = rows % W
+    row_ok = rows < N * H * W
+    col_ok = cols < C_OUT
+    taps = tl.arange(0, BT)  # (kh, kw, k) flattened, as w's rows lie
+    tap_ok = taps < KH * KW * K
+    ih = h[:, None] + (taps // (KW * K))[None, :] - PAD
+    iw = w[:, None] + ((taps // K) % KW)[None, :] - PAD
+    inside = row_ok[:, None] & tap_ok[None, :]
+    inside = inside & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    a = tl.load(
+        x_ptr + (((c * N + n[:, None]) * H + ih) * W + iw) * K + (taps % K)[None, :],
+        mask=inside,
+        other=0.0,
+    )
+    b = tl.load(
+        w_ptr + (c * KH * KW * K + taps[:, None]) * C_OUT + cols[None, :],
+        mask=tap_ok[:, None] & col_ok[None, :],
+        other=0.0,
+    )
+    acc = tl.dot(a, b)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + c * C_OUT + cols, mask=col_ok, other=0.0)[None, :]
+    out = y_ptr + c * N * H * W * C_OUT + rows[:, None] * C_OUT + cols[None, :]
+    tl.store(out, acc, mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _weight_grad_taps_kernel(
+    x_ptr, dy_ptr, part_ptr,
+    H, W, C_IN, C_OUT,
+    POSITIONS: tl.constexpr, CHUNK: tl.constexpr, SPLIT: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, PAD: tl.constexpr,
+    BT: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):  # fmt: skip
+    """:func:`_weight_grad_kernel` for few input channels: all KH * KW * C_IN taps
+    (BT, padded) as the rows of one tile, so that dy is read once rather than once
+    a kernel offset; the positions cut into SPLIT chunks of CHUNK, a program each,
+    whose partial sums part[c, split, tap, co] the caller adds up."""
+    pid_n, split, c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    cos = pid_n * BN + tl.arange(0, BN)
+    co_ok = cos < C_OUT
+    taps = tl.arange(0, BT)
+    tap_ok = taps < KH * KW * C_IN
+    kh = taps // (KW * C_IN)
+    kw = (taps // C_IN) % KW
+    ci = taps % C_IN
+    x_c = x_ptr + c * POSITIONS * C_IN
+    dy_c = dy_ptr + c * POSITIONS * C_OUT
+    acc = tl.zeros((BT, BN), dtype=tl.float32)
+    for p0 in range(0, CHUNK, BK):
+        local = p0 + tl.arange(0, BK)
+        ps = split * CHUNK + local  # (n, h, w) of the output gradient
+        p_ok = (local < CHUNK) & (ps < POSITIONS)
+        n = ps // (H * W)
+        h = (ps // W) % H
+        w = ps % W
+        ih = h[None, :] + kh[:, None] - PAD
+        iw = w[None, :] + kw[:, None] - PAD
+        inside = tap_ok[:, None] & p_ok[None, :]
+        inside = inside & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        a = tl.load(
+            x_c + ((n[None, :] * H + ih) * W + iw) * C_IN + ci[:, None],
+            mask=inside,
+            other=0.0,
+        )  # [BT (taps), BK (positions)]
+        b = tl.load(
+            dy_c + ps[:, None] * C_OUT + cos[None, :],
+            mask=p_ok[:, None] & co_ok[None, :],
+            other=0.0,
+        )  # [BK (positions), BN (co)]
+        acc += tl.dot(a, b)
+    out = part_ptr + ((c * SPLIT + split) * KH * KW * C_IN + taps[:, None]) * C_OUT
+    tl.store(out + cos[None, :], acc, mask=tap_ok[:, None] & co_ok[None, :])
+
+
+MAX_TAPS = 64
+"""The most taps (kernel offsets x input channels) that the few-channel kernels
+take in one tile: the CNN's first convolution has 25 (5 x 5, one channel)."""
+
+FEW_CHANNELS = 16
+"""Input channels under which those kernels run (``tl.dot``'s least tile side)."""
+
+
+def _few_channels(taps: int, channels: int) -> bool:
+    return channels < FEW_CHANNELS and taps <= MAX_TAPS
+
+
 def _check_layout(x: torch.Tensor, w: torch.Tensor, channels: int) -> None:
     """``x[c, n, h, w, :]`` against ``w[c, kh, kw, ci, co]``'s dim ``channels``."""
     if x.dim() != 5 or w.dim() != 5:
@@ -227,6 +336,17 @@ def forward(
     ):
         raise ValueError(f"b must be a contiguous float32 {(clients, c_out)}")
     y = _output(out, clients, n, h, width, c_out, like=x)
+    c_in, kernel = x.shape[4], w.shape[1]
+    if _few_channels(kernel * kernel * c_in, c_in):
+        bm, bn = tiling.rows, _fit(tiling.columns, c_out)
+        grid = (triton.cdiv(n * h * width, bm), triton.cdiv(c_out, bn), clients)
+        _conv_taps_kernel[grid](
+            x, w, b if b is not None else w, y, n, h, width, c_out,
+            K=c_in, KH=kernel, KW=kernel, PAD=kernel // 2, HAS_BIAS=b is not None,
+            BM=bm, BN=bn, BT=_fit(MAX_TAPS, kernel * kernel * c_in),
+            num_warps=tiling.warps,
+        )  # fmt: skip
+        return y
     _convolve(x, w, b, y, sign=1, tiling=tiling)
     return y
 
@@ -288,6 +408,10 @@ def weight_grad(
     clients, n, h, width, c_in = x.shape
     c_out = dy.shape[4]
     dw = _output(out, clients, kernel, kernel, c_in, c_out, like=x)
+    taps = kernel * kernel * c_in
+    if _few_channels(taps, c_in):
+        _weight_grad_taps(x, dy, dw, kernel, tiling)
+        return dw
     bm, bn, bk = _fit(tiling.rows, c_in), _fit(tiling.columns, c_out), tiling.step
     tiles = triton.cdiv(c_in, bm) * triton.cdiv(c_out, bn)
     _weight_grad_kernel[(kernel * kernel, tiles, clients)](
@@ -297,6 +421,29 @@ def weight_grad(
         BM=bm, BN=bn, BK=bk, num_warps=tiling.warps,
     )  # fmt: skip
     return dw
+
+
+def _weight_grad_taps(
+    x: torch.Tensor, dy: torch.Tensor, dw: torch.Tensor, kernel: int, tiling: Tiling
+) -> None:
+    """:func:`_weight_grad_taps_kernel` into ``dw``: enough position chunks for
+    some 512 programs in all, their partial sums then added."""
+    clients, n, h, width, c_in = x.shape
+    c_out, positions = dy.shape[4], n * h * width
+    taps, bk = kernel * kernel * c_in, tiling.step
+    bn = _fit(tiling.columns, c_out)
+    tiles = triton.cdiv(c_out, bn)
+    split = max(1, min(triton.cdiv(512, clients * tiles), triton.cdiv(positions, bk)))
+    chunk = triton.cdiv(triton.cdiv(positions, split), bk) * bk
+    split = triton.cdiv(positions, chunk)
+    part = torch.empty(clients, split, taps, c_out, device=x.device, dtype=x.dtype)
+    _weight_grad_taps_kernel[(tiles, split, clients)](
+        x, dy, part, h, width, c_in, c_out,
+        POSITIONS=positions, CHUNK=chunk, SPLIT=split,
+        KH=kernel, KW=kernel, PAD=kernel // 2,
+        BT=_fit(MAX_TAPS, taps), BN=bn, BK=bk, num_warps=tiling.warps,
+    )  # fmt: skip
+    torch.sum(part, dim=1, out=dw.view(clients, taps, c_out))
 
 
 def reference(
