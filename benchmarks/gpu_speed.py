@@ -400,6 +400,7 @@ class Bench:
 
                 routing = compiled_client_conv.routing(variant.triton_min_in, tiling)
                 compiled_client_conv.RoutingFold.routed = 0
+                compiled_client_conv.RoutingFold.skipped = 0
             else:
                 module, swapped = client_conv_op.swap_convs(
                     self.model.module, tiling, min_in_channels=variant.triton_min_in
@@ -444,7 +445,9 @@ class Bench:
         if variant.route_convs:  # compiled in the first round, counted by now
             import compiled_client_conv  # beside this file
 
-            extra = {**extra, "convs_routed": compiled_client_conv.RoutingFold.routed}
+            fold = compiled_client_conv.RoutingFold
+            counts = {"convs_routed": fold.routed, "convs_skipped": fold.skipped}
+            extra = {**extra, **counts}
         self.row(
             size,
             variant.name,

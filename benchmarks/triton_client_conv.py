@@ -232,9 +232,8 @@ def _conv_taps_kernel(
 @triton.jit
 def _weight_grad_taps_kernel(
     x_ptr, dy_ptr, part_ptr,
-    H, W, C_IN, C_OUT,
-    POSITIONS: tl.constexpr, CHUNK: tl.constexpr, SPLIT: tl.constexpr,
-    KH: tl.constexpr, KW: tl.constexpr, PAD: tl.constexpr,
+    H, W, C_IN, C_OUT, POSITIONS, SPLIT,
+    CHUNK: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, PAD: tl.constexpr,
     BT: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):  # fmt: skip
     """:func:`_weight_grad_kernel` for few input channels: all KH * KW * C_IN taps
@@ -438,9 +437,8 @@ def _weight_grad_taps(
     split = triton.cdiv(positions, chunk)
     part = torch.empty(clients, split, taps, c_out, device=x.device, dtype=x.dtype)
     _weight_grad_taps_kernel[(tiles, split, clients)](
-        x, dy, part, h, width, c_in, c_out,
-        POSITIONS=positions, CHUNK=chunk, SPLIT=split,
-        KH=kernel, KW=kernel, PAD=kernel // 2,
+        x, dy, part, h, width, c_in, c_out, positions, split,
+        CHUNK=chunk, KH=kernel, KW=kernel, PAD=kernel // 2,
         BT=_fit(MAX_TAPS, taps), BN=bn, BK=bk, num_warps=tiling.warps,
     )  # fmt: skip
     torch.sum(part, dim=1, out=dw.view(clients, taps, c_out))
@@ -462,9 +460,16 @@ def reference(
     return torch.stack(ys), torch.stack(dxs), torch.stack(dws)
 
 
-CHECKED = [(3, 2, 14, 32, 64, 5), (2, 3, 9, 1, 32, 5), (2, 2, 7, 20, 70, 3)]
+CHECKED = [
+    (3, 2, 14, 32, 64, 5),
+    (2, 3, 9, 1, 32, 5),
+    (2, 2, 7, 20, 70, 3),
+    (2, 2, 7, 3, 20, 3),
+    (2, 2, 6, 2, 16, 5),
+]
 """(clients, examples, side, in channels, out channels, kernel) of :func:`check`:
-the CNN's second and first convolutions, and tiles that do not divide the sizes."""
+the CNN's second and first convolutions, tiles that do not divide the sizes, and
+two more of few input channels (27 and 50 kernel offsets x channels)."""
 
 
 def check(

@@ -26,33 +26,23 @@ from fedloom.learning._cohort_work import CohortStep
     # each convolution's forward and gradient; with 16, only the second's
     [(1, 4), (16, 2)],
 )
-def _routed_steps(model, plan, index, mask, min_in_channels):
-    """The compiled cohort step, routed, over ``index``'s steps: its parameters."""
-    routed.RoutingFold.routed = 0
-    with routed.routing(min_in_channels):
-        step = CohortStep(model, sgd(0.1), compile=True)
-        params, state = step.begin(plan.start)
-        for s in range(index.shape[1]):
-            params, state, _ = step(
-                plan.data, params, state, index[:, s], mask[:, s], False
-            )
-    assert isinstance(step.fold, routed.RoutingFold)
-    assert step.fold.folded == 2  # the runtime's own pass ran after it
-    return params
-
-
-@pytest.mark.parametrize(
-    ("min_in_channels", "nodes"),
-    # each convolution's forward and gradient; with 16, only the second's
-    [(1, 4), (16, 2)],
-)
 def test_the_routed_compiled_step_matches_the_eager_step(
     compiled_afresh, float64_eager_steps, min_in_channels, nodes
 ):
     model = build_model("cnn", (1, 8, 8), 10, seed=0)  # digits' images
     plan, index, mask, want = float64_eager_steps(model, 3)
-    params = _routed_steps(model, plan, index, mask, min_in_channels)
-    assert routed.RoutingFold.routed == nodes
+    routed.RoutingFold.routed = 0
+    with routed.routing(min_in_channels):
+        step = CohortStep(model, sgd(0.1), compile=True)
+    # compiled at its first call, after the context: with the context's settings
+    params, state = step.begin(plan.start)
+    for s in range(3):
+        params, state, _ = step(
+            plan.data, params, state, index[:, s], mask[:, s], False
+        )
+    assert isinstance(step.fold, routed.RoutingFold)
+    assert step.fold.folded == 2  # the runtime's own pass ran after it
+    assert (routed.RoutingFold.routed, routed.RoutingFold.skipped) == (nodes, 0)
     for k, v in want.items():
         torch.testing.assert_close(params[k], v, rtol=1e-10, atol=1e-12)
         assert not torch.equal(v, plan.start[k])  # every parameter trained
