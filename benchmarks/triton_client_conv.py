@@ -91,6 +91,30 @@ def _tap(
 
 
 @triton.jit
+def _output_tile(N, H, W, C_OUT, BM: tl.constexpr, BN: tl.constexpr):
+    """The output rows (n, h, w flattened) and channels of this program's tile, the
+    rows' n, h and w, and which rows and channels exist."""
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+    n = rows // (H * W)
+    h = (rows // W) % H
+    w = rows % W
+    return rows, cols, n, h, w, rows < N * H * W, cols < C_OUT
+
+
+@triton.jit
+def _store_output(
+    acc, b_ptr, y_ptr, c, rows, cols, row_ok, col_ok, N, H, W, C_OUT,
+    HAS_BIAS: tl.constexpr,
+):  # fmt: skip
+    """y[c, n, h, w, cols] = acc (+ b[c, cols])."""
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + c * C_OUT + cols, mask=col_ok, other=0.0)[None, :]
+    out = y_ptr + c * N * H * W * C_OUT + rows[:, None] * C_OUT + cols[None, :]
+    tl.store(out, acc, mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
 def _conv_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
     N, H, W, C_OUT,
@@ -105,14 +129,8 @@ def _conv_kernel(
 
     The kernel offsets are unrolled (FLAT false), or one loop over (offset, channel
     block) that Triton's pipeliner can prefetch across (FLAT true)."""
-    pid_m, pid_n, c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    rows = pid_m * BM + tl.arange(0, BM)  # (n, h, w) flattened
-    cols = pid_n * BN + tl.arange(0, BN)  # output channels
-    n = rows // (H * W)
-    h = (rows // W) % H
-    w = rows % W
-    row_ok = rows < N * H * W
-    col_ok = cols < C_OUT
+    c = tl.program_id(2)
+    rows, cols, n, h, w, row_ok, col_ok = _output_tile(N, H, W, C_OUT, BM, BN)
     x_c = x_ptr + c * sx_c
     w_c = w_ptr + c * sw_c
     acc = tl.zeros((BM, BN), dtype=tl.float32)
@@ -135,10 +153,8 @@ def _conv_kernel(
                         acc, x_c, w_c, n, h, w, row_ok, cols, col_ok, kh, kw, k0,
                         H, W, *strides, K, PAD, SIGN, BK,
                     )  # fmt: skip
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + c * C_OUT + cols, mask=col_ok, other=0.0)[None, :]
-    out = y_ptr + c * N * H * W * C_OUT + rows[:, None] * C_OUT + cols[None, :]
-    tl.store(out, acc, mask=row_ok[:, None] & col_ok[None, :])
+    _store_output(acc, b_ptr, y_ptr, c, rows, cols, row_ok, col_ok, N, H, W, C_OUT,
+                  HAS_BIAS)  # fmt: skip
 
 
 @triton.jit
@@ -198,14 +214,8 @@ def _conv_taps_kernel(
     w): one product over all KH * KW * K taps (BT of them, padded), each row's
     gathered from x, instead of one a kernel offset whose K channels fill a tile
     of at least 16 (``tl.dot``'s least) with padding."""
-    pid_m, pid_n, c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    rows = pid_m * BM + tl.arange(0, BM)  # (n, h, w) flattened
-    cols = pid_n * BN + tl.arange(0, BN)  # output channels
-    n = rows // (H * W)
-    h = (rows // W) % H
-    w = rows % W
-    row_ok = rows < N * H * W
-    col_ok = cols < C_OUT
+    c = tl.program_id(2)
+    rows, cols, n, h, w, row_ok, col_ok = _output_tile(N, H, W, C_OUT, BM, BN)
     taps = tl.arange(0, BT)  # (kh, kw, k) flattened, as w's rows lie
     tap_ok = taps < KH * KW * K
     ih = h[:, None] + (taps // (KW * K))[None, :] - PAD
@@ -223,10 +233,8 @@ def _conv_taps_kernel(
         other=0.0,
     )
     acc = tl.dot(a, b)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + c * C_OUT + cols, mask=col_ok, other=0.0)[None, :]
-    out = y_ptr + c * N * H * W * C_OUT + rows[:, None] * C_OUT + cols[None, :]
-    tl.store(out, acc, mask=row_ok[:, None] & col_ok[None, :])
+    _store_output(acc, b_ptr, y_ptr, c, rows, cols, row_ok, col_ok, N, H, W, C_OUT,
+                  HAS_BIAS)  # fmt: skip
 
 
 @triton.jit
