@@ -15,15 +15,19 @@ cuDNN's grouped ones under ``vmap``) and with its convolutions routed to
 launch each, what the rest of the step costs, and in how many launches.
 ``compiled`` is the model as it is with the step through ``torch.compile``, as
 ``VectorizedRuntime("cuda", compile=True)`` runs it (inductor's kernels; the eager
-profile is of the compiled step, called step by step).
+profile is of the compiled step, called step by step), and ``compiled-triton`` the
+same with the step's convolutions routed to the Triton kernels by
+``benchmarks/compiled_client_conv.py``'s compiler pass (as ``gpu_speed.py``'s
+``graphs compiled triton-conv flat`` row).
 
-    python benchmarks/gpu_profile.py [--cohort 10 100] [--convs cudnn triton compiled]
-        [--json PATH]
+    python benchmarks/gpu_profile.py [--cohort 10 100]
+        [--convs cudnn triton compiled compiled-triton] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -37,13 +41,13 @@ from fedloom.learning import FunctionalModel, build_model, sgd
 from fedloom.learning._cohort_work import CohortStep, PaddedCohort
 
 BATCH = 10
-CONVS = ("cudnn", "triton", "compiled")
+CONVS = ("cudnn", "triton", "compiled", "compiled-triton")
 
 
 def _model(convs: str) -> FunctionalModel:
     """The McMahan CNN, its convolutions cuDNN's or ``client_conv_op``'s."""
     model = build_model("cnn", (1, 28, 28), 10, seed=0)
-    if convs in ("cudnn", "compiled"):
+    if convs in ("cudnn", "compiled", "compiled-triton"):
         return model
     sys.path.insert(0, str(Path(__file__).parent))
     import client_conv_op  # beside this file; imports Triton if it can
@@ -71,8 +75,20 @@ def _setup(
     params = {
         k: v.cuda().expand(cohort, *v.shape).clone() for k, v in model.init().items()
     }
-    compiled = convs == "compiled"  # the runtime's CUDA options: no C++ wrapper
-    step = CohortStep(model, sgd(0.05), compile=compiled, cpp_wrapper=False)
+    # compiled with the runtime's CUDA options (no C++ wrapper)
+    compiled = convs.startswith("compiled")
+    routing: Any = contextlib.nullcontext()
+    if convs == "compiled-triton":
+        sys.path.insert(0, str(Path(__file__).parent))
+        import compiled_client_conv  # beside this file
+
+        kernels = compiled_client_conv.op.kernels
+        if kernels is None:
+            raise RuntimeError("Triton's kernels cannot run here")
+        tiling = kernels.Tiling(rows=64, flat=True)  # gpu_speed.py's
+        routing = compiled_client_conv.routing(1, tiling)
+    with routing:  # the pass takes its settings when the step is made
+        step = CohortStep(model, sgd(0.05), compile=compiled, cpp_wrapper=False)
     return step, data, params
 
 

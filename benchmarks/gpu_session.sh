@@ -25,8 +25,9 @@
 #    (benchmarks/matmul_first_conv.py); gpu_speed.py starts no measurement
 #    once its budget is spent, and it runs every runner at 10 clients before
 #    any at 100, so the later runners lose their 100-client rows first;
-# 3. with the seconds left, benchmarks/gpu_profile.py --convs compiled: where the
-#    compiled step's GPU time goes (its kernels, launches and captured step time;
+# 3. with the seconds left, benchmarks/gpu_profile.py --convs compiled-triton
+#    compiled: where the compiled step's GPU time goes, with the Triton kernels
+#    routed into it and without (its kernels, launches and captured step time;
 #    fp32, TF32, bf16);
 # 4. benchmarks/mcmahan2017/gpu.sh --rerun-best with the seconds left: the IID
 #    CNN's E = 20, B = inf best run, cut off by the budget on 2026-11-27 (its
@@ -102,8 +103,9 @@ step_done "gpu_speed.py" "${PIPESTATUS[0]}"
 left=$((budget - (SECONDS - started)))
 if [ "$device" = cuda ] && [ "$left" -gt 60 ]; then
     timeout $((left - 10)) python3 benchmarks/gpu_profile.py --cohort 100 10 \
-        --convs compiled --json "$OUT/gpu_profile_compiled.json" 2>&1 | tee -a "$log"
-    step_done "gpu_profile.py --convs compiled" "${PIPESTATUS[0]}"
+        --convs compiled-triton compiled --json "$OUT/gpu_profile_compiled.json" \
+        2>&1 | tee -a "$log"
+    step_done "gpu_profile.py --convs compiled-triton compiled" "${PIPESTATUS[0]}"
     left=$((budget - (SECONDS - started)))
 fi
 if [ "$left" -gt 60 ]; then
