@@ -19,9 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
-
 from fedloom.learning import (
+    AUTOCAST_DTYPES,
     ClientInput,
     ClientResult,
     FullBatchGradient,
@@ -58,11 +57,12 @@ def task_model(
     torch.bfloat16
     """
     autocast = config.get("autocast")
-    if autocast not in (None, "bfloat16"):
+    if autocast is not None and autocast not in AUTOCAST_DTYPES:
+        names = " or ".join(repr(name) for name in AUTOCAST_DTYPES)
         raise ValueError(
-            f"task config: 'autocast' must be 'bfloat16' if given, got {autocast!r}"
+            f"task config: 'autocast' must be {names} if given, got {autocast!r}"
         )
-    dtype = None if autocast is None else torch.bfloat16
+    dtype = None if autocast is None else AUTOCAST_DTYPES[autocast]
     return build_model(
         str(config.get("model")), input_shape, num_classes, autocast=dtype
     )

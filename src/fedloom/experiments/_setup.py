@@ -7,11 +7,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from fedloom.core import Runtime
 from fedloom.data import ClientData, DataFileError, Dataset, Examples, load_dataset
 from fedloom.learning import (
+    AUTOCAST_DTYPES,
     FunctionalModel,
     LearningProcess,
     Optimizer,
@@ -119,13 +118,14 @@ def setup(config: ExperimentConfig) -> Setup:
             seed=config.seed,
             **_partition_options(config),
         )
+    autocast = config.model.autocast
     with _naming(f"model.name ({config.model.name!r})"):
         model = build_model(
             config.model.name,
             dataset.input_shape,
             dataset.num_classes,
             seed=config.seed,
-            autocast=None if config.model.autocast is None else torch.bfloat16,
+            autocast=None if autocast is None else AUTOCAST_DTYPES[autocast],
         )
     with _naming(f"runtime ({config.runtime!r}) / device ({config.device!r})"):
         runtime = get_runtime(

@@ -11,6 +11,7 @@ from ._client_work import FullBatchGradient as FullBatchGradient
 from ._client_work import LocalTraining as LocalTraining
 from ._evaluation import evaluate as evaluate
 from ._evaluation import federated_evaluate as federated_evaluate
+from ._functional import AUTOCAST_DTYPES as AUTOCAST_DTYPES
 from ._functional import FunctionalModel as FunctionalModel
 from ._functional import build_model as build_model
 from ._models import MODELS as MODELS
@@ -29,6 +30,7 @@ from .fed_avg import fed_avg as fed_avg
 from .fed_sgd import fed_sgd as fed_sgd
 
 __all__ = [
+    "AUTOCAST_DTYPES",
     "MODELS",
     "ClientInput",
     "ClientResult",

@@ -17,6 +17,11 @@ from ._types import Params
 __all__ = ["FunctionalModel", "build_model"]
 
 
+AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16}
+"""The mixed precisions a :class:`FunctionalModel` runs in, by the name a
+configuration gives them (``[model] autocast``, a deployed task's ``autocast``)."""
+
+
 @final
 @dataclass(frozen=True, eq=False)
 class FunctionalModel:
@@ -50,7 +55,7 @@ class FunctionalModel:
     )
 
     def __post_init__(self) -> None:
-        if self.autocast not in (None, torch.bfloat16):
+        if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES.values():
             raise ValueError(
                 f"autocast must be None or torch.bfloat16, got {self.autocast!r} "
                 "(float16 would need loss scaling, which fedloom does not do)"
