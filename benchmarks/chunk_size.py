@@ -6,7 +6,13 @@ Under ``vmap`` a convolution with per-client weights becomes a grouped convoluti
 computes one client at a time: plain convolutions over that client's batch. Which
 is faster was measured, not assumed (README, "The command line"): on the 2-core CPU
 one client at a time wins at B = ∞ and loses at B = 10; on an H200 the whole cohort
-wins at B = 10 and 50, and B = ∞ is level within the noise. The McMahan sweep on a
+wins at B = 10 and 50, and B = ∞ is level within the noise. With ``--compile``
+(FedAvg's step; FedSGD's one gradient is never compiled), where no per-operation
+dispatch is left to share, small chunks win on the CPU at B = 10 too. ``auto``
+among ``--chunks`` is the runtime's own choice when not given one (``chunk_size``
+left out: for FedAvg compiled on the CPU, as many clients as hold 8 MiB of
+parameters a torch thread, ``fedloom.learning._cohort_work.clients_at_once_compiled``),
+which the table shows beside the chunk it came to. The McMahan sweep on a
 GPU (``benchmarks/mcmahan2017/gpu.sh``) runs each (algorithm, B) at the chunk size
 :func:`fastest_chunk_sizes` picks from this script's report for that GPU.
 
@@ -22,6 +28,8 @@ core).
 
     python benchmarks/chunk_size.py --device cuda [--chunks 10 5 2 1] [--rounds 3]
         [--json benchmarks/results/chunk_size_nvidia_h200.json]
+    python benchmarks/chunk_size.py --compile --chunks 10 auto 5 2 1
+        --threads 1 --json benchmarks/results/chunk_size_compiled_1thread.json
 """
 
 from __future__ import annotations
@@ -41,8 +49,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.fedavg_vs_fedsgd import command_line
 from benchmarks.mcmahan2017 import cells as grid
+from fedloom.core import Replicated
+from fedloom.data import load_dataset
 from fedloom.experiments import config_from_dict, run_experiment
+from fedloom.learning import build_model
+from fedloom.learning._cohort_work import clients_at_once_compiled
 
+COHORT = round(grid.NUM_CLIENTS * grid.CLIENT_FRACTION)  # clients a round
 WORKLOADS = [  # (algorithm, E, B, learning rate): one local epoch each
     ("fedsgd", 1, None, 0.215),
     ("fedavg", 1, None, 0.464),
@@ -52,7 +65,9 @@ WORKLOADS = [  # (algorithm, E, B, learning rate): one local epoch each
 
 
 def round_seconds(
-    workload: tuple[str, int, int | None, float], chunk: int, args: argparse.Namespace
+    workload: tuple[str, int, int | None, float],
+    chunk: int | None,
+    args: argparse.Namespace,
 ) -> tuple[list[float], int]:
     """Seconds of each training round after the first (the last, evaluated, one
     left out), and the torch threads they ran with."""
@@ -69,7 +84,9 @@ def round_seconds(
         runtime="vectorized",
         checkpoint_every=rounds,
     )
-    config.update(chunk_size=chunk, eval_every=rounds, threads=args.threads)
+    config.update(eval_every=rounds, threads=args.threads, compile=args.compile)
+    if chunk is not None:  # None: the runtime chooses
+        config.update(chunk_size=chunk)
     checked = config_from_dict(config)
     with tempfile.TemporaryDirectory() as out:
         result = run_experiment(checked, out_dir=out, quiet=True)
@@ -89,7 +106,8 @@ def fastest_chunk_sizes(path: Path) -> dict[tuple[str, int | None], int]:
         ...     return {"algorithm": "fedavg", "B": b, "chunk_size": c,
         ...             "seconds_per_round": s}
         >>> rows = [row(None, 10, 0.5), row(None, 1, 0.2),
-        ...         row(50, 10, 0.37), row(50, 5, 0.34)]
+        ...         row(50, 10, 0.37), row(50, 5, 0.34),
+        ...         row(50, None, 0.1)]  # "auto": left out
         >>> with tempfile.TemporaryDirectory() as d:
         ...     report = Path(d) / "r.json"
         ...     _ = report.write_text(json.dumps({"rows": rows}))
@@ -98,6 +116,8 @@ def fastest_chunk_sizes(path: Path) -> dict[tuple[str, int | None], int]:
     """
     rows: dict[tuple[str, int | None], list[tuple[int, float]]] = {}
     for row in json.loads(path.read_text())["rows"]:
+        if row["chunk_size"] is None:  # the runtime's choice: no size of its own
+            continue
         key = (row["algorithm"], row["B"])
         rows.setdefault(key, []).append((row["chunk_size"], row["seconds_per_round"]))
     chosen = {}
@@ -106,6 +126,33 @@ def fastest_chunk_sizes(path: Path) -> dict[tuple[str, int | None], int]:
         fastest, best = min(timed, key=lambda t: t[1])
         chosen[key] = fastest if best * CLEARLY_FASTER <= seconds else largest
     return chosen
+
+
+def chunk_argument(text: str) -> int | None:
+    """A ``--chunks`` entry: a number of clients, or ``auto`` (None).
+
+    >>> chunk_argument("auto"), chunk_argument("2")
+    (None, 2)
+    """
+    if text == "auto":
+        return None
+    chunk = int(text)
+    if chunk < 1:
+        raise argparse.ArgumentTypeError(f"a chunk holds at least 1 client: {text}")
+    return chunk
+
+
+def automatic_chunk(threads: int) -> int:
+    """The chunk the runtime chooses for the compiled CNN on the CPU at
+    ``threads`` torch threads."""
+    data = load_dataset("fashion_mnist")
+    model = build_model("cnn", data.input_shape, data.num_classes)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return clients_at_once_compiled(Replicated(model.init(), 1))
+    finally:
+        torch.set_num_threads(before)
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -125,7 +172,12 @@ def machine(device: torch.device) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--chunks", type=int, nargs="+", default=[10, 5, 2, 1])
+    parser.add_argument(
+        "--chunks", type=chunk_argument, nargs="+", default=[10, 5, 2, 1]
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="the vectorized runtime compiled"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--batches", nargs="+", default=None, help="e.g. inf 50")
@@ -143,7 +195,7 @@ def main() -> None:
         "machine": machine(torch.device(args.device)),
         "rows": [],
     }
-    print(f"{'algorithm':9} {'E':>2} {'B':>4} {'chunk':>5} {'s/round':>9} ratio")
+    print(f"{'algorithm':9} {'E':>2} {'B':>4} {'chunk':>8} {'s/round':>9} ratio")
     for workload in workloads:
         algorithm, epochs, batch, lr = workload
         base = None
@@ -152,6 +204,10 @@ def main() -> None:
             seconds, threads = round_seconds(workload, chunk, args)
             mean = statistics.mean(seconds)
             base = base or mean
+            chosen = COHORT if chunk is None else chunk
+            compiled = args.compile and algorithm == "fedavg"  # FedSGD: eager
+            if chunk is None and compiled and args.device == "cpu":
+                chosen = min(automatic_chunk(threads), COHORT)  # the runtime's
             report["rows"].append(
                 {
                     "algorithm": algorithm,
@@ -159,6 +215,8 @@ def main() -> None:
                     "B": batch,
                     "learning_rate": lr,
                     "chunk_size": chunk,
+                    "clients_at_once": chosen,
+                    "compiled": compiled,
                     "threads": threads,
                     "seconds_per_round": mean,
                     "rounds": seconds,
@@ -166,8 +224,9 @@ def main() -> None:
                     "wall_seconds": time.perf_counter() - started,
                 }
             )
+            shown = str(chunk) if chunk else f"auto ({chosen})"
             print(
-                f"{algorithm:9} {epochs:>2} {batch or '∞':>4} {chunk:>5} "
+                f"{algorithm:9} {epochs:>2} {batch or '∞':>4} {shown:>8} "
                 f"{mean:9.4f} {base / mean:5.2f}x",
                 flush=True,
             )

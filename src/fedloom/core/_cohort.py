@@ -95,6 +95,15 @@ class CohortFunction(Protocol):
         """The stacked results of the function at every client of the cohort."""
         ...
 
+    def clients_at_once(
+        self, args: Sequence[Any], device: torch.device, options: CohortOptions
+    ) -> int | None:
+        """How many of these clients it computes fastest at once, where that is
+        fewer than a runtime would take (None: as many as the runtime takes). A
+        runtime asks before it cuts the cohort into chunks, unless told its chunk
+        size."""
+        ...
+
 
 @runtime_checkable
 class StackedAggregator(Protocol):

@@ -266,10 +266,13 @@ class ExperimentConfig(BaseModel):
     pay: ``benchmarks/simulation_speed.py``). At most 1,024 (100,000 threads
     crashed the BLAS library)."""
     chunk_size: int | None = Field(default=None, ge=1)
-    """``vectorized`` only: how many clients are computed at once (default 256).
-    Smaller chunks bound memory, and change the kernels: on a CPU, clients with
-    large local batches (B = all) train fastest one at a time, ``chunk_size = 1``;
-    with small batches, the whole cohort at once (``benchmarks/chunk_size.py``)."""
+    """``vectorized`` only: how many clients are computed at once. By default the
+    runtime chooses: at most 256, and with ``compile`` on the CPU, as many as hold
+    8 MiB of the model's parameters a torch thread (the McMahan CNN: one or two).
+    Smaller chunks bound memory, and change the kernels: on a CPU, eager, clients
+    with large local batches (B = all) train fastest one at a time,
+    ``chunk_size = 1``; with small batches, the whole cohort at once
+    (``benchmarks/chunk_size.py``)."""
     compile: bool = False
     """``vectorized`` only: compile FedAvg's batched step with ``torch.compile`` (in
     the first rounds, seconds to tens of seconds). On the CPU the 2NN's step then

@@ -20,6 +20,7 @@ from ._cohort_graphs import GraphCache, captured_local_training
 from ._cohort_work import (
     CohortStep,
     check_batchable,
+    clients_at_once_compiled,
     cohort_gradient,
     cohort_local_training,
     own_copy,
@@ -197,6 +198,14 @@ class LocalTraining:
         result = ClientResult(deltas, weights, {"train_loss": losses})
         return Stacked(result, len(seeds))
 
+    def clients_at_once(
+        self, args: Sequence[Any], device: torch.device, options: CohortOptions
+    ) -> int | None:
+        """Compiled on the CPU, as many as :func:`clients_at_once_compiled` says."""
+        if options.compile and device.type == "cpu":
+            return clients_at_once_compiled(args[0])
+        return None
+
 
 @final
 @dataclass(frozen=True, eq=False)
@@ -233,3 +242,9 @@ class FullBatchGradient:
         grads, weights, losses = cohort_gradient(self.model, params, examples, device)
         result = ClientResult(grads, weights, {"train_loss": losses})
         return Stacked(result, len(seeds))
+
+    def clients_at_once(
+        self, args: Sequence[Any], device: torch.device, options: CohortOptions
+    ) -> int | None:
+        """No preference: as many as the runtime takes."""
+        return None

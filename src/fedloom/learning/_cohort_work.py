@@ -41,6 +41,7 @@ __all__ = [
     "TrainingPlan",
     "batch_schedule",
     "check_batchable",
+    "clients_at_once_compiled",
     "cohort_gradient",
     "cohort_evaluation",
     "cohort_local_training",
@@ -112,6 +113,39 @@ def stacked_params(payload: Any, size: int, device: torch.device) -> Params:
     if isinstance(payload, Stacked):
         return {k: v.to(device) for k, v in payload.tree.items()}
     raise TypeError(f"expected broadcast or stacked parameters, got {type(payload)}")
+
+
+COMPILED_CPU_PARAMETER_BYTES = 8 * 2**20
+"""Parameter bytes a torch thread's share of a compiled CPU chunk may hold."""
+
+
+def clients_at_once_compiled(payload: Any) -> int:
+    """How many clients FedAvg's compiled step trains at once on the CPU: as many
+    as hold :data:`COMPILED_CPU_PARAMETER_BYTES` of parameters a torch thread, at
+    least one (``payload``: the broadcast or stacked parameters).
+
+    Compiled, the step's cost a client grows with the clients computed together
+    once their parameters outgrow the caches, and on one thread also for
+    convolutions, which ``vmap`` makes grouped ones
+    (``benchmarks/compiled_chunk_cost.py``). The budget was fitted on a 2-core
+    machine (``benchmarks/chunk_size.py --compile``): the McMahan CNN (6.7 MB of
+    parameters) trains 10 clients fastest one at a time on one thread and two at
+    a time on two; the 2NN (0.8 MB) all ten at once.
+
+    >>> params = {"w": torch.zeros(1024, 1024)}  # 4 MiB a client
+    >>> clients_at_once_compiled(Replicated(params, 10)) == 2 * torch.get_num_threads()
+    True
+    """
+    if isinstance(payload, Replicated):
+        tree, size = payload.value, 1
+    elif isinstance(payload, Stacked):
+        tree, size = payload.tree, payload.size
+    else:
+        raise TypeError(f"expected broadcast or stacked parameters, got {payload!r}")
+    leaves, _ = tree_flatten(tree)
+    per_client = sum(leaf.nbytes for leaf in leaves) / max(size, 1)
+    budget = COMPILED_CPU_PARAMETER_BYTES * torch.get_num_threads()
+    return max(1, int(budget // max(per_client, 1)))
 
 
 def batch_schedule(

@@ -8,7 +8,7 @@ import torch
 
 from fedloom.core import LocalRuntime, Runtime
 
-from ._vectorized import DEFAULT_CHUNK_SIZE, VectorizedRuntime
+from ._vectorized import VectorizedRuntime
 
 __all__ = ["RUNTIMES", "get_runtime"]
 
@@ -29,7 +29,7 @@ def get_runtime(
     """A new runtime by name ("local", "vectorized"), computing on ``device``.
 
     Only ``vectorized`` computes on another device than the CPU ("cuda", "cuda:1"),
-    in chunks of ``chunk_size`` clients (its default when None), and with
+    in chunks of ``chunk_size`` clients (chosen by the runtime when None), and with
     ``compile`` (on the CPU) compiles its step, ``steps_per_call`` local steps a
     call.
 
@@ -40,8 +40,6 @@ def get_runtime(
         raise ValueError(f"unknown runtime {name!r}; choose one of {sorted(RUNTIMES)}")
     where = torch.device(device)
     if name == "vectorized":
-        if chunk_size is None:
-            chunk_size = DEFAULT_CHUNK_SIZE
         return VectorizedRuntime(
             where, chunk_size=chunk_size, compile=compile, steps_per_call=steps_per_call
         )

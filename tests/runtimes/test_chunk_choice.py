@@ -1,0 +1,126 @@
+"""How many clients the vectorized runtime computes at once when not told.
+
+By default a cohort function may ask for smaller chunks than the runtime's
+(``clients_at_once``); FedAvg's compiled step on the CPU does, by its parameters'
+size. A chunk size given to the runtime is used as it is.
+"""
+
+import pytest
+import torch
+
+from fedloom.core import CohortOptions, Replicated, Stacked
+from fedloom.data import ClientData, load_dataset
+from fedloom.learning import (
+    ClientInput,
+    LocalTraining,
+    _cohort_work,
+    build_model,
+    fed_avg,
+    sgd,
+)
+from fedloom.runtimes import LocalRuntime, VectorizedRuntime
+from fedloom.runtimes._vectorized import DEFAULT_CHUNK_SIZE
+
+
+class _Doubling:
+    """A cohort function that asks for chunks of ``preferred`` clients and records
+    the chunks it is given."""
+
+    def __init__(self, preferred):
+        self.preferred = preferred
+        self.chunks = []
+
+    def __call__(self, x):
+        return 2 * x
+
+    def map_cohort(self, args, device, options):
+        (x,) = args
+        self.chunks.append(x.size)
+        return Stacked(2 * x.tree, x.size)
+
+    def clients_at_once(self, args, device, options):
+        return self.preferred
+
+
+def _seven_clients():
+    return Stacked(torch.arange(7.0), 7)
+
+
+@pytest.mark.parametrize(
+    ("preferred", "chunk_size", "chunks"),
+    [
+        (3, None, [3, 3, 1]),  # the function's preference, by default
+        (None, None, [7]),  # no preference: the runtime's default
+        (3, 2, [2, 2, 2, 1]),  # a chunk size given wins
+        (3, 5, [5, 2]),
+        (1000, None, [7]),
+    ],
+)
+def test_cohort_functions_choose_their_chunks_unless_told(
+    preferred, chunk_size, chunks
+):
+    fn = _Doubling(preferred)
+    got = VectorizedRuntime(chunk_size=chunk_size).map(fn, [_seven_clients()])
+    torch.testing.assert_close(got.tree, 2 * torch.arange(7.0))
+    assert fn.chunks == chunks
+
+
+def test_no_preference_is_larger_than_the_default():
+    fn = _Doubling(DEFAULT_CHUNK_SIZE + 1)
+    clients = Stacked(torch.zeros(DEFAULT_CHUNK_SIZE + 1), DEFAULT_CHUNK_SIZE + 1)
+    VectorizedRuntime().map(fn, [clients])
+    assert fn.chunks == [DEFAULT_CHUNK_SIZE, 1]
+
+
+def test_compiled_cpu_training_asks_for_clients_by_parameter_bytes(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    params = {"w": torch.zeros(1024, 1024), "b": torch.zeros(1024)}  # 4 MiB + 4 KiB
+    training = LocalTraining(
+        build_model("logistic", (4,), 2), sgd(0.1), epochs=1, batch_size=8
+    )
+    compiled, cpu = CohortOptions(compile=True), torch.device("cpu")
+    # 8 MiB a thread, two threads: three clients of just over 4 MiB
+    assert training.clients_at_once([Replicated(params, 9), []], cpu, compiled) == 3
+    stacked = Stacked({k: v.expand(9, *v.shape) for k, v in params.items()}, 9)
+    assert training.clients_at_once([stacked, []], cpu, compiled) == 3
+    huge = {"w": torch.zeros(4096, 1024)}  # 16 MiB, more than the budget
+    assert training.clients_at_once([Replicated(huge, 9), []], cpu, compiled) == 1
+    # eager, or on another device: no preference
+    assert (
+        training.clients_at_once([Replicated(params, 9), []], cpu, CohortOptions())
+        is None
+    )
+    meta = torch.device("meta")
+    assert training.clients_at_once([Replicated(params, 9), []], meta, compiled) is None
+
+
+@pytest.fixture
+def fresh_compile():
+    torch._dynamo.reset()
+
+
+@pytest.mark.usefixtures("fresh_compile")
+def test_compiled_fedavg_in_automatic_chunks_agrees_with_local(monkeypatch):
+    digits = load_dataset("digits")
+    model = build_model("cnn", digits.input_shape, digits.num_classes, seed=0)
+    per_client = sum(v.nbytes for v in model.init().values())
+    # a budget that makes two clients a chunk, whatever the thread count
+    budget = 2 * per_client // torch.get_num_threads() + 1
+    monkeypatch.setattr(_cohort_work, "COMPILED_CPU_PARAMETER_BYTES", budget)
+    chunks = []
+    map_cohort = LocalTraining.map_cohort
+
+    def recording(self, args, device, options):
+        chunks.append(len(args[1]))
+        return map_cohort(self, args, device, options)
+
+    monkeypatch.setattr(LocalTraining, "map_cohort", recording)
+    clients = ClientData.from_dataset(digits, "quantity_skew", 40, seed=1)
+    cohort = [ClientInput(clients.client(i), seed=100 + i) for i in range(7)]
+    process = fed_avg(model, client_learning_rate=0.1, local_epochs=2, batch_size=8)
+    state = process.init()
+    expected, _ = process.next(state, cohort, runtime=LocalRuntime())
+    got, _ = process.next(state, cohort, runtime=VectorizedRuntime(compile=True))
+    assert chunks == [2, 2, 2, 1]
+    for name, value in expected.params.items():
+        torch.testing.assert_close(got.params[name], value, rtol=1e-4, atol=1e-5)
