@@ -124,3 +124,26 @@ def test_compiled_fedavg_in_automatic_chunks_agrees_with_local(monkeypatch):
     assert chunks == [2, 2, 2, 1]
     for name, value in expected.params.items():
         torch.testing.assert_close(got.params[name], value, rtol=1e-4, atol=1e-5)
+
+
+class _WithoutPreference:
+    """A cohort function from before ``clients_at_once``: still batched."""
+
+    def __init__(self):
+        self.chunks = []
+
+    def __call__(self, x):
+        return 2 * x
+
+    def map_cohort(self, args, device, options):
+        (x,) = args
+        self.chunks.append(x.size)
+        return Stacked(2 * x.tree, x.size)
+
+
+def test_a_cohort_function_need_not_state_a_preference():
+    fn = _WithoutPreference()
+    runtime = VectorizedRuntime()
+    got = runtime.map(fn, [_seven_clients()])
+    torch.testing.assert_close(got.tree, 2 * torch.arange(7.0))
+    assert fn.chunks == [7] and runtime.fallbacks == 0

@@ -86,22 +86,17 @@ class CohortFunction(Protocol):
     rounding. ``options`` say how to compute (see :class:`CohortOptions`). Where
     this cohort cannot be one batch computation with that meaning, ``map_cohort``
     raises :class:`NotBatchable` before computing anything, and the runtime calls
-    the function client by client instead.
+    the function client by client instead. It may also have a method
+    ``clients_at_once(args, device, options) -> int | None``: how many of these
+    clients it computes fastest at once, where fewer than the runtime would take
+    (asked before the cohort is cut into chunks, unless the runtime was given a
+    chunk size).
     """
 
     def map_cohort(
         self, args: Sequence[Any], device: torch.device, options: CohortOptions
     ) -> Stacked:
         """The stacked results of the function at every client of the cohort."""
-        ...
-
-    def clients_at_once(
-        self, args: Sequence[Any], device: torch.device, options: CohortOptions
-    ) -> int | None:
-        """How many of these clients it computes fastest at once, where that is
-        fewer than a runtime would take (None: as many as the runtime takes). A
-        runtime asks before it cuts the cohort into chunks, unless told its chunk
-        size."""
         ...
 
 

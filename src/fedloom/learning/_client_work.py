@@ -242,9 +242,3 @@ class FullBatchGradient:
         grads, weights, losses = cohort_gradient(self.model, params, examples, device)
         result = ClientResult(grads, weights, {"train_loss": losses})
         return Stacked(result, len(seeds))
-
-    def clients_at_once(
-        self, args: Sequence[Any], device: torch.device, options: CohortOptions
-    ) -> int | None:
-        """No preference: as many as the runtime takes."""
-        return None

@@ -95,12 +95,6 @@ class ClientEvaluation:
         )
         return Stacked(metrics, len(examples))
 
-    def clients_at_once(
-        self, args: Sequence[Any], device: torch.device, options: CohortOptions
-    ) -> int | None:
-        """No preference: as many as the runtime takes."""
-        return None
-
 
 def _size(examples: Examples) -> torch.Tensor:
     return torch.tensor(float(len(examples)), dtype=torch.float64)

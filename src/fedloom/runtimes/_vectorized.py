@@ -203,7 +203,8 @@ class VectorizedRuntime:
     ) -> Stacked:
         chunk = self.chunk_size
         if chunk is None:
-            preferred = fn.clients_at_once(payloads, self.device, self.options)
+            asks = getattr(fn, "clients_at_once", None)  # optional (CohortFunction)
+            preferred = asks and asks(payloads, self.device, self.options)
             chunk = min(DEFAULT_CHUNK_SIZE, preferred or DEFAULT_CHUNK_SIZE)
         chunks = [
             fn.map_cohort(
