@@ -22,12 +22,11 @@ from fedloom.runtimes import LocalRuntime, VectorizedRuntime
 from fedloom.runtimes._vectorized import DEFAULT_CHUNK_SIZE
 
 
-class _Doubling:
-    """A cohort function that asks for chunks of ``preferred`` clients and records
-    the chunks it is given."""
+class _WithoutPreference:
+    """A cohort function that states no preference (``clients_at_once`` is
+    optional) and records the chunks it is given."""
 
-    def __init__(self, preferred):
-        self.preferred = preferred
+    def __init__(self):
         self.chunks = []
 
     def __call__(self, x):
@@ -37,6 +36,14 @@ class _Doubling:
         (x,) = args
         self.chunks.append(x.size)
         return Stacked(2 * x.tree, x.size)
+
+
+class _Doubling(_WithoutPreference):
+    """One that asks for chunks of ``preferred`` clients."""
+
+    def __init__(self, preferred):
+        super().__init__()
+        self.preferred = preferred
 
     def clients_at_once(self, args, device, options):
         return self.preferred
@@ -124,21 +131,6 @@ def test_compiled_fedavg_in_automatic_chunks_agrees_with_local(monkeypatch):
     assert chunks == [2, 2, 2, 1]
     for name, value in expected.params.items():
         torch.testing.assert_close(got.params[name], value, rtol=1e-4, atol=1e-5)
-
-
-class _WithoutPreference:
-    """A cohort function from before ``clients_at_once``: still batched."""
-
-    def __init__(self):
-        self.chunks = []
-
-    def __call__(self, x):
-        return 2 * x
-
-    def map_cohort(self, args, device, options):
-        (x,) = args
-        self.chunks.append(x.size)
-        return Stacked(2 * x.tree, x.size)
 
 
 def test_a_cohort_function_need_not_state_a_preference():
