@@ -136,14 +136,8 @@ def clients_at_once_compiled(payload: Any) -> int:
     >>> clients_at_once_compiled(Replicated(params, 10)) == 2 * torch.get_num_threads()
     True
     """
-    if isinstance(payload, Replicated):
-        tree, size = payload.value, 1
-    elif isinstance(payload, Stacked):
-        tree, size = payload.tree, payload.size
-    else:
-        raise TypeError(f"expected broadcast or stacked parameters, got {payload!r}")
-    leaves, _ = tree_flatten(tree)
-    per_client = sum(leaf.nbytes for leaf in leaves) / max(size, 1)
+    one = stacked_params(payload, 1, torch.device("cpu"))  # no copy on the CPU
+    per_client = sum(v[0].nbytes for v in one.values())
     budget = COMPILED_CPU_PARAMETER_BYTES * torch.get_num_threads()
     return max(1, int(budget // max(per_client, 1)))
 
