@@ -474,10 +474,14 @@ CHECKED = [
     (2, 2, 7, 20, 70, 3),
     (2, 2, 7, 3, 20, 3),
     (2, 2, 6, 2, 16, 5),
+    (3, 8, 8, 1, 32, 5),
+    (3, 8, 4, 32, 64, 5),
 ]
 """(clients, examples, side, in channels, out channels, kernel) of :func:`check`:
-the CNN's second and first convolutions, tiles that do not divide the sizes, and
-two more of few input channels (27 and 50 kernel offsets x channels)."""
+the CNN's second and first convolutions, tiles that do not divide the sizes, two
+more of few input channels (27 and 50 kernel offsets x channels), and the CNN's
+two on 8 x 8 digits as ``compiled_client_conv.py`` trains them (the second on 4 x 4
+images, smaller than its kernel)."""
 
 
 def check(
@@ -513,7 +517,7 @@ def check(
             ):
                 got = out.cpu().double()
                 error = float((got - ref).norm() / ref.norm())
-                key = f"{name} {c_in}->{c_out} k{kernel} {tiling}"
+                key = f"{name} {c_in}->{c_out} k{kernel} {side}x{side} {tiling}"
                 errors[key] = error if bool(got.isfinite().all()) else float("nan")
     return errors
 
@@ -529,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     tolerance = 1e-4 if device.type == "cpu" else 2e-3
     errors = check(device)
     for key, error in errors.items():
-        print(f"{key:<32} relative error {error:.2e}")
+        print(f"{key:<38} relative error {error:.2e}")
     bad = [key for key, error in errors.items() if not error <= tolerance]
     if bad:
         print(f"FAILED (tolerance {tolerance:g}): {', '.join(bad)}")
