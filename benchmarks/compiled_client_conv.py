@@ -18,14 +18,19 @@ the CPU (as in the tests) the cohort functions are the same grouped convolutions
 so there the pass only checks the plumbing.
 
 This is a measurement aid, not part of fedloom. Run as a script it checks, with
-Triton's kernels, three compiled steps of the McMahan CNN on 8 x 8 digits (3
-clients) against float64 eager steps: each parameter's change, as a fraction of the
-largest change in float64. It may be at most 3x as far off as the same steps
-compiled without the routing, measured in the same run: float32 in the
-interpreter; on a GPU, where ``tl.dot`` rounds its inputs to TF32, with cuDNN's
-convolutions in TF32 too (as in the ``gpu_speed.py`` rows). (Against a fixed 1e-2
-of each parameter's largest value, the check before this one, an H200 gave 1.26e-2
-for the second convolution's bias on 2026-11-27.)::
+Triton's kernels, three SGD steps of the McMahan CNN on 8 x 8 digits (3 clients)
+against float64 eager steps: each parameter's change, as a fraction of the largest
+change in float64, for the steps compiled as the runtime compiles them (cuDNN's
+convolutions on a GPU), eager with the Triton kernels through ``vmap``'s rule
+(``client_conv_op``), compiled with both convolutions routed to them, and with the
+second only. Each may be at most 3x as far off as the first, measured in the same
+run: float32 in the interpreter; on a GPU, where ``tl.dot`` rounds its inputs to
+TF32, with cuDNN's convolutions in TF32 too (as in the ``gpu_speed.py`` rows). A last
+run of the routed step, inside :func:`comparing_ops`, compares each call of the
+routed operators with the ``aten`` operator it replaced, on the same inputs. (On an
+H200 on 2026-11-27 the routed step's changes were up to 22 % off, where cuDNN's were
+3.3e-4 off; the check then measured parameters, not changes, against a fixed 1e-2
+of each one's largest value, and gave 1.26e-2.)::
 
     TRITON_INTERPRET=1 python benchmarks/compiled_client_conv.py   # CPU, interpreter
     python benchmarks/compiled_client_conv.py --device cuda        # on a GPU (TF32)
@@ -53,12 +58,34 @@ try:  # imported as benchmarks.compiled_client_conv (the tests)
 except ImportError:  # or from a script beside it (benchmarks/gpu_speed.py)
     import client_conv_op as op  # type: ignore[no-redef]
 
-__all__ = ["RoutingFold", "route_client_convolutions", "routing"]
+__all__ = ["RoutingFold", "comparing_ops", "route_client_convolutions", "routing"]
 
 _aten = torch.ops.aten
 _ops = torch.ops.fedloom_bench
 _settings: dict[str, Any] = {"min_in_channels": 1, "tiling": None}
 """What :func:`routing` sets for the passes made inside it."""
+_op_errors: list[tuple[str, float]] | None = None
+"""Where :func:`comparing_ops` collects each routed call's distance from aten's."""
+
+
+@contextlib.contextmanager
+def comparing_ops() -> Iterator[list[tuple[str, float]]]:
+    """Inside, each call of the routed operators also runs the ``aten`` operator it
+    replaced (cuDNN's grouped convolution on a GPU) on the same inputs, and the list
+    yielded collects (what, largest difference / largest value of aten's): whether
+    the operators get and give what the compiled step means, apart from it."""
+    global _op_errors
+    saved, _op_errors = _op_errors, []
+    try:
+        yield _op_errors
+    finally:
+        _op_errors = saved
+
+
+def _compare(what: str, got: Tensor, want: Tensor) -> None:
+    if _op_errors is not None and want.numel():
+        scale = want.abs().max().clamp_min(torch.finfo(want.dtype).tiny)
+        _op_errors.append((what, float((got - want).abs().max() / scale)))
 
 
 def _tiling_values(tiling: Any) -> list[int]:
@@ -94,13 +121,19 @@ def cohort_conv(
     outputs = w.shape[0] // groups
     if bias is None:
         bias = w.new_zeros(w.shape[0])
-    y = op.cohort_conv(
-        _clients_view(x, groups),
-        w.unflatten(0, (groups, outputs)),
-        bias.unflatten(0, (groups, outputs)),
-        _tiling(tiling),
+    y = _grouped(
+        op.cohort_conv(
+            _clients_view(x, groups),
+            w.unflatten(0, (groups, outputs)),
+            bias.unflatten(0, (groups, outputs)),
+            _tiling(tiling),
+        )
     )
-    return _grouped(y)
+    if _op_errors is not None:
+        pad = [w.shape[-1] // 2] * 2
+        want = _aten.convolution(x, w, bias, [1, 1], pad, [1, 1], False, [0, 0], groups)
+        _compare("y", y, want)
+    return y
 
 
 @cohort_conv.register_fake
@@ -126,6 +159,16 @@ def cohort_conv_backward(
         dw = op.cohort_conv_weight_grad(xs, dys, kernel, tiling).flatten(0, 1)
     if mask[2]:
         db = dy.sum((0, 2, 3))
+    if _op_errors is not None:
+        pad = [kernel // 2] * 2
+        wants = _aten.convolution_backward(
+            dy, x, w, [w.shape[0]], [1, 1], pad, [1, 1], False, [0, 0], groups, mask
+        )
+        for what, got, want in zip(
+            ("dx", "dw", "db"), (dx, dw, db), wants, strict=True
+        ):
+            if want is not None:
+                _compare(f"{what} (in {w.shape[1]})", got, want)
     return dx, dw, db
 
 
@@ -268,6 +311,7 @@ def main() -> None:
         ("eager, vmap rule", FunctionalModel(swapped), False, None, 0),
         ("compiled, routed", model, True, 1, 4),
         ("compiled, conv2 routed", model, True, 16, 2),
+        ("routed, ops compared", model, True, 1, 4),
     ]
 
     def three_steps(
@@ -295,7 +339,9 @@ def main() -> None:
     failed = []
     for name, row_model, compile, min_in, nodes in rows:
         RoutingFold.routed = RoutingFold.skipped = 0
-        got = three_steps(row_model, torch.float32, compile, min_in)
+        comparing = comparing_ops() if name == rows[-1][0] else contextlib.nullcontext()
+        with comparing as op_errors:
+            got = three_steps(row_model, torch.float32, compile, min_in)
         errors[name] = {
             k: float((got[k] - change).abs().max() / change.abs().max())
             for k, change in want.items()
@@ -306,6 +352,14 @@ def main() -> None:
     print(f"{'':<10}" + "".join(f"{name:>24}" for name in errors))
     for k in want:
         print(f"{k:<10}" + "".join(f"{e[k]:>24.2e}" for e in errors.values()))
+    worst_ops: dict[str, float] = {}
+    for what, error in op_errors or []:
+        worst_ops[what] = max(worst_ops.get(what, 0.0), error)
+    print(
+        "the routed operators against aten's on the same inputs (largest difference"
+        f" over aten's largest value, {len(op_errors or [])} calls): "
+        + ", ".join(f"{what} {error:.2e}" for what, error in worst_ops.items())
+    )
     tolerance = 3 * max(errors[rows[0][0]].values())
     for name, row in list(errors.items())[1:]:
         if max(row.values()) > tolerance:

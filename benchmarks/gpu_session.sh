@@ -12,10 +12,11 @@
 # 3. benchmarks/compiled_client_conv.py --device cuda: three SGD steps of the digits
 #    CNN against float64 eager ones, compiled with cuDNN, eager with the Triton
 #    kernels through vmap's rule, compiled with both convolutions routed to them and
-#    with the second only. On 2026-11-27 the routed step's changes came out up to
-#    22 % of the largest change off where the unrouted step's were 3.3e-4 off: this
-#    says which path (the kernels, the vmap rule, the routing pass, the first
-#    convolution's own kernels) is wrong on a GPU;
+#    with the second only, and each routed operator's call against the aten one it
+#    replaced. On 2026-11-27 the routed step's changes came out up to 22 % of the
+#    largest change off where the unrouted step's were 3.3e-4 off: this says which
+#    part (the kernels on these inputs, the vmap rule, the compiled step around the
+#    routed operators, the first convolution's own kernels) is wrong on a GPU;
 # 4. benchmarks/mcmahan2017/gpu.sh --rerun-best with the seconds left: the IID CNN's
 #    E = 20, B = inf best run (its checkpoint in runs/ resumes it), whose curve the
 #    IID CNN figure waits for.
@@ -49,7 +50,7 @@ fi
 device="${DEVICE:-cuda}"
 log="$OUT/gpu_session.log"  # each step's output and exit status
 step_done() { echo "== $1: exit status $2 at $((SECONDS - started)) s" | tee -a "$log"; }
-# at most 60 + 60 + 120 s on a GPU; the McMahan rerun takes what is left
+# at most 60 + 60 + 150 s on a GPU; the McMahan rerun takes what is left
 if [ "$device" = cuda ]; then
     timeout 60 python3 -m pytest -p no:cacheprovider -p no:logging -m gpu \
         tests/learning/test_cohort_graphs.py --tb=short 2>&1 | tee -a "$log" | tail -8
@@ -57,8 +58,8 @@ if [ "$device" = cuda ]; then
     timeout 60 python3 benchmarks/triton_client_conv.py --device cuda 2>&1 |
         tee -a "$log" | tail -8
     step_done "triton_client_conv.py --device cuda" "${PIPESTATUS[0]}"
-    timeout 120 python3 benchmarks/compiled_client_conv.py --device cuda 2>&1 |
-        grep -v -i warn | tee -a "$log" | tail -14
+    timeout 150 python3 benchmarks/compiled_client_conv.py --device cuda 2>&1 |
+        grep -v -i warn | tee -a "$log" | tail -16
     step_done "compiled_client_conv.py --device cuda" "${PIPESTATUS[0]}"
 fi
 left=$((budget - (SECONDS - started)))

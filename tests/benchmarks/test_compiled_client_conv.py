@@ -55,3 +55,22 @@ def test_routing_restores_the_runtimes_pass():
     with routed.routing(16):
         assert _gemm_update.FoldUpdateIntoGemm is routed.RoutingFold
     assert _gemm_update.FoldUpdateIntoGemm is before
+
+
+def test_comparing_ops_measures_each_routed_call_against_aten(
+    compiled_afresh, float64_eager_steps
+):
+    model = build_model("cnn", (1, 8, 8), 10, seed=0)
+    plan, index, mask, _ = float64_eager_steps(model, 1)
+    with routed.routing(1):
+        step = CohortStep(model, sgd(0.1), compile=True)
+    with routed.comparing_ops() as errors:
+        params, state = step.begin(plan.start)
+        step(plan.data, params, state, index[:, 0], mask[:, 0], False)
+    # both forwards; the gradients of both weights, and of the second's input
+    assert sorted({what for what, _ in errors}) == [
+        "dw (in 1)", "dw (in 32)", "dx (in 32)", "y"
+    ]  # fmt: skip
+    # here the operators are the grouped convolutions they replaced
+    assert max(error for _, error in errors) < 1e-12
+    assert routed._op_errors is None  # collected inside the context only
