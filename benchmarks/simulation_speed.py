@@ -22,8 +22,10 @@ machine falls on all of them alike.
 
 Every workload runs at each ``--threads`` count (default: 1 and all cores). One
 thread is best for a client's small batches (the torch loop and ``local`` slow down
-on two); a batched cohort step has ten clients' work per call, enough for intra-op
-threads to pay. So the summary also compares each runner at its own best count.
+on two); a batched cohort step has up to ten clients' work per call (compiled on the
+CPU, the runtime takes as many clients at once as its parameter budget a thread
+allows: one or two of the CNN's, all ten of the 2NN's), enough for intra-op threads
+to pay. So the summary also compares each runner at its own best count.
 
 With ``--flower-python PATH`` (the python of a virtual environment holding Flower,
 set up as benchmarks/flower_baseline.py's docstring says; Flower is not a dependency

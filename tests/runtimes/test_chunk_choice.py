@@ -99,6 +99,9 @@ def test_compiled_cpu_training_asks_for_clients_by_parameter_bytes(monkeypatch):
     )
     meta = torch.device("meta")
     assert training.clients_at_once([Replicated(params, 9), []], meta, compiled) is None
+    # parameters that could not be stacked (a list): none, and map_cohort says why
+    listed = [params] * 9
+    assert training.clients_at_once([listed, []], cpu, compiled) is None
 
 
 @pytest.fixture

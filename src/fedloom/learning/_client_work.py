@@ -13,7 +13,7 @@ from typing import Any, final
 import torch
 from torch.func import grad
 
-from fedloom.core import CohortOptions, Stacked, register_dataclass
+from fedloom.core import CohortOptions, Replicated, Stacked, register_dataclass
 from fedloom.data import Examples
 
 from ._cohort_graphs import GraphCache, captured_local_training
@@ -201,9 +201,14 @@ class LocalTraining:
     def clients_at_once(
         self, args: Sequence[Any], device: torch.device, options: CohortOptions
     ) -> int | None:
-        """Compiled on the CPU, as many as :func:`clients_at_once_compiled` says."""
+        """Compiled on the CPU, as many as :func:`clients_at_once_compiled` says.
+        Parameters that are neither broadcast nor stacked get no preference:
+        :meth:`map_cohort` then says why they cannot be batched."""
+        params = args[0]
+        if not isinstance(params, Replicated | Stacked):
+            return None
         if options.compile and device.type == "cpu":
-            return clients_at_once_compiled(args[0])
+            return clients_at_once_compiled(params)
         return None
 
 
