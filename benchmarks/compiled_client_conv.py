@@ -19,18 +19,20 @@ so there the pass only checks the plumbing.
 
 This is a measurement aid, not part of fedloom. Run as a script it checks, with
 Triton's kernels, three SGD steps of the McMahan CNN on 8 x 8 digits (3 clients)
-against float64 eager steps: each parameter's change, as a fraction of the largest
-change in float64, for the steps compiled as the runtime compiles them (cuDNN's
+against float64 steps: each parameter's change, as a fraction of the largest change
+in float64, for the steps compiled as the runtime compiles them (cuDNN's
 convolutions on a GPU), eager with the Triton kernels through ``vmap``'s rule
 (``client_conv_op``), compiled with both convolutions routed to them, and with the
-second only. Each may be at most 3x as far off as the first, measured in the same
-run: float32 in the interpreter; on a GPU, where ``tl.dot`` rounds its inputs to
-TF32, with cuDNN's convolutions in TF32 too (as in the ``gpu_speed.py`` rows). A last
-run of the routed step, inside :func:`comparing_ops`, compares each call of the
-routed operators with the ``aten`` operator it replaced, on the same inputs. (On an
-H200 on 2026-11-27 the routed step's changes were up to 22 % off, where cuDNN's were
-3.3e-4 off; the check then measured parameters, not changes, against a fixed 1e-2
-of each one's largest value, and gave 1.26e-2.)::
+second only; a last run of the routed step, inside :func:`comparing_ops`, also
+compares each call of the routed operators with the ``aten`` operator it replaced,
+on the same inputs. In the interpreter (float32) every row must be within 1e-4.
+On a GPU ``tl.dot`` rounds its operands to TF32, and in these steps that alone moves
+the changes by up to 14 % (ReLUs and pooling maxima flip:
+``benchmarks/tf32_reference.py``), so a row with Triton's convolutions is compared
+with float64 steps whose same convolutions round their operands alike (to nearest
+and truncated; the closer counts), and every row must be within 1e-3. (On an H200
+on 2026-11-27, before that reference, the routed step was up to 22 % off float64,
+where cuDNN's, whose grouped forward convolution runs in float32, was 3.3e-4 off.)::
 
     TRITON_INTERPRET=1 python benchmarks/compiled_client_conv.py   # CPU, interpreter
     python benchmarks/compiled_client_conv.py --device cuda        # on a GPU (TF32)
@@ -55,8 +57,10 @@ from fedloom.learning._update_chains import new_node, val
 
 try:  # imported as benchmarks.compiled_client_conv (the tests)
     from benchmarks import client_conv_op as op
+    from benchmarks.tf32_reference import tf32_convs
 except ImportError:  # or from a script beside it (benchmarks/gpu_speed.py)
     import client_conv_op as op  # type: ignore[no-redef]
+    from tf32_reference import tf32_convs  # type: ignore[no-redef]
 
 __all__ = ["RoutingFold", "comparing_ops", "route_client_convolutions", "routing"]
 
@@ -306,13 +310,15 @@ def main() -> None:
     examples = [clients.client(i) for i in range(3)]
 
     swapped, _ = op.swap_convs(model.module)
-    rows = [  # name, model, compiled, routing's min_in_channels, nodes it routes
-        ("compiled, cuDNN", model, True, None, 0),
-        ("eager, vmap rule", FunctionalModel(swapped), False, None, 0),
-        ("compiled, routed", model, True, 1, 4),
-        ("compiled, conv2 routed", model, True, 16, 2),
-        ("routed, ops compared", model, True, 1, 4),
+    rows = [  # name, model, compiled, routing's min_in_channels, nodes it routes,
+        # and the least input channels of the convolutions Triton's kernels compute
+        ("compiled, cuDNN", model, True, None, 0, None),
+        ("eager, vmap rule", FunctionalModel(swapped), False, None, 0, 1),
+        ("compiled, routed", model, True, 1, 4, 1),
+        ("compiled, conv2 routed", model, True, 16, 2, 16),
+        ("routed, ops compared", model, True, 1, 4, 1),
     ]
+    cuda = args.device.startswith("cuda")
 
     def three_steps(
         model: FunctionalModel, dtype: torch.dtype, compile: bool, min_in: int | None
@@ -332,26 +338,47 @@ def main() -> None:
                 params, state, _ = step(plan.data, params, state, index, mask, False)
         return {k: v.double().cpu() - start[k].double() for k, v in params.items()}
 
-    want = three_steps(model, torch.float64, compile=False, min_in=None)
+    def references(triton_min_in: int | None) -> dict[str, Params]:
+        """float64 steps; on a GPU, where tl.dot rounds its operands to TF32, with
+        the Triton-computed convolutions rounding theirs so too (both ways)."""
+        if not cuda or triton_min_in is None:
+            return {"float64": three_steps(model, torch.float64, False, None)}
+        return {
+            f"float64, TF32 {way}": three_steps(
+                FunctionalModel(tf32_convs(model.module, triton_min_in, truncate)),
+                torch.float64,
+                False,
+                None,
+            )
+            for way, truncate in (("to nearest", False), ("truncated", True))
+        }
+
+    def off(got: Params, want: Params) -> dict[str, float]:
+        return {
+            k: float((got[k] - change).abs().max() / change.abs().max())
+            for k, change in want.items()
+        }
+
     # float32 (the interpreter), or on a GPU TF32, as tl.dot and cuDNN round
     torch.backends.cudnn.allow_tf32 = True
     errors: dict[str, dict[str, float]] = {}
+    closest: dict[str, str] = {}
     failed = []
-    for name, row_model, compile, min_in, nodes in rows:
+    for name, row_model, compile, min_in, nodes, triton_min_in in rows:
         RoutingFold.routed = RoutingFold.skipped = 0
         comparing = comparing_ops() if name == rows[-1][0] else contextlib.nullcontext()
         with comparing as op_errors:
             got = three_steps(row_model, torch.float32, compile, min_in)
-        errors[name] = {
-            k: float((got[k] - change).abs().max() / change.abs().max())
-            for k, change in want.items()
-        }
+        offs = {ref: off(got, want) for ref, want in references(triton_min_in).items()}
+        closest[name] = min(offs, key=lambda ref: max(offs[ref].values()))
+        errors[name] = offs[closest[name]]
         if (RoutingFold.routed, RoutingFold.skipped) != (nodes, 0):
             failed.append(f"{name}: {RoutingFold.routed} nodes routed, not {nodes}")
     print("each parameter's change off by, as a fraction of the largest change:")
-    print(f"{'':<10}" + "".join(f"{name:>24}" for name in errors))
-    for k in want:
-        print(f"{k:<10}" + "".join(f"{e[k]:>24.2e}" for e in errors.values()))
+    print(f"{'':<10}" + "".join(f"{name:>26}" for name in errors))
+    for k in next(iter(errors.values())):
+        print(f"{k:<10}" + "".join(f"{e[k]:>26.2e}" for e in errors.values()))
+    print(f"{'against':<10}" + "".join(f"{ref:>26}" for ref in closest.values()))
     worst_ops: dict[str, float] = {}
     for what, error in op_errors or []:
         worst_ops[what] = max(worst_ops.get(what, 0.0), error)
@@ -360,11 +387,13 @@ def main() -> None:
         f" over aten's largest value, {len(op_errors or [])} calls): "
         + ", ".join(f"{what} {error:.2e}" for what, error in worst_ops.items())
     )
-    tolerance = 3 * max(errors[rows[0][0]].values())
-    for name, row in list(errors.items())[1:]:
+    # float32 steps land some 1e-5 off (the parameters' own rounding); cuDNN's TF32
+    # gradients 3.3e-4 on an H200 (2026-11-27)
+    tolerance = 1e-3 if cuda else 1e-4
+    for name, row in errors.items():
         if max(row.values()) > tolerance:
             failed.append(f"{name}: {max(row.values()):.2e} off")
-    print(f"tolerance {tolerance:.2e} (3x the first column's worst)")
+    print(f"tolerance {tolerance:.0e}")
     if failed:
         sys.exit("FAILED: " + "; ".join(failed))
     print("all within it")
