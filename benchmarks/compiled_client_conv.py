@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -338,6 +339,7 @@ def main() -> None:
                 params, state, _ = step(plan.data, params, state, index, mask, False)
         return {k: v.double().cpu() - start[k].double() for k, v in params.items()}
 
+    @functools.cache
     def references(triton_min_in: int | None) -> dict[str, Params]:
         """float64 steps; on a GPU, where tl.dot rounds its operands to TF32, with
         the Triton-computed convolutions rounding theirs so too (both ways)."""

@@ -10,13 +10,14 @@
 #    float64, now on the digits CNN's own shapes too (8 x 8, and 4 x 4 under a
 #    5 x 5 kernel);
 # 3. benchmarks/compiled_client_conv.py --device cuda: three SGD steps of the digits
-#    CNN against float64 eager ones, compiled with cuDNN, eager with the Triton
-#    kernels through vmap's rule, compiled with both convolutions routed to them and
-#    with the second only, and each routed operator's call against the aten one it
-#    replaced. On 2026-11-27 the routed step's changes came out up to 22 % of the
-#    largest change off where the unrouted step's were 3.3e-4 off: this says which
-#    part (the kernels on these inputs, the vmap rule, the compiled step around the
-#    routed operators, the first convolution's own kernels) is wrong on a GPU;
+#    CNN compiled with cuDNN, eager with the Triton kernels through vmap's rule,
+#    compiled with both convolutions routed to them and with the second only, each
+#    against float64 steps (the Triton rows against float64 steps whose same
+#    convolutions round their operands to TF32, benchmarks/tf32_reference.py), and
+#    each routed operator's call against the aten one it replaced. On 2026-11-27
+#    the routed step came out up to 22 % of the largest change off plain float64,
+#    where cuDNN's was 3.3e-4 off; on the CPU, TF32 rounding alone gives that
+#    pattern (up to 14 %). This says whether the Triton rows' steps are right;
 # 4. benchmarks/mcmahan2017/gpu.sh --rerun-best with the seconds left: the IID CNN's
 #    E = 20, B = inf best run (its checkpoint in runs/ resumes it), whose curve the
 #    IID CNN figure waits for.
