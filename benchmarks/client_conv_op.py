@@ -31,7 +31,7 @@ try:
 except ImportError:  # no Triton: the grouped-convolution fallback only
     kernels = None
 
-__all__ = ["ClientConv", "ClientConv2d", "swap_convs", "uses_triton"]
+__all__ = ["ClientConv", "ClientConv2d", "swap_convs", "swappable", "uses_triton"]
 
 
 def uses_triton(x: Tensor) -> bool:
@@ -219,7 +219,10 @@ class ClientConv2d(nn.Conv2d):
         return ClientConv.apply(x, self.weight, self.bias, self.tiling)
 
 
-def _swappable(conv: nn.Conv2d) -> bool:
+def swappable(conv: nn.Conv2d) -> bool:
+    """Whether :class:`ClientConv` computes ``conv``: a same-size, stride-1,
+    undilated, ungrouped convolution of an odd square kernel, zero-padded, with a
+    bias."""
     k = conv.kernel_size
     return (
         k[0] == k[1]
@@ -244,7 +247,7 @@ def swap_convs(
     for child in module.modules():
         if (
             type(child) is nn.Conv2d
-            and _swappable(child)
+            and swappable(child)
             and child.in_channels >= min_in_channels
         ):
             child.__class__ = ClientConv2d

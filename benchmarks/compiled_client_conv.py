@@ -32,7 +32,8 @@ the changes by up to 14 % (ReLUs and pooling maxima flip:
 with float64 steps whose same convolutions round their operands alike (to nearest
 and truncated; the closer counts), and every row must be within 1e-3. (On an H200
 on 2026-11-27, before that reference, the routed step was up to 22 % off float64,
-where cuDNN's, whose grouped forward convolution runs in float32, was 3.3e-4 off.)::
+where cuDNN's, whose grouped forward convolution runs in float32, was 3.3e-4 off;
+float32 steps with truncated TF32 operands give those 22 % to three digits.)::
 
     TRITON_INTERPRET=1 python benchmarks/compiled_client_conv.py   # CPU, interpreter
     python benchmarks/compiled_client_conv.py --device cuda        # on a GPU (TF32)
@@ -137,7 +138,7 @@ def cohort_conv(
     if _op_errors is not None:
         pad = [w.shape[-1] // 2] * 2
         want = _aten.convolution(x, w, bias, [1, 1], pad, [1, 1], False, [0, 0], groups)
-        _compare("y", y, want)
+        _compare(f"y (in {w.shape[1]})", y, want)
     return y
 
 
@@ -395,7 +396,12 @@ def main() -> None:
     for name, row in errors.items():
         if max(row.values()) > tolerance:
             failed.append(f"{name}: {max(row.values()):.2e} off")
-    print(f"tolerance {tolerance:.0e}")
+    # one call's operands: TF32's rounding (to 2^-11 or 2^-10 of each, against
+    # cuDNN's float32 forward and TF32 gradients) on a GPU; float32's here
+    op_tolerance = 1e-2 if cuda else 1e-5
+    if not worst_ops or max(worst_ops.values()) > op_tolerance:
+        failed.append(f"routed operators against aten's: {worst_ops}")
+    print(f"tolerance {tolerance:.0e} (the steps), {op_tolerance:.0e} (the operators)")
     if failed:
         sys.exit("FAILED: " + "; ".join(failed))
     print("all within it")

@@ -16,8 +16,9 @@
 #    convolutions round their operands to TF32, benchmarks/tf32_reference.py), and
 #    each routed operator's call against the aten one it replaced. On 2026-11-27
 #    the routed step came out up to 22 % of the largest change off plain float64,
-#    where cuDNN's was 3.3e-4 off; on the CPU, TF32 rounding alone gives that
-#    pattern (up to 14 %). This says whether the Triton rows' steps are right;
+#    where cuDNN's was 3.3e-4 off; on the CPU, float32 steps whose convolutions
+#    truncate their operands to TF32 reproduce that to three digits. This checks
+#    the Triton rows' steps on the GPU itself;
 # 4. benchmarks/mcmahan2017/gpu.sh --rerun-best with the seconds left: the IID CNN's
 #    E = 20, B = inf best run (its checkpoint in runs/ resumes it), whose curve the
 #    IID CNN figure waits for.
@@ -31,9 +32,10 @@
 # under FILES: FILES/gpu_session.log has each step's output and exit status, and
 # benchmarks/mcmahan2017/gpu.sh says what to do with the rest.
 #
-# Without a GPU only step 4 runs (benchmarks/mcmahan2017/gpu.sh has a dry run of
-# its own); the other steps run here as TRITON_INTERPRET=1 python benchmarks/...
-# without --device (Triton installed) and as pytest without -m gpu.
+# Without a GPU (DEVICE=cpu OUT=/tmp/out bash benchmarks/gpu_session.sh SECONDS) only
+# step 4 runs (benchmarks/mcmahan2017/gpu.sh has a dry run of its own); the other
+# steps run here as TRITON_INTERPRET=1 python benchmarks/... without --device
+# (Triton installed) and as pytest without -m gpu.
 set -uo pipefail
 budget="${1:-560}"
 started=$SECONDS
@@ -51,9 +53,10 @@ fi
 device="${DEVICE:-cuda}"
 log="$OUT/gpu_session.log"  # each step's output and exit status
 step_done() { echo "== $1: exit status $2 at $((SECONDS - started)) s" | tee -a "$log"; }
-# at most 60 + 60 + 150 s on a GPU; the McMahan rerun takes what is left
+# at most 120 + 60 + 150 s on a GPU (the first compiles four steps, some 15 s each);
+# the McMahan rerun takes what is left
 if [ "$device" = cuda ]; then
-    timeout 60 python3 -m pytest -p no:cacheprovider -p no:logging -m gpu \
+    timeout 120 python3 -m pytest -p no:cacheprovider -p no:logging -m gpu \
         tests/learning/test_cohort_graphs.py --tb=short 2>&1 | tee -a "$log" | tail -8
     step_done "pytest -m gpu test_cohort_graphs.py" "${PIPESTATUS[0]}"
     timeout 60 python3 benchmarks/triton_client_conv.py --device cuda 2>&1 |

@@ -47,18 +47,24 @@ def test_the_convolution_rounds_its_operands_under_vmap(truncate):
     def plain(x, w, b):
         return torch.nn.functional.conv2d(x, w, b, padding=1)
 
-    def agree(x, w):  # which of (dw, db, dx) the rounding leaves as they are
+    def agree(x, w, dy):  # which of (dw, db, dx) the rounding leaves as they are
         got, want = (_conv_grads(conv, x, w, b, dy) for conv in (rounded, plain))
         pairs = zip(got, want, strict=True)
         return [torch.allclose(g, e, rtol=0, atol=1e-12) for g, e in pairs]
 
-    assert agree(x, w) == [True, True, True]
-    # values between two of TF32's: x moves dw, w moves dx; the bias's never
+    assert agree(x, w, dy) == [True, True, True]
+    # values between two of TF32's: x moves dw, w moves dx, dy both; the bias's
+    # gradient never (it is no product)
     fine = 2.0**-14
-    xs, ws = x + fine, w + fine
-    assert agree(xs, w) == [False, True, True]
-    assert agree(x, ws) == [True, True, False]
+    assert agree(x + fine, w, dy) == [False, True, True]
+    assert agree(x, w + fine, dy) == [True, True, False]
+    assert agree(x, w, dy + fine) == [False, True, False]
+    xs = x + fine
     assert not torch.allclose(rounded(xs[0], w[0], b[0]), plain(xs[0], w[0], b[0]))
+    # without a bias, no bias gradient
+    w0 = w[0].clone().requires_grad_()
+    TF32Conv.apply(x[0], w0, None, 1, truncate).sum().backward()
+    assert w0.grad is not None
 
 
 def test_tf32_convs_swaps_the_convolutions_with_enough_input_channels():

@@ -99,9 +99,26 @@ def test_compiled_cpu_training_asks_for_clients_by_parameter_bytes(monkeypatch):
     )
     meta = torch.device("meta")
     assert training.clients_at_once([Replicated(params, 9), []], meta, compiled) is None
-    # parameters that could not be stacked (a list): none, and map_cohort says why
-    listed = [params] * 9
-    assert training.clients_at_once([listed, []], cpu, compiled) is None
+    # parameters that could not be stacked (a list): none (and see the next test)
+    assert training.clients_at_once([[params] * 9, []], cpu, compiled) is None
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_parameters_that_could_not_be_stacked_train_client_by_client(compile):
+    digits = load_dataset("digits")
+    model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
+    training = LocalTraining(model, sgd(0.1), epochs=1, batch_size=8)
+    clients = ClientData.from_dataset(digits, "iid", 40, seed=1)
+    cohort = [ClientInput(clients.client(i), seed=i) for i in range(3)]
+    params = [model.init() for _ in cohort]  # a list, as unstackable values are kept
+    runtime = VectorizedRuntime(compile=compile)
+    with pytest.warns(RuntimeWarning, match="could not be stacked"):
+        got = runtime.map(training, [params, cohort])
+    assert runtime.fallbacks == 1
+    want = LocalRuntime().map(training, [params, cohort])
+    for g, w in zip(runtime.to_members(got), want, strict=True):
+        for name, value in w.update.items():
+            torch.testing.assert_close(g.update[name], value)
 
 
 @pytest.fixture

@@ -202,8 +202,8 @@ class LocalTraining:
         self, args: Sequence[Any], device: torch.device, options: CohortOptions
     ) -> int | None:
         """Compiled on the CPU, as many as :func:`clients_at_once_compiled` says.
-        Parameters that are neither broadcast nor stacked get no preference:
-        :meth:`map_cohort` then says why they cannot be batched."""
+        Parameters neither broadcast nor stacked get no preference (:meth:`map_cohort`
+        then finds them not batchable, and the runtime trains client by client)."""
         params = args[0]
         if not isinstance(params, Replicated | Stacked):
             return None

@@ -105,14 +105,20 @@ def _gather(
 
 
 def stacked_params(payload: Any, size: int, device: torch.device) -> Params:
-    """Parameters with a leading client axis, from a broadcast or a stacked value."""
+    """Parameters with a leading client axis, from a broadcast or a stacked value;
+    :class:`NotBatchable` (the runtime then trains client by client) for the list a
+    runtime keeps of values it could not stack."""
     if isinstance(payload, Replicated):
         return {
             k: v.to(device).expand(size, *v.shape) for k, v in payload.value.items()
         }
     if isinstance(payload, Stacked):
         return {k: v.to(device) for k, v in payload.tree.items()}
-    raise TypeError(f"expected broadcast or stacked parameters, got {type(payload)}")
+    raise NotBatchable(
+        "the clients' parameters could not be stacked (they differ in structure, "
+        f"shape or dtype: got a {type(payload).__name__}), so they are computed "
+        "client by client"
+    )
 
 
 COMPILED_CPU_PARAMETER_BYTES = 8 * 2**20
