@@ -19,7 +19,9 @@
 #    where cuDNN's was 3.3e-4 off; on the CPU, float32 steps whose convolutions
 #    truncate their operands to TF32 reproduce that to three digits. This checks
 #    the Triton rows' steps on the GPU itself;
-# 4. benchmarks/mcmahan2017/gpu.sh --rerun-best with the seconds left: the IID CNN's
+# 4. benchmarks/gpu_round_profile.py: where a compiled 10-client round's time goes
+#    beyond its 300 steps (20 to 28 % of it on 2026-11-27);
+# 5. benchmarks/mcmahan2017/gpu.sh --rerun-best with the seconds left: the IID CNN's
 #    E = 20, B = inf best run (its checkpoint in runs/ resumes it), whose curve the
 #    IID CNN figure waits for.
 #
@@ -29,11 +31,12 @@
 #       carry=[".whl", ".devdata", "runs/mcmahan2017/fashion_mnist/cnn"])
 #
 # (nvidia-h200: the GPU of the earlier CNN rows). Then here, with the call's files
-# under FILES: FILES/gpu_session.log has each step's output and exit status, and
-# benchmarks/mcmahan2017/gpu.sh says what to do with the rest.
+# under FILES: FILES/gpu_session.log has each step's output and exit status;
+#   cp FILES/gpu_round_profile.json benchmarks/results/
+# and benchmarks/mcmahan2017/gpu.sh says what to do with the rest.
 #
 # Without a GPU (DEVICE=cpu OUT=/tmp/out bash benchmarks/gpu_session.sh SECONDS) only
-# step 4 runs (benchmarks/mcmahan2017/gpu.sh has a dry run of its own); the other
+# step 5 runs (benchmarks/mcmahan2017/gpu.sh has a dry run of its own); the other
 # steps run here as TRITON_INTERPRET=1 python benchmarks/... without --device
 # (Triton installed) and as pytest without -m gpu.
 set -uo pipefail
@@ -53,8 +56,8 @@ fi
 device="${DEVICE:-cuda}"
 log="$OUT/gpu_session.log"  # each step's output and exit status
 step_done() { echo "== $1: exit status $2 at $((SECONDS - started)) s" | tee -a "$log"; }
-# at most 120 + 60 + 150 s on a GPU (the first compiles four steps, some 15 s each);
-# the McMahan rerun takes what is left
+# at most 120 + 60 + 150 + 90 s on a GPU (the first compiles four steps, some 15 s
+# each); the McMahan rerun takes what is left
 if [ "$device" = cuda ]; then
     timeout 120 python3 -m pytest -p no:cacheprovider -p no:logging -m gpu \
         tests/learning/test_cohort_graphs.py --tb=short 2>&1 | tee -a "$log" | tail -8
@@ -65,6 +68,9 @@ if [ "$device" = cuda ]; then
     timeout 150 python3 benchmarks/compiled_client_conv.py --device cuda 2>&1 |
         grep -v -i warn | tee -a "$log" | tail -16
     step_done "compiled_client_conv.py --device cuda" "${PIPESTATUS[0]}"
+    timeout 90 python3 benchmarks/gpu_round_profile.py \
+        --json "$OUT/gpu_round_profile.json" 2>&1 | tee -a "$log" | tail -50
+    step_done "gpu_round_profile.py" "${PIPESTATUS[0]}"
 fi
 left=$((budget - (SECONDS - started)))
 if [ "$left" -gt 60 ]; then
