@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,7 +32,14 @@ try:
 except ImportError:  # no Triton: the grouped-convolution fallback only
     kernels = None
 
-__all__ = ["ClientConv", "ClientConv2d", "swap_convs", "swappable", "uses_triton"]
+__all__ = [
+    "ClientConv",
+    "ClientConv2d",
+    "swap_convs",
+    "swap_each",
+    "swappable",
+    "uses_triton",
+]
 
 
 def uses_triton(x: Tensor) -> bool:
@@ -236,12 +244,12 @@ def swappable(conv: nn.Conv2d) -> bool:
     )
 
 
-def swap_convs(
-    module: nn.Module, tiling: Any = None, min_in_channels: int = 1
+def swap_each(
+    module: nn.Module, swap: Callable[[nn.Conv2d], None], min_in_channels: int = 1
 ) -> tuple[nn.Module, int]:
-    """A copy of ``module`` with every swappable ``nn.Conv2d`` of at least
-    ``min_in_channels`` input channels a :class:`ClientConv2d` (same parameters)
-    with ``tiling``; and how many were swapped."""
+    """A copy of ``module`` with ``swap`` applied to every :func:`swappable`
+    ``nn.Conv2d`` of at least ``min_in_channels`` input channels (it changes the
+    layer's class in place); and how many it was applied to."""
     module = copy.deepcopy(module)
     swapped = 0
     for child in module.modules():
@@ -250,7 +258,20 @@ def swap_convs(
             and swappable(child)
             and child.in_channels >= min_in_channels
         ):
-            child.__class__ = ClientConv2d
-            child.tiling = tiling
+            swap(child)
             swapped += 1
     return module, swapped
+
+
+def swap_convs(
+    module: nn.Module, tiling: Any = None, min_in_channels: int = 1
+) -> tuple[nn.Module, int]:
+    """A copy of ``module`` with every swappable ``nn.Conv2d`` of at least
+    ``min_in_channels`` input channels a :class:`ClientConv2d` (same parameters)
+    with ``tiling``; and how many were swapped."""
+
+    def swap(conv: nn.Conv2d) -> None:
+        conv.__class__ = ClientConv2d
+        conv.tiling = tiling  # type: ignore[attr-defined]
+
+    return swap_each(module, swap, min_in_channels)

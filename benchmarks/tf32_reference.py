@@ -20,7 +20,6 @@ use is for the check to find), in the model's own dtype otherwise.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -28,9 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 try:  # imported as benchmarks.tf32_reference (the tests)
-    from benchmarks.client_conv_op import swappable
+    from benchmarks.client_conv_op import swap_each
 except ImportError:  # or from a script beside it
-    from client_conv_op import swappable  # type: ignore[no-redef]
+    from client_conv_op import swap_each  # type: ignore[no-redef]
 
 __all__ = ["tf32", "tf32_convs"]
 
@@ -89,13 +88,9 @@ def tf32_convs(
     (``client_conv_op.swap_convs``: same-size, stride 1, with a bias) of at least
     ``min_in_channels`` input channels round their operands to TF32 as
     :class:`TF32Conv` does."""
-    module = copy.deepcopy(module)
-    for child in module.modules():
-        if (
-            type(child) is nn.Conv2d
-            and swappable(child)
-            and child.in_channels >= min_in_channels
-        ):
-            child.__class__ = _TF32Conv2d
-            child.truncate = truncate
-    return module
+
+    def swap(conv: nn.Conv2d) -> None:
+        conv.__class__ = _TF32Conv2d
+        conv.truncate = truncate  # type: ignore[attr-defined]
+
+    return swap_each(module, swap, min_in_channels)[0]
