@@ -289,16 +289,52 @@ def routing(min_in_channels: int = 1, tiling: Any = None) -> Iterator[None]:
         _settings.update(saved[1])
 
 
+def digits_clients() -> list[Any]:
+    """The three digits clients (of 10, IID) whose steps :func:`three_steps` takes."""
+    from fedloom.data import ClientData, load_dataset
+
+    clients = ClientData.from_dataset(load_dataset("digits"), "iid", 10, seed=0)
+    return [clients.client(i) for i in range(3)]
+
+
+def three_steps(
+    model: Any,
+    examples: list[Any],
+    device: str,
+    dtype: torch.dtype,
+    compile: bool = False,
+    min_in: int | None = None,
+) -> Params:
+    """Each parameter's change (float64, on the CPU) after three SGD steps (lr 0.1,
+    B = 8) of three clients with ``examples``, in ``dtype`` on ``device``: compiled
+    if asked, inside :func:`routing` with ``min_in`` if given."""
+    from fedloom.core import Replicated
+    from fedloom.learning import sgd
+    from fedloom.learning._cohort_work import CohortStep, plan_training
+
+    start = model.init()
+    params = {k: v.to(device, dtype) for k, v in start.items()}
+    on = torch.device(device)
+    plan = plan_training(Replicated(params, 3), examples, [1, 2, 3], 1, 8, on)
+    plan.data.x = plan.data.x.to(dtype)
+    with contextlib.nullcontext() if min_in is None else routing(min_in):
+        cpp_wrapper = on.type == "cpu"
+        step = CohortStep(model, sgd(0.1), compile=compile, cpp_wrapper=cpp_wrapper)
+        params, state = step.begin(plan.start)
+        for s in range(3):
+            index, mask = plan.batch_index[:, 0, s], plan.batch_mask[:, 0, s]
+            params, state, _ = step(plan.data, params, state, index, mask, False)
+    return {k: v.double().cpu() - start[k].double() for k, v in params.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="The routed step against float64.")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     import torch._inductor.config
 
-    from fedloom.core import Replicated
-    from fedloom.data import ClientData, load_dataset
-    from fedloom.learning import FunctionalModel, build_model, sgd
-    from fedloom.learning._cohort_work import CohortStep, plan_training
+    from fedloom.data import load_dataset
+    from fedloom.learning import FunctionalModel, build_model
 
     # compiled afresh (not from inductor's on-disk cache), so the pass counts
     torch._inductor.config.fx_graph_cache = False
@@ -308,8 +344,7 @@ def main() -> None:
         sys.exit("Triton's kernels would not run: on a CPU set TRITON_INTERPRET=1")
     digits = load_dataset("digits")
     model = build_model("cnn", digits.input_shape, digits.num_classes, seed=0)
-    clients = ClientData.from_dataset(digits, "iid", 10, seed=0)
-    examples = [clients.client(i) for i in range(3)]
+    examples = digits_clients()
 
     swapped, _ = op.swap_convs(model.module)
     rows = [  # name, model, compiled, routing's min_in_channels, nodes it routes,
@@ -320,38 +355,21 @@ def main() -> None:
         ("compiled, conv2 routed", model, True, 16, 2, 16),
         ("routed, ops compared", model, True, 1, 4, 1),
     ]
-    cuda = args.device.startswith("cuda")
-
-    def three_steps(
-        model: FunctionalModel, dtype: torch.dtype, compile: bool, min_in: int | None
-    ) -> Params:
-        start = model.init()
-        params = {k: v.to(args.device, dtype) for k, v in start.items()}
-        device = torch.device(args.device)
-        plan = plan_training(Replicated(params, 3), examples, [1, 2, 3], 1, 8, device)
-        plan.data.x = plan.data.x.to(dtype)
-        with contextlib.nullcontext() if min_in is None else routing(min_in):
-            step = CohortStep(
-                model, sgd(0.1), compile=compile, cpp_wrapper=device.type == "cpu"
-            )
-            params, state = step.begin(plan.start)
-            for s in range(3):
-                index, mask = plan.batch_index[:, 0, s], plan.batch_mask[:, 0, s]
-                params, state, _ = step(plan.data, params, state, index, mask, False)
-        return {k: v.double().cpu() - start[k].double() for k, v in params.items()}
+    device = args.device
+    cuda = device.startswith("cuda")
 
     @functools.cache
     def references(triton_min_in: int | None) -> dict[str, Params]:
         """float64 steps; on a GPU, where tl.dot rounds its operands to TF32, with
         the Triton-computed convolutions rounding theirs so too (both ways)."""
         if not cuda or triton_min_in is None:
-            return {"float64": three_steps(model, torch.float64, False, None)}
+            return {"float64": three_steps(model, examples, device, torch.float64)}
         return {
             f"float64, TF32 {way}": three_steps(
                 FunctionalModel(tf32_convs(model.module, triton_min_in, truncate)),
+                examples,
+                device,
                 torch.float64,
-                False,
-                None,
             )
             for way, truncate in (("to nearest", False), ("truncated", True))
         }
@@ -371,7 +389,9 @@ def main() -> None:
         RoutingFold.routed = RoutingFold.skipped = 0
         comparing = comparing_ops() if name == rows[-1][0] else contextlib.nullcontext()
         with comparing as op_errors:
-            got = three_steps(row_model, torch.float32, compile, min_in)
+            got = three_steps(
+                row_model, examples, device, torch.float32, compile, min_in
+            )
         offs = {ref: off(got, want) for ref, want in references(triton_min_in).items()}
         closest[name] = min(offs, key=lambda ref: max(offs[ref].values()))
         errors[name] = offs[closest[name]]

@@ -11,6 +11,7 @@ from torch.func import functional_call, grad, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from benchmarks.compiled_client_conv import digits_clients, three_steps
 from benchmarks.tf32_reference import TF32Conv, tf32, tf32_convs
 from fedloom.learning import FunctionalModel, build_model
 
@@ -87,24 +88,8 @@ def test_tf32_convs_swaps_the_convolutions_with_enough_input_channels():
 
 def _three_steps(module, dtype):
     """Each parameter's change after three SGD steps of three digits clients."""
-    from fedloom.core import Replicated
-    from fedloom.data import ClientData, load_dataset
-    from fedloom.learning import sgd
-    from fedloom.learning._cohort_work import CohortStep, plan_training
-
     model = FunctionalModel(module)
-    clients = ClientData.from_dataset(load_dataset("digits"), "iid", 10, seed=0)
-    examples = [clients.client(i) for i in range(3)]
-    start = {k: v.to(dtype) for k, v in model.init().items()}
-    cpu = torch.device("cpu")
-    plan = plan_training(Replicated(start, 3), examples, [1, 2, 3], 1, 8, cpu)
-    plan.data.x = plan.data.x.to(dtype)
-    step = CohortStep(model, sgd(0.1))
-    params, state = step.begin(plan.start)
-    for s in range(3):
-        index, mask = plan.batch_index[:, 0, s], plan.batch_mask[:, 0, s]
-        params, state, _ = step(plan.data, params, state, index, mask, False)
-    return {k: v.double() - start[k].double() for k, v in params.items()}
+    return three_steps(model, digits_clients(), "cpu", dtype)
 
 
 def test_only_a_reference_that_rounds_alike_measures_tf32_steps():
