@@ -27,12 +27,11 @@ import cProfile
 import json
 import pstats
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from gpu_speed import EPOCHS, POPULATION, cohort
+from gpu_speed import EPOCHS, POPULATION, _timed, cohort
 from simulation_speed import BATCH_SIZE, LEARNING_RATE
 from torch.profiler import ProfilerActivity, profile
 
@@ -41,11 +40,6 @@ from fedloom.learning import build_model, fed_avg
 from fedloom.runtimes import VectorizedRuntime
 
 TOP = 15
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _python_rows(stats: pstats.Stats) -> dict[str, list[dict[str, Any]]]:
@@ -105,12 +99,13 @@ def main() -> None:
 
     def round(number: int) -> float:
         nonlocal state
-        _sync(device)
-        started = time.perf_counter()
-        members = cohort(clients, args.cohort, number)
-        state, _ = process.next(state, members, runtime=runtime)
-        _sync(device)
-        return time.perf_counter() - started
+        (state, _), seconds = _timed(
+            device,
+            lambda: process.next(
+                state, cohort(clients, args.cohort, number), runtime=runtime
+            ),
+        )
+        return seconds
 
     warm = [round(0), round(1)]
     python = cProfile.Profile()
