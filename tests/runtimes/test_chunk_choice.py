@@ -8,7 +8,7 @@ size. A chunk size given to the runtime is used as it is.
 import pytest
 import torch
 
-from fedloom.core import CohortOptions, Replicated, Stacked
+from fedloom.core import CohortOptions, NotBatchable, Replicated, Stacked
 from fedloom.data import ClientData, load_dataset
 from fedloom.learning import (
     ClientInput,
@@ -99,8 +99,9 @@ def test_compiled_cpu_training_asks_for_clients_by_parameter_bytes(monkeypatch):
     )
     meta = torch.device("meta")
     assert training.clients_at_once([Replicated(params, 9), []], meta, compiled) is None
-    # parameters that could not be stacked (a list): none (and see the next test)
-    assert training.clients_at_once([[params] * 9, []], cpu, compiled) is None
+    # parameters that could not be stacked (a list): not batchable (the next test)
+    with pytest.raises(NotBatchable, match="could not be stacked"):
+        training.clients_at_once([[params] * 9, []], cpu, compiled)
 
 
 @pytest.mark.parametrize("compile", [False, True])

@@ -13,7 +13,7 @@ from typing import Any, final
 import torch
 from torch.func import grad
 
-from fedloom.core import CohortOptions, Replicated, Stacked, register_dataclass
+from fedloom.core import CohortOptions, Stacked, register_dataclass
 from fedloom.data import Examples
 
 from ._cohort_graphs import GraphCache, captured_local_training
@@ -201,14 +201,11 @@ class LocalTraining:
     def clients_at_once(
         self, args: Sequence[Any], device: torch.device, options: CohortOptions
     ) -> int | None:
-        """Compiled on the CPU, as many as :func:`clients_at_once_compiled` says.
-        Parameters neither broadcast nor stacked get no preference (:meth:`map_cohort`
-        then finds them not batchable, and the runtime trains client by client)."""
-        params = args[0]
-        if not isinstance(params, Replicated | Stacked):
-            return None
+        """Compiled on the CPU, as many as :func:`clients_at_once_compiled` says
+        (:class:`NotBatchable` for parameters that could not be stacked, as from
+        :meth:`map_cohort`: the runtime then trains client by client)."""
         if options.compile and device.type == "cpu":
-            return clients_at_once_compiled(params)
+            return clients_at_once_compiled(args[0])
         return None
 
 
