@@ -2,6 +2,7 @@
 included: integer sums, shapes that do not match, extreme weights, aggregators of
 one's own, functions that modify their arguments, misuse of the API."""
 
+import operator
 from typing import NamedTuple
 
 import numpy as np
@@ -112,6 +113,62 @@ def test_checked_refuses_non_finite_numpy_values(runtime):
 
     with pytest.raises(ValueError, match="NaN or infinity"):
         _run(average, [np.array([np.nan]), np.array([1.0])], runtime=runtime)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_checked_names_the_client_with_a_non_finite_value(runtime, bad):
+    @computation(CLIENTS)
+    def average(xs):
+        return aggregate(checked(Mean()), xs)
+
+    values = [{"a": torch.ones(3), "b": torch.ones(2, 2)} for _ in range(5)]
+    values[3]["b"][1, 0] = bad
+    with pytest.raises(ValueError, match=r"client 3: entry 1 .*NaN or infinity"):
+        _run(average, values, runtime=runtime)
+    values[3]["b"][1, 1] = -bad  # inf - inf: the sum is NaN, still client 3's
+    with pytest.raises(ValueError, match=r"client 3: entry 1 .*NaN or infinity"):
+        _run(average, values, runtime=runtime)
+
+
+def test_checked_takes_finite_values_whose_sum_overflows(runtime):
+    # Each tensor's sum overflows float32 (a quick proof of finiteness fails), yet
+    # every value is finite, and the mean, accumulated in float64, is too.
+    @computation(CLIENTS)
+    def average(xs):
+        return aggregate(checked(Mean()), xs)
+
+    big = torch.full((4,), 3e38)
+    got = _run(average, [big, big.neg(), big], runtime=runtime)
+    torch.testing.assert_close(got, torch.full((4,), 1e38))
+
+
+class _Result(NamedTuple):
+    update: dict[str, torch.Tensor]
+    weight: torch.Tensor
+
+
+def test_a_map_of_a_getter_picks_each_clients_part(runtime):
+    # The vectorized runtime picks a field from the stacked results (no vmap); a
+    # getter of a tensor's own attribute or item is each client's, not the stack's.
+    @computation(CLIENTS)
+    def parts(xs):
+        results = map(lambda x: _Result({"w": 2 * x}, x.sum()), xs)
+        return (
+            sum(map(operator.attrgetter("update"), results)),
+            sum(map(operator.attrgetter("weight"), results)),
+            sum(map(lambda r: operator.itemgetter("w")(r.update), results)),
+            sum(map(operator.itemgetter(0), xs)),
+            sum(map(operator.attrgetter("mT"), xs)),
+        )
+
+    xs = [torch.arange(4.0).reshape(2, 2) + c for c in range(3)]
+    update, weight, w, first_rows, transposed = _run(parts, xs, runtime=runtime)
+    total = torch.stack(xs).sum(dim=0)
+    torch.testing.assert_close(update["w"], 2 * total)
+    torch.testing.assert_close(w, 2 * total)
+    torch.testing.assert_close(weight, total.sum())
+    torch.testing.assert_close(first_rows, total[0])
+    torch.testing.assert_close(transposed, total.T)
 
 
 def test_a_function_that_modifies_its_arguments_is_refused(runtime):

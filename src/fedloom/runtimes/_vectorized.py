@@ -7,11 +7,14 @@ cohort at once, chunk by chunk to bound memory:
 
 1. a :class:`CohortFunction` (FedAvg's local training, FedSGD's gradient, evaluation)
    runs its own batched implementation (``torch.func.vmap`` over padded, masked data);
-2. any other function of stacked tensors is vmapped, chunk by chunk (so, as with
+2. a getter (``operator.attrgetter``, ``operator.itemgetter``) that picks a part of
+   a stacked value, such as one field of the clients' results, picks it from the
+   stacked value itself: picking commutes with stacking;
+3. any other function of stacked tensors is vmapped, chunk by chunk (so, as with
    ``jax.vmap``, it must be a pure function of its tensors: PyTorch's random
-   numbers are detected and sent to 3., NumPy's or Python's would be drawn once a
+   numbers are detected and sent to 4., NumPy's or Python's would be drawn once a
    chunk);
-3. a function that cannot be vmapped, or a cohort function that cannot batch
+4. a function that cannot be vmapped, or a cohort function that cannot batch
    this cohort (:class:`NotBatchable`: a model with dropout or batch
    normalization), runs client by client, exactly as on the local runtime: slower,
    never different (``fallbacks`` counts these maps; a cohort function's also
@@ -20,6 +23,7 @@ cohort at once, chunk by chunk to bound memory:
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, final
@@ -38,6 +42,7 @@ from fedloom.core import (
     folds_stacked,
     stack,
     tensor_versions,
+    tree_flatten,
     tree_map,
     unstack,
 )
@@ -182,6 +187,8 @@ class VectorizedRuntime:
             except NotBatchable as reason:  # raised before any work is done
                 warnings.warn(str(reason), RuntimeWarning, stacklevel=2)
                 self.fallbacks += 1
+        elif (picked := _picked(fn, payloads)) is not None:
+            return picked
         elif all(isinstance(p, Stacked | Replicated) for p in payloads):
             versions = tensor_versions(payloads)
             try:
@@ -287,6 +294,30 @@ def _check_triton() -> None:
             "kernels with it, and it is not installed (install the triton version "
             "your torch was built with), or leave compile off"
         )
+
+
+def _picked(fn: Callable[..., Any], payloads: Sequence[Payload]) -> Stacked | None:
+    """``map`` of a getter over one stacked value, as the part it picks of the
+    stacked value, where that part is made of the stacked value's own leaves (a
+    field of a result, an entry of a dict): each client's pick, stacked. ``None``
+    otherwise (a getter of a leaf's attribute or item, ``.T`` or ``[0]``, makes a
+    new tensor, which is not each client's; it is then vmapped). Under ``vmap`` a
+    pick costs about a millisecond (the 2NN's results, 10 clients), three a round.
+    """
+    if not isinstance(fn, operator.attrgetter | operator.itemgetter):
+        return None
+    if len(payloads) != 1 or not isinstance(payloads[0], Stacked):
+        return None
+    tree = payloads[0].tree
+    try:
+        part = fn(tree)
+    except (AttributeError, KeyError, IndexError, TypeError):
+        return None  # vmap raises the same error for one client
+    own = {id(leaf) for leaf in tree_flatten(tree)[0]}
+    leaves = tree_flatten(part)[0]
+    if not leaves or any(id(leaf) not in own for leaf in leaves):
+        return None
+    return Stacked(part, payloads[0].size)
 
 
 def _replicated(payload: Payload) -> Any:
