@@ -62,7 +62,11 @@ def main() -> None:
         if reuse:
             reuse_cpu_memory()  # from here on, for the rest of the process
         for size in args.sizes:
-            examples = [c.examples for c in cohort(clients, size, 0)]
+            # read, as plain Examples: PaddedCohort copies them in (a population's
+            # unread rows it would gather at once: benchmarks/round_overhead.py)
+            examples = [
+                Examples(c.examples.x, c.examples.y) for c in cohort(clients, size, 0)
+            ]
             torch.testing.assert_close(
                 PaddedCohort(examples, cpu).x, zero_filled(examples)
             )

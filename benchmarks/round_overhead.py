@@ -1,16 +1,20 @@
 """Claim: a round's work around the clients' training got cheaper.
 
-Beside the training itself, a round of ``LearningProcess.next`` picks the update, the
-weight and the metrics out of the clients' results (``map`` of a getter) and checks
-every update for NaN and infinity before aggregating it. Before, the vectorized
-runtime ran each pick under ``vmap`` (about a millisecond for nothing: a pick of a
-stacked value is the stacked pick) and ``checked`` wrote a boolean for every element
-(``isfinite``); now a getter picks from the stacked value itself, and a finite sum of
-each tensor proves it finite (the element-wise look only where a sum is not finite).
+Beside the training itself, a round of ``LearningProcess.next`` lays out the
+cohort's examples, picks the update, the weight and the metrics out of the clients'
+results (``map`` of a getter) and checks every update for NaN and infinity before
+aggregating it. Before, each client's rows were gathered from the population and
+then copied into the padded cohort, the vectorized runtime ran each pick under
+``vmap`` (about a millisecond for nothing: a pick of a stacked value is the stacked
+pick) and ``checked`` wrote a boolean for every element (``isfinite``). Now the
+cohort's rows are gathered into the padded cohort at once (``ExampleRows``), a
+getter picks from the stacked value itself, and a finite sum of each tensor proves
+it finite (the element-wise look only where a sum is not finite).
 
 This times whole rounds of the Fashion-MNIST 2NN (10 of 100 IID clients, B = 10,
-lr 0.05) in both forms, in one process: ``before`` restores the old forms (the
-getters as plain functions, the element-wise check always). The forms take turns
+lr 0.05) in both forms, in one process: ``before`` restores the old forms (each
+client's rows gathered, then copied; the getters as plain functions; the
+element-wise check always). The forms take turns
 round by round, each from the same state; the median and best round of each are
 kept, and the first round's parameters of both are checked to be the same, bit for
 bit. Rows: FedAvg E = 1 compiled with five steps a call (the CPU's fastest form,
@@ -44,7 +48,7 @@ from benchmarks.simulation_speed import (
 )
 from fedloom.aggregators import _checked
 from fedloom.core import LocalRuntime
-from fedloom.learning import _process, build_model, fed_avg, fed_sgd
+from fedloom.learning import _cohort_work, _process, build_model, fed_avg, fed_sgd
 from fedloom.runtimes import VectorizedRuntime, reuse_cpu_memory
 
 
@@ -62,21 +66,23 @@ def _old_metrics(result: Any) -> Any:
 
 @contextlib.contextmanager
 def before() -> Iterator[None]:
-    """The old forms: plain functions as getters (vmapped by the vectorized
-    runtime), and the element-wise finiteness check for every tensor."""
+    """The old forms: each client's rows gathered and then copied into the padded
+    cohort, plain functions as getters (vmapped by the vectorized runtime), and
+    the element-wise finiteness check for every tensor."""
     saved = (_process._update, _process._weight, _process._metrics)
-    proof = _checked._surely_finite
+    proof, gathered = _checked._surely_finite, _cohort_work._gathered
     _process._update, _process._weight, _process._metrics = (
         _old_update,
         _old_weight,
         _old_metrics,
     )
     _checked._surely_finite = lambda leaves: False
+    _cohort_work._gathered = lambda examples, longest: None
     try:
         yield
     finally:
         _process._update, _process._weight, _process._metrics = saved
-        _checked._surely_finite = proof
+        _checked._surely_finite, _cohort_work._gathered = proof, gathered
 
 
 FORMS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {

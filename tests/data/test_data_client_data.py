@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from fedloom.data import ClientData, Dataset, Examples, Partition, load_dataset
+from fedloom.data import (
+    ClientData,
+    Dataset,
+    ExampleRows,
+    Examples,
+    Partition,
+    load_dataset,
+)
 
 
 def _block(n: int = 6) -> Examples:
@@ -89,6 +96,24 @@ def test_client_by_id_and_position_returns_the_right_rows() -> None:
     assert len(data.client("b")) == 0
     assert torch.equal(data.client(-1).y, c_by_id.y)
     assert torch.equal(data.client(np.int64(0)).y, a.y)
+
+
+def test_a_clients_rows_are_gathered_when_first_read() -> None:
+    data = _population()
+    c = data.client("c")
+    assert isinstance(c, ExampleRows) and c.source is data.examples
+    assert "x" not in vars(c) and "y" not in vars(c) and len(c) == 4
+    expected = data.examples.select(torch.tensor([0, 2, 3, 4]))
+    assert torch.equal(c.x, expected.x) and torch.equal(c.y, expected.y)
+    assert "x" in vars(c)  # read once, kept
+    picked = c.select(torch.tensor([-1, 1]))  # rows of rows: still of the block
+    assert isinstance(picked, ExampleRows) and picked.rows.tolist() == [4, 2]
+    assert torch.equal(picked.x, expected.select(torch.tensor([3, 1])).x)
+    with pytest.raises(IndexError, match="out of range for 4 examples"):
+        c.select(torch.tensor([4]))
+    with pytest.raises(IndexError, match="rows out of range for 6 examples"):
+        ExampleRows(data.examples, torch.tensor([6]))
+    assert repr(c) == "ExampleRows(4 of 6 examples)"
 
 
 def test_client_errors_are_clear() -> None:

@@ -18,6 +18,7 @@ from ._datasets import available_datasets as available_datasets
 from ._datasets import load_dataset as load_dataset
 from ._examples import ClientId as ClientId
 from ._examples import Dataset as Dataset
+from ._examples import ExampleRows as ExampleRows
 from ._examples import Examples as Examples
 from ._idx import DataFileError as DataFileError
 from ._idx_datasets import ChecksumError as ChecksumError
@@ -36,6 +37,7 @@ __all__ = [
     "DataFileError",
     "Dataset",
     "DatasetInfo",
+    "ExampleRows",
     "Examples",
     "Partition",
     "PositionalIds",

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import _partitioners
-from ._examples import ClientId, Dataset, Examples
+from ._examples import ClientId, Dataset, ExampleRows, Examples
 from ._partition import Partition, PositionalIds
 
 _PARTITIONERS: dict[str, Callable[..., Partition]] = {
@@ -43,8 +43,9 @@ class ClientData:
     """A population of client datasets, materialised one client at a time.
 
     Holds the examples of the whole population once, as two tensors, and a
-    :class:`Partition`; ``client(...)`` gathers a client's rows on demand with
-    one ``index_select``.
+    :class:`Partition`; ``client(...)`` hands out a client's rows, gathered with one
+    ``index_select`` when first read (a batched runtime gathers a whole cohort's
+    at once).
 
     Example:
         >>> import torch
@@ -103,7 +104,8 @@ class ClientData:
         )
 
     def client(self, client: ClientId | int) -> Examples:
-        """Return one client's examples, by id (``str``) or by position (``int``).
+        """Return one client's examples, by id (``str``) or by position (``int``):
+        its rows of :attr:`examples`, gathered when first read (:class:`ExampleRows`).
 
         Example:
             >>> import torch
@@ -137,7 +139,7 @@ class ClientData:
                     f"client position {position} out of range for {len(self)} clients"
                 )
             position %= len(self)
-        return self._examples.select(self._partition.client_indices(position))
+        return ExampleRows(self._examples, self._partition.client_indices(position))
 
     @classmethod
     def from_dataset(

