@@ -11,10 +11,12 @@ wins at B = 10 and 50, and B = ∞ is level within the noise. With ``--compile``
 dispatch is left to share, small chunks win on the CPU at B = 10 too. ``auto``
 among ``--chunks`` is the runtime's own choice when not given one (``chunk_size``
 left out: for FedAvg compiled on the CPU, as many clients as hold 8 MiB of
-parameters a torch thread, ``fedloom.learning._cohort_work.clients_at_once_compiled``),
-which the table shows beside the chunk it came to. The McMahan sweep on a
-GPU (``benchmarks/mcmahan2017/gpu.sh``) runs each (algorithm, B) at the chunk size
-:func:`fastest_chunk_sizes` picks from this script's report for that GPU.
+parameters a torch thread, ``fedloom.learning._cohort_work.clients_at_once_compiled``;
+eager on the CPU, where that is one or two, none at once: client by client,
+unbatched), which the table shows beside the chunk it came to (0 for none). The
+McMahan sweep on a GPU (``benchmarks/mcmahan2017/gpu.sh``) runs each (algorithm, B)
+at the chunk size :func:`fastest_chunk_sizes` picks from this script's report for
+that GPU.
 
 Workload: the McMahan et al. 2017 CNN on Fashion-MNIST, 100 IID clients, C = 0.1,
 the vectorized runtime (CUDA graphs on a GPU), one local epoch at each batch size
@@ -52,6 +54,7 @@ from benchmarks.mcmahan2017 import cells as grid
 from fedloom.core import Replicated
 from fedloom.experiments import config_from_dict, run_experiment
 from fedloom.learning import build_model
+from fedloom.learning._client_work import EAGER_BATCHED_FROM
 from fedloom.learning._cohort_work import clients_at_once_compiled
 
 COHORT = round(grid.NUM_CLIENTS * grid.CLIENT_FRACTION)  # clients a round
@@ -204,8 +207,12 @@ def main() -> None:
             base = base or mean
             chosen = COHORT if chunk is None else chunk
             compiled = args.compile and algorithm == "fedavg"  # FedSGD: eager
-            if chunk is None and compiled and args.device == "cpu":
-                chosen = min(automatic_chunk(threads), COHORT)  # the runtime's
+            if chunk is None and algorithm == "fedavg" and args.device == "cpu":
+                at_once = min(automatic_chunk(threads), COHORT)  # the runtime's
+                if compiled:
+                    chosen = at_once
+                elif at_once < EAGER_BATCHED_FROM:
+                    chosen = 0  # eager: client by client, unbatched
             report["rows"].append(
                 {
                     "algorithm": algorithm,

@@ -8,7 +8,12 @@ seconds per round of, in the same process:
   copy of the ``nn.Module``, ``torch.optim.SGD``, E epochs over its shuffled batches,
   then the weighted average of the state dicts;
 - ``fedloom local``: FedAvg on the sequential reference runtime;
-- ``fedloom vectorized``: the same FedAvg with the whole cohort batched by ``vmap``;
+- ``fedloom vectorized``: the same FedAvg on the vectorized runtime as it chooses to
+  run it eagerly: the whole cohort batched by ``vmap``, or, for a model whose
+  parameters the compiled step would train at most two clients' of at once (the
+  CNN), client by client, unbatched;
+- ``fedloom vectorized, batched``: the same with the whole cohort batched whatever
+  the model (a chunk size given, so not chosen);
 - ``fedloom compiled``: the vectorized runtime with ``compile=True`` (its batched
   step through ``torch.compile``; compiled in the warm-up round, whose seconds the
   JSON keeps as ``first_round_seconds`` for every runner);
@@ -168,6 +173,9 @@ def measure(
         )[0],
         "fedloom vectorized": lambda state, r: process.next(
             state, _cohort(clients, r), runtime=VectorizedRuntime()
+        )[0],
+        "fedloom vectorized, batched": lambda state, r: process.next(
+            state, _cohort(clients, r), runtime=VectorizedRuntime(chunk_size=10)
         )[0],
         "fedloom compiled": lambda state, r: process.next(
             state, _cohort(clients, r), runtime=VectorizedRuntime(compile=True)

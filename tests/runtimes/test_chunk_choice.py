@@ -72,6 +72,39 @@ def test_cohort_functions_choose_their_chunks_unless_told(
     assert fn.chunks == chunks
 
 
+def test_a_cohort_function_may_ask_to_run_client_by_client():
+    fn = _Doubling(0)  # none at once: called client by client, unbatched
+    runtime = VectorizedRuntime()
+    got = runtime.map(fn, [_seven_clients()])
+    torch.testing.assert_close(got.tree, 2 * torch.arange(7.0))
+    assert fn.chunks == [] and runtime.fallbacks == 0  # a choice, not a fallback
+    fn = _Doubling(0)
+    VectorizedRuntime(chunk_size=4).map(fn, [_seven_clients()])
+    assert fn.chunks == [4, 3]  # a chunk size given wins
+
+
+def test_eager_cpu_training_of_a_large_model_runs_client_by_client(monkeypatch):
+    # The same results as the local runtime's, to the bit: it is its computation.
+    monkeypatch.setattr(_cohort_work, "COMPILED_CPU_PARAMETER_BYTES", 1024)
+    digits = load_dataset("digits")
+    model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
+    training = LocalTraining(model, sgd(0.1), epochs=1, batch_size=8)
+    clients = ClientData.from_dataset(digits, "iid", 40, seed=1)
+    cohort = [ClientInput(clients.client(i), seed=i) for i in range(3)]
+    params = Replicated(model.init(), 3)
+    runtime = VectorizedRuntime()
+    assert (
+        training.clients_at_once([params, cohort], runtime.device, CohortOptions()) == 0
+    )
+    got = runtime.map(training, [params, cohort])
+    assert isinstance(got, Stacked) and runtime.fallbacks == 0
+    assert training.steps == {}  # no batched step was made
+    want = LocalRuntime().map(training, [[model.init()] * 3, cohort])
+    for g, w in zip(runtime.to_members(got), want, strict=True):
+        for name, value in w.update.items():
+            torch.testing.assert_close(g.update[name], value, rtol=0, atol=0)
+
+
 def test_no_preference_is_larger_than_the_default():
     fn = _Doubling(DEFAULT_CHUNK_SIZE + 1)
     clients = Stacked(torch.zeros(DEFAULT_CHUNK_SIZE + 1), DEFAULT_CHUNK_SIZE + 1)
@@ -92,13 +125,15 @@ def test_compiled_cpu_training_asks_for_clients_by_parameter_bytes(monkeypatch):
     assert training.clients_at_once([stacked, []], cpu, compiled) == 3
     huge = {"w": torch.zeros(4096, 1024)}  # 16 MiB, more than the budget
     assert training.clients_at_once([Replicated(huge, 9), []], cpu, compiled) == 1
-    # eager, or on another device: no preference
-    assert (
-        training.clients_at_once([Replicated(params, 9), []], cpu, CohortOptions())
-        is None
-    )
+    # eager: no preference where three or more would be compiled together, none
+    # at once (client by client, unbatched) where one or two
+    eager = CohortOptions()
+    assert training.clients_at_once([Replicated(params, 9), []], cpu, eager) is None
+    assert training.clients_at_once([Replicated(huge, 9), []], cpu, eager) == 0
+    # on another device: no preference
     meta = torch.device("meta")
     assert training.clients_at_once([Replicated(params, 9), []], meta, compiled) is None
+    assert training.clients_at_once([Replicated(huge, 9), []], meta, eager) is None
     # parameters that could not be stacked (a list): not batchable (the next test)
     with pytest.raises(NotBatchable, match="could not be stacked"):
         training.clients_at_once([[params] * 9, []], cpu, compiled)

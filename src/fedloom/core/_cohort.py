@@ -90,7 +90,8 @@ class CohortFunction(Protocol):
     ``clients_at_once(args, device, options) -> int | None``: how many of these
     clients it computes fastest at once, where fewer than the runtime would take
     (asked before the cohort is cut into chunks, unless the runtime was given a
-    chunk size).
+    chunk size); 0 where it computes them fastest unbatched, the function called
+    client by client.
     """
 
     def map_cohort(

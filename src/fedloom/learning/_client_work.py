@@ -97,6 +97,12 @@ def _zero_result(params: Params) -> ClientResult:
     )
 
 
+EAGER_BATCHED_FROM = 3
+"""Eager on the CPU, FedAvg's clients train batched where the compiled step would
+train at least this many at once (:func:`clients_at_once_compiled`: the McMahan
+2NN's ten at one thread), else client by client (the CNN's: one or two)."""
+
+
 @final
 @dataclass(frozen=True, eq=False)
 class LocalTraining:
@@ -201,12 +207,26 @@ class LocalTraining:
     def clients_at_once(
         self, args: Sequence[Any], device: torch.device, options: CohortOptions
     ) -> int | None:
-        """Compiled on the CPU, as many as :func:`clients_at_once_compiled` says
-        (:class:`NotBatchable` for parameters that could not be stacked, as from
-        :meth:`map_cohort`: the runtime then trains client by client)."""
-        if options.compile and device.type == "cpu":
-            return clients_at_once_compiled(args[0])
-        return None
+        """On the CPU: compiled, as many as :func:`clients_at_once_compiled`
+        says; eager, 0 (client by client, unbatched) where that is at most
+        :data:`EAGER_BATCHED_FROM` - 1, else no preference. :class:`NotBatchable`
+        for parameters that could not be stacked, as from :meth:`map_cohort`: the
+        runtime then trains client by client too, with a warning.
+
+        Eager, batching saves the per-step dispatch of each client (most of a
+        small model's step) but makes every operation stream the whole cohort's
+        parameters, which a large model's do not keep in cache: the McMahan CNN's
+        vectorized round ran at 0.70-0.80x a plain PyTorch loop's on a 2-core CPU,
+        the local runtime's at 0.94-0.99x, while the 2NN's ran 1.44-1.96x the
+        loop's (``benchmarks/simulation_speed.py``; in chunks of 5 or 2 clients the
+        CNN's was slower still). Client by client, the CNN's ran 1.07-1.14x as fast
+        as batched (``benchmarks/results/simulation_speed_cnn_eager_choice.json``)."""
+        if device.type != "cpu":
+            return None
+        at_once = clients_at_once_compiled(args[0])
+        if options.compile:
+            return at_once
+        return 0 if at_once < EAGER_BATCHED_FROM else None
 
 
 @final

@@ -26,7 +26,7 @@ from __future__ import annotations
 import operator
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, final
+from typing import Any, cast, final
 
 import torch
 from torch.func import vmap
@@ -94,8 +94,10 @@ class VectorizedRuntime:
     computes faster in smaller chunks (``CohortFunction.clients_at_once``):
     FedAvg's compiled step on the CPU trains as many clients at once as hold 8 MiB
     of parameters a torch thread (the McMahan CNN's rounds at B = 10 1.12-1.24x as
-    fast as in one chunk of ten, ``benchmarks/chunk_size.py --compile``). A number
-    given is used as it is, for every map.
+    fast as in one chunk of ten, ``benchmarks/chunk_size.py --compile``), and its
+    eager training on the CPU, where that is at most two, trains client by client,
+    unbatched (see ``LocalTraining.clients_at_once``). A number given is used as
+    it is, for every map.
     On a CUDA device, ``cuda_graphs`` (the default) lets client work capture its
     fixed-shape loops as CUDA graphs and replay them in later rounds (FedAvg's local
     training captures an epoch); ``cuda_graphs=False`` runs everything eagerly.
@@ -207,11 +209,15 @@ class VectorizedRuntime:
 
     def _map_cohort(
         self, fn: CohortFunction, payloads: Sequence[Payload], size: int
-    ) -> Stacked:
+    ) -> Payload:
         chunk = self.chunk_size
         if chunk is None:
             asks = getattr(fn, "clients_at_once", None)  # optional (CohortFunction)
             preferred = asks and asks(payloads, self.device, self.options)
+            if preferred == 0:  # fastest unbatched: client by client, by choice
+                members = zip(*map(_members, payloads), strict=True)
+                call = cast(Callable[..., Any], fn)  # a client function first
+                return self.from_members([call(*args) for args in members])
             chunk = min(DEFAULT_CHUNK_SIZE, preferred or DEFAULT_CHUNK_SIZE)
         chunks = [
             fn.map_cohort(
