@@ -12,6 +12,7 @@ from fedloom.core import CohortOptions, NotBatchable, Replicated, Stacked
 from fedloom.data import ClientData, load_dataset
 from fedloom.learning import (
     ClientInput,
+    FullBatchGradient,
     LocalTraining,
     _cohort_work,
     build_model,
@@ -103,6 +104,32 @@ def test_eager_cpu_training_of_a_large_model_runs_client_by_client(monkeypatch):
     for g, w in zip(runtime.to_members(got), want, strict=True):
         for name, value in w.update.items():
             torch.testing.assert_close(g.update[name], value, rtol=0, atol=0)
+
+
+def test_fedsgd_gradients_of_a_large_model_run_client_by_client_on_the_cpu(
+    monkeypatch,
+):
+    digits = load_dataset("digits")
+    model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
+    gradient = FullBatchGradient(model)
+    params, eager = Replicated(model.init(), 3), CohortOptions()
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    assert gradient.clients_at_once([params, []], cpu, eager) is None  # batched
+    monkeypatch.setattr(_cohort_work, "COMPILED_CPU_PARAMETER_BYTES", 1024)
+    assert gradient.clients_at_once([params, []], cpu, eager) == 0
+    assert gradient.clients_at_once([params, []], meta, eager) is None
+    clients = ClientData.from_dataset(digits, "iid", 40, seed=1)
+    cohort = [ClientInput(clients.client(i), seed=i) for i in range(3)]
+    runtime = VectorizedRuntime()
+    got = runtime.to_members(runtime.map(gradient, [params, cohort]))
+    for g, member in zip(got, cohort, strict=True):  # each client's own gradient
+        want = torch.func.grad(model.loss)(
+            model.init(), member.examples.x, member.examples.y
+        )
+        for name, value in want.items():
+            torch.testing.assert_close(g.update[name], value)
+        loss = model.loss(model.init(), member.examples.x, member.examples.y)
+        assert float(g.metrics["train_loss"]) == float(loss)
 
 
 def test_no_preference_is_larger_than_the_default():
