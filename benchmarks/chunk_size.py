@@ -207,7 +207,7 @@ def main() -> None:
             base = base or mean
             chosen = COHORT if chunk is None else chunk
             compiled = args.compile and algorithm == "fedavg"  # FedSGD: eager
-            if chunk is None and algorithm == "fedavg" and args.device == "cpu":
+            if chunk is None and args.device == "cpu":  # FedSGD's: eager
                 at_once = min(automatic_chunk(threads), COHORT)  # the runtime's
                 if compiled:
                     chosen = at_once
