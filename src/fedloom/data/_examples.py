@@ -27,6 +27,15 @@ def as_index_tensor(index: torch.Tensor | np.ndarray) -> torch.Tensor:
     return index.to(torch.int64)
 
 
+def _positions(index: torch.Tensor | np.ndarray, n: int) -> torch.Tensor:
+    """``index`` (positions, negative ones from the end, or a boolean mask) as
+    positions in ``0..n-1``; an ``IndexError`` for one out of range."""
+    rows = as_index_tensor(index)
+    if rows.numel() and (int(rows.min()) < -n or int(rows.max()) >= n):
+        raise IndexError(f"index out of range for {n} examples")
+    return torch.where(rows < 0, rows + n, rows)
+
+
 @dataclass(frozen=True, eq=False)
 class Examples:
     """A block of ``n`` examples: features ``x`` and integer labels ``y``.
@@ -74,11 +83,7 @@ class Examples:
             >>> block.select(torch.tensor([2, 0])).y.tolist()
             [7, 5]
         """
-        rows = as_index_tensor(index).to(self.y.device)
-        n = len(self)
-        if rows.numel() and (int(rows.min()) < -n or int(rows.max()) >= n):
-            raise IndexError(f"index out of range for {n} examples")
-        rows = torch.where(rows < 0, rows + n, rows)
+        rows = _positions(index, len(self)).to(self.y.device)
         return Examples(self.x.index_select(0, rows), self.y.index_select(0, rows))
 
     def to(self, device: torch.device | str) -> Examples:
@@ -135,12 +140,7 @@ class ExampleRows(Examples):
 
     def select(self, index: torch.Tensor | np.ndarray) -> Examples:
         """The rows at ``index`` of these rows, gathered when read."""
-        rows = as_index_tensor(index)
-        n = len(self)
-        if rows.numel() and (int(rows.min()) < -n or int(rows.max()) >= n):
-            raise IndexError(f"index out of range for {n} examples")
-        rows = torch.where(rows < 0, rows + n, rows)
-        return ExampleRows(self.source, self.rows[rows])
+        return ExampleRows(self.source, self.rows[_positions(index, len(self))])
 
 
 @dataclass(frozen=True, eq=False)

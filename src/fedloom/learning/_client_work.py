@@ -102,10 +102,18 @@ train at least this many at once (:func:`clients_at_once_compiled`: the McMahan
 2NN's ten at one thread), else client by client (the CNN's: one or two)."""
 
 
-def _eager_choice(at_once: int) -> int | None:
-    """Eager on the CPU: 0 (client by client, unbatched) for a model of which the
-    compiled step would train fewer than :data:`EAGER_BATCHED_FROM` clients at
-    once, else no preference (the whole cohort batched)."""
+def _clients_at_once_on_cpu(
+    params: Any, device: torch.device, compiled: bool
+) -> int | None:
+    """On the CPU: compiled, :func:`clients_at_once_compiled`; eager, 0 (client by
+    client, unbatched) for a model of which the compiled step would train fewer
+    than :data:`EAGER_BATCHED_FROM` clients at once. Elsewhere, or eager for a
+    smaller model, no preference (the whole cohort batched)."""
+    if device.type != "cpu":
+        return None
+    at_once = clients_at_once_compiled(params)
+    if compiled:
+        return at_once
     return 0 if at_once < EAGER_BATCHED_FROM else None
 
 
@@ -227,12 +235,7 @@ class LocalTraining:
         loop's (``benchmarks/simulation_speed.py``; in chunks of 5 or 2 clients the
         CNN's was slower still). Client by client, the CNN's ran 1.07-1.14x as fast
         as batched (``benchmarks/results/simulation_speed_cnn_eager_choice.json``)."""
-        if device.type != "cpu":
-            return None
-        at_once = clients_at_once_compiled(args[0])
-        if options.compile:
-            return at_once
-        return _eager_choice(at_once)
+        return _clients_at_once_on_cpu(args[0], device, options.compile)
 
 
 @final
@@ -279,6 +282,4 @@ class FullBatchGradient:
         gradient is never compiled): client by client, unbatched, for a model such
         as the McMahan CNN, whose cohort's full-batch gradients ran 1.61x as fast
         one client at a time even under ``vmap`` (``benchmarks/chunk_size.py``)."""
-        if device.type != "cpu":
-            return None
-        return _eager_choice(clients_at_once_compiled(args[0]))
+        return _clients_at_once_on_cpu(args[0], device, compiled=False)

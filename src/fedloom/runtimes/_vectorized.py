@@ -204,8 +204,14 @@ class VectorizedRuntime:
                         "values"
                     ) from error
                 self.fallbacks += 1
-        results = [fn(*args) for args in zip(*map(_members, payloads), strict=True)]
-        return self.from_members(results)
+        return self._in_sequence(fn, payloads)
+
+    def _in_sequence(
+        self, fn: Callable[..., Any], payloads: Sequence[Payload]
+    ) -> Payload:
+        """``fn`` called client by client: the local meaning."""
+        members = zip(*map(_members, payloads), strict=True)
+        return self.from_members([fn(*args) for args in members])
 
     def _map_cohort(
         self, fn: CohortFunction, payloads: Sequence[Payload], size: int
@@ -215,9 +221,7 @@ class VectorizedRuntime:
             asks = getattr(fn, "clients_at_once", None)  # optional (CohortFunction)
             preferred = asks and asks(payloads, self.device, self.options)
             if preferred == 0:  # fastest unbatched: client by client, by choice
-                members = zip(*map(_members, payloads), strict=True)
-                call = cast(Callable[..., Any], fn)  # a client function first
-                return self.from_members([call(*args) for args in members])
+                return self._in_sequence(cast(Callable[..., Any], fn), payloads)
             chunk = min(DEFAULT_CHUNK_SIZE, preferred or DEFAULT_CHUNK_SIZE)
         chunks = [
             fn.map_cohort(
