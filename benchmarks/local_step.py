@@ -3,9 +3,13 @@
 Times one client's local training (FedAvg's ``LocalTraining``: 600 Fashion-MNIST
 examples, B = 10, SGD, lr 0.05, ``--epochs`` epochs) against the same client in
 ``simulation_speed.py``'s plain loop (``nn.Module`` + ``torch.optim.SGD``), per
-step, at each ``--threads`` count, in one process: the two take turns ``--repeats``
+step, at each ``--threads`` count, in one process: they take turns ``--repeats``
 times, and the best of each is kept. The per-step overhead of the local runtime's
 bookkeeping (its functional step, its loss accounting) is what the ratio shows.
+
+A third runner, ``swap a step``, is the local training as it was before
+``FunctionalModel.training``: ``functional_call`` swaps the parameters into the
+module at every step. Its results are checked to be the same, bit for bit.
 
     python benchmarks/local_step.py [--models 2nn cnn] [--epochs 1]
         [--threads 1 2] [--repeats 7] [--json benchmarks/results/local_step.json]
@@ -32,16 +36,38 @@ from benchmarks.simulation_speed import (
 from benchmarks.turns import best_per_step
 from fedloom.data import ClientData
 from fedloom.learning import ClientInput, build_model, sgd
-from fedloom.learning._client_work import LocalTraining
+from fedloom.learning._client_work import LocalTraining, _gradient_and_loss
+from fedloom.learning._cohort_work import own_copy
 from fedloom.runtimes import reuse_cpu_memory
+
+
+class SwapEachStep(LocalTraining):  # type: ignore[misc]
+    """The local training before ``FunctionalModel.training``: each step's
+    gradient by ``functional_call`` on a copy of the parameters of its own."""
+
+    def _train_in_place(self, params, x, y, steps):  # type: ignore[no-untyped-def]
+        update, step = self.optimizer.update_in_place, _gradient_and_loss(self.model)
+        local = own_copy(params)
+        state, losses = self.optimizer.init(local), []
+        for index in steps:
+            grads, loss = step(local, x[index], y[index])
+            update(grads, state, local)
+            losses.append(loss)
+        return local, losses
 
 
 def measure(dataset: Any, clients: ClientData, name: str, args: Any) -> dict[str, Any]:
     model = build_model(name, dataset.input_shape, dataset.num_classes, seed=0)
     params, client = model.init(), ClientInput(clients.client(0), 0)
     work = LocalTraining(model, sgd(LEARNING_RATE), args.epochs, BATCH_SIZE)
+    before = SwapEachStep(model, sgd(LEARNING_RATE), args.epochs, BATCH_SIZE)
+    got, want = work(params, client), before(params, client)
+    for k, v in want.update.items():
+        torch.testing.assert_close(got.update[k], v, rtol=0, atol=0)
+    torch.testing.assert_close(got.metrics, want.metrics, rtol=0, atol=0)
     runs = {
         "fedloom local": lambda: work(params, client),
+        "swap a step": lambda: before(params, client),
         "torch loop": lambda: torch_loop_round(model, params, [client], args.epochs),
     }
     steps = args.epochs * len(client.examples) // BATCH_SIZE
@@ -51,6 +77,7 @@ def measure(dataset: Any, clients: ClientData, name: str, args: Any) -> dict[str
         "threads": torch.get_num_threads(),
         "us_per_step": {runner: seconds * 1e6 for runner, seconds in best.items()},
         "local_vs_loop": best["torch loop"] / best["fedloom local"],
+        "local_vs_swap": best["swap a step"] / best["fedloom local"],
     }
 
 
@@ -73,12 +100,16 @@ def main() -> None:
         torch.set_num_threads(threads)
         rows += [measure(dataset, clients, name, args) for name in args.models]
     print(f"one client, E = {args.epochs}, B = 10, SGD: microseconds a step")
-    print(f"{'model':<6} {'threads':>7} {'fedloom local':>14} {'torch loop':>11}")
+    print(
+        f"{'model':<6} {'threads':>7} {'fedloom local':>14} {'swap a step':>12}"
+        f" {'torch loop':>11}  local vs swap, vs loop"
+    )
     for row in rows:
         us = row["us_per_step"]
         print(
             f"{row['model']:<6} {row['threads']:>7} {us['fedloom local']:14.1f}"
-            f" {us['torch loop']:11.1f}   {row['local_vs_loop']:.2f}x"
+            f" {us['swap a step']:12.1f} {us['torch loop']:11.1f}"
+            f"  {row['local_vs_swap']:.2f}x, {row['local_vs_loop']:.2f}x"
         )
     write_record(args.json, args, rows=rows)
     print(f"wrote {args.json}")

@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 
-from fedloom.learning import build_model
+from fedloom.learning import FunctionalModel, build_model
 
 
 def test_calls_from_two_threads_do_not_swap_their_parameters():
@@ -57,3 +57,84 @@ def test_autocast_is_bfloat16_only():
     for wrong in (torch.float16, torch.float64, "bfloat16"):
         with pytest.raises(ValueError, match=r"must be None or torch\.bfloat16"):
             build_model("2nn", (1, 8, 8), 10, autocast=wrong)  # type: ignore[arg-type]
+
+
+class _Tied(torch.nn.Module):
+    """Two layers sharing one weight (as a language model's embedding and output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.nn.Linear(6, 6)
+        self.second = torch.nn.Linear(6, 6)
+        self.second.weight = self.first.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(torch.relu(self.first(x)))
+
+
+@pytest.mark.parametrize("make", [lambda: build_model("cnn", (1, 28, 28), 10), _Tied])
+def test_training_loss_and_gradient_are_the_functional_ones(make):
+    made = make()
+    model = made if isinstance(made, FunctionalModel) else FunctionalModel(made)
+    shape = (5, 1, 28, 28) if isinstance(made, FunctionalModel) else (5, 6)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 3, 4])
+    params = {k: v + 0.01 for k, v in model.init().items()}  # not the module's own
+    leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+    want = model.loss(leaves, x, y)
+    want_grads = torch.autograd.grad(want, list(leaves.values()))
+    template = {k: v.clone() for k, v in model.module.named_parameters()}
+    for _ in range(2):  # the second block reuses the copy of the module
+        with model.training(params) as (bound, loss):
+            assert list(bound) == list(params)
+            got = loss(x, y)
+            grads = torch.autograd.grad(got, list(bound.values()))
+            with torch.no_grad():
+                for leaf, grad in zip(bound.values(), grads, strict=True):
+                    leaf.sub_(grad)  # the next block starts from params again
+        assert torch.equal(got, want)
+        for g, w in zip(grads, want_grads, strict=True):
+            assert torch.equal(g, w)
+    for k, v in model.module.named_parameters():
+        assert torch.equal(v, template[k])  # the template is untouched
+    assert all(not torch.equal(bound[k], params[k]) for k in params)  # trained
+
+
+def test_training_blocks_in_two_threads_each_have_their_own_parameters():
+    model = build_model("2nn", (1, 28, 28), 10, seed=0)
+    first = model.init()
+    second = {k: v + 1.0 for k, v in first.items()}
+    x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(16) % 10
+    want = {id(p): model.loss(p, x, y) for p in (first, second)}
+    wrong = []
+    started = threading.Barrier(2)
+
+    def train(params):
+        with model.training(params) as (_, loss):
+            started.wait()  # both blocks are open at once
+            for _ in range(100):
+                if not torch.equal(loss(x, y), want[id(params)]):
+                    wrong.append(1)
+
+    threads = [threading.Thread(target=train, args=(p,)) for p in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
+
+
+def test_training_names_parameters_that_do_not_match():
+    model = build_model("logistic", (4,), 3)
+    params = model.init()
+    with (
+        pytest.raises(KeyError, match=r"params has no '1\.bias'"),
+        model.training({"1.weight": params["1.weight"]}),
+    ):
+        pass
+    with (
+        pytest.raises(KeyError, match=r"names the module lacks: \['extra'\]"),
+        model.training({**params, "extra": torch.zeros(1)}),
+    ):
+        pass

@@ -6,7 +6,7 @@ runs in simulation and on a device.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, final
 
@@ -22,7 +22,6 @@ from ._cohort_work import (
     clients_at_once_compiled,
     cohort_gradient,
     cohort_local_training,
-    own_copy,
     plan_training,
 )
 from ._functional import FunctionalModel
@@ -158,33 +157,74 @@ class LocalTraining:
             return _zero_result(params)
         batch = n if self.batch_size is None else min(self.batch_size, n)
         generator = torch.Generator().manual_seed(data.seed)
-        step = _gradient_and_loss(self.model)
-        in_place = self.optimizer.update_in_place
-        # With an in-place update (SGD, momentum) the client trains a copy of its
-        # own: the same values, bit for bit, without a new tensor a step.
-        local = params if in_place is None else own_copy(params)
-        state = self.optimizer.init(local)
+        steps = self._batches(n, batch, generator)
+        if self.optimizer.update_in_place is None:
+            local, losses = self._train(params, x, y, steps)
+        else:
+            local, losses = self._train_in_place(params, x, y, steps)
         # Each batch's mean loss, weighted by its size at the end: three small
         # operations a step fewer (a 2NN client's step 1.06x faster at 1 and 2
         # threads, benchmarks/local_step.py).
-        losses, sizes = [], []
-        for _ in range(self.epochs):
-            order = torch.randperm(n, generator=generator)
-            for start in range(0, n, batch):
-                index = order[start : start + batch]
-                grads, loss = step(local, x[index], y[index])
-                if in_place is None:
-                    local, state = self.optimizer.update(grads, state, local)
-                else:
-                    in_place(grads, state, local)
-                losses.append(loss)
-                sizes.append(len(index))
+        sizes = [min(batch, n - start) for start in range(0, n, batch)] * self.epochs
         weights = torch.tensor(sizes, dtype=torch.float64, device=losses[0].device)
         loss_sum = (torch.stack(losses).to(torch.float64) * weights).sum()
-        update = {k: (local[k] - params[k]).detach() for k in params}
+        with torch.no_grad():
+            update = {k: local[k] - params[k] for k in params}
         metrics = {"train_loss": loss_sum / (self.epochs * n)}
         weight = torch.tensor(float(n), dtype=torch.float64)
         return ClientResult(update, weight, metrics)
+
+    def _batches(
+        self, n: int, batch: int, generator: torch.Generator
+    ) -> Iterator[torch.Tensor]:
+        """Each step's indices: ``epochs`` shuffles of ``range(n)``, in batches."""
+        for _ in range(self.epochs):
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, batch):
+                yield order[start : start + batch]
+
+    def _train(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        steps: Iterator[torch.Tensor],
+    ) -> tuple[Params, list[torch.Tensor]]:
+        """The trained parameters and each step's mean loss, by the optimizer's
+        ``update``: new parameters every step."""
+        step = _gradient_and_loss(self.model)
+        local, state, losses = params, self.optimizer.init(params), []
+        for index in steps:
+            grads, loss = step(local, x[index], y[index])
+            local, state = self.optimizer.update(grads, state, local)
+            losses.append(loss)
+        return local, losses
+
+    def _train_in_place(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        steps: Iterator[torch.Tensor],
+    ) -> tuple[Params, list[torch.Tensor]]:
+        """:meth:`_train` by the optimizer's ``update_in_place`` (SGD, momentum),
+        on a copy of the parameters of the client's own that sits in a copy of the
+        module for all steps (:meth:`FunctionalModel.training`): the same values,
+        bit for bit, without a new tensor or a swap of parameters a step."""
+        update = self.optimizer.update_in_place
+        assert update is not None
+        losses = []
+        with self.model.training(params) as (local, batch_loss):
+            state = self.optimizer.init(local)
+            names, leaves = list(local), list(local.values())
+            for index in steps:
+                with torch.enable_grad():
+                    loss = batch_loss(x[index], y[index])
+                    grads = torch.autograd.grad(loss, leaves)
+                with torch.no_grad():
+                    update(dict(zip(names, grads, strict=True)), state, local)
+                losses.append(loss.detach())
+        return local, losses
 
     def map_cohort(
         self, args: Sequence[Any], device: torch.device, options: CohortOptions
