@@ -10,9 +10,13 @@ bookkeeping (its functional step, its loss accounting) is what the ratio shows.
 A third runner, ``swap a step``, is the local training as it was before
 ``FunctionalModel.training``: ``functional_call`` swaps the parameters into the
 module at every step. Its results are checked to be the same, bit for bit.
+``--optimizer adam`` gives both fedloom runners Adam (lr 1e-3), an optimizer without
+an in-place update, whose new parameters are now copied into the module's copy;
+the torch loop keeps its SGD, so compare it only with ``sgd``.
 
     python benchmarks/local_step.py [--models 2nn cnn] [--epochs 1]
-        [--threads 1 2] [--repeats 7] [--json benchmarks/results/local_step.json]
+        [--threads 1 2] [--repeats 7] [--optimizer sgd]
+        [--json benchmarks/results/local_step.json]
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from benchmarks.simulation_speed import (
 )
 from benchmarks.turns import best_per_step
 from fedloom.data import ClientData
-from fedloom.learning import ClientInput, build_model, sgd
+from fedloom.learning import ClientInput, adam, build_model, sgd
 from fedloom.learning._client_work import LocalTraining, _gradient_and_loss
 from fedloom.learning._cohort_work import own_copy
 from fedloom.runtimes import reuse_cpu_memory
@@ -43,24 +47,32 @@ from fedloom.runtimes import reuse_cpu_memory
 
 class SwapEachStep(LocalTraining):  # type: ignore[misc]
     """The local training before ``FunctionalModel.training``: each step's
-    gradient by ``functional_call`` on a copy of the parameters of its own."""
+    gradient by ``functional_call`` with new leaves, on a copy of the parameters
+    of its own (updated in place) or on the optimizer's new parameters."""
 
-    def _train_in_place(self, params, x, y, steps):  # type: ignore[no-untyped-def]
-        update, step = self.optimizer.update_in_place, _gradient_and_loss(self.model)
-        local = own_copy(params)
+    def _train(self, params, x, y, steps):  # type: ignore[no-untyped-def]
+        in_place, step = self.optimizer.update_in_place, _gradient_and_loss(self.model)
+        local = params if in_place is None else own_copy(params)
         state, losses = self.optimizer.init(local), []
         for index in steps:
             grads, loss = step(local, x[index], y[index])
-            update(grads, state, local)
+            if in_place is None:
+                local, state = self.optimizer.update(grads, state, local)
+            else:
+                in_place(grads, state, local)
             losses.append(loss)
         return local, losses
+
+
+OPTIMIZERS = {"sgd": lambda: sgd(LEARNING_RATE), "adam": lambda: adam(1e-3)}
 
 
 def measure(dataset: Any, clients: ClientData, name: str, args: Any) -> dict[str, Any]:
     model = build_model(name, dataset.input_shape, dataset.num_classes, seed=0)
     params, client = model.init(), ClientInput(clients.client(0), 0)
-    work = LocalTraining(model, sgd(LEARNING_RATE), args.epochs, BATCH_SIZE)
-    before = SwapEachStep(model, sgd(LEARNING_RATE), args.epochs, BATCH_SIZE)
+    optimizer = OPTIMIZERS[args.optimizer]()
+    work = LocalTraining(model, optimizer, args.epochs, BATCH_SIZE)
+    before = SwapEachStep(model, optimizer, args.epochs, BATCH_SIZE)
     got, want = work(params, client), before(params, client)
     for k, v in want.update.items():
         torch.testing.assert_close(got.update[k], v, rtol=0, atol=0)
@@ -86,6 +98,12 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["2nn", "cnn"])
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument(
+        "--optimizer",
+        choices=sorted(OPTIMIZERS),
+        default="sgd",
+        help="the clients' (the torch loop keeps SGD: compare it only with sgd)",
+    )
+    parser.add_argument(
         "--threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1})
     )
     parser.add_argument("--repeats", type=int, default=7)
@@ -99,7 +117,7 @@ def main() -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         rows += [measure(dataset, clients, name, args) for name in args.models]
-    print(f"one client, E = {args.epochs}, B = 10, SGD: microseconds a step")
+    print(f"one client, E = {args.epochs}, B = 10, {args.optimizer}: µs a step")
     print(
         f"{'model':<6} {'threads':>7} {'fedloom local':>14} {'swap a step':>12}"
         f" {'torch loop':>11}  local vs swap, vs loop"

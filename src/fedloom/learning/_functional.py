@@ -116,9 +116,10 @@ class FunctionalModel:
         that require gradients, holding a copy of ``params``, and the loss under
         them (:meth:`loss` of the leaves, computed alike).
 
-        The leaves go into a copy of the module once for the block, where
-        :meth:`apply` swaps ``params`` in and out at every call (45 of a McMahan
-        2NN step's 470 microseconds, ``benchmarks/local_step.py``). Update the
+        The leaves go into a copy of the module once for the block, where a step
+        by :meth:`apply` makes new leaves and swaps them in and out at every call
+        (108 of a McMahan 2NN client step's 569 microseconds at one thread,
+        ``benchmarks/local_step.py``). Update the
         leaves under ``torch.no_grad()``; a new tensor in their place is not seen
         by the loss. Blocks in several threads each get a copy of
         their own, so they take no turns.
