@@ -180,22 +180,31 @@ def test_fedavg_in_mixed_precision(digits, runtime):
     assert apart > 1e-4  # bfloat16 did change the result (1.1-1.5e-3 on the CPU)
 
 
+class _Probe(nn.Module):
+    """Records the dtype of what reaches it (a linear layer's output: bfloat16
+    under autocast)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.dtype] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.dtype)
+        return x
+
+
 @pytest.mark.parametrize("runtime", ["local", *NAMES])
 def test_mixed_precision_reaches_the_model_on_every_runtime(digits, runtime):
     # the tolerance above cannot tell bfloat16 from float32 (both 1e-3 apart):
-    # here each runtime's client training must run the model under autocast. A
-    # hook records the dtype of a linear layer's output (bfloat16 under autocast);
-    # its list is shared by any copy of the module a runtime trains.
-    seen: list[torch.dtype] = []
-    linear = nn.Linear(64, 10)
-    linear.register_forward_hook(lambda layer, args, out: seen.append(out.dtype))
-    module = nn.Sequential(nn.Flatten(), linear)
+    # here each runtime's client training must run the model under autocast
+    probe = _Probe()
+    module = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), probe)
     model = FunctionalModel(module, autocast=torch.bfloat16)
     process = fed_avg(model, client_learning_rate=0.1, local_epochs=1, batch_size=8)
     runtime_ = LocalRuntime() if runtime == "local" else RUNTIMES[runtime]()
     cohort = _cohort(digits, "iid", 3)
     state, _ = process.next(process.init(), cohort, runtime=runtime_)
-    assert seen and set(seen) == {torch.bfloat16}
+    assert probe.seen and set(probe.seen) == {torch.bfloat16}
     assert all(v.dtype == torch.float32 for v in state.params.values())
 
 
