@@ -83,24 +83,52 @@ def test_training_loss_and_gradient_are_the_functional_ones(make):
     leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
     want = model.loss(leaves, x, y)
     want_grads = torch.autograd.grad(want, list(leaves.values()))
-    template = {k: v.clone() for k, v in model.module.named_parameters()}
-    for _ in range(2):  # the second block reuses the copy of the module
+    template = dict(model.module.named_parameters())
+    values = {k: v.clone() for k, v in template.items()}
+    for _ in range(2):  # each block starts from params
         with model.training(params) as (bound, loss):
             assert list(bound) == list(params)
             got = loss(x, y)
             grads = torch.autograd.grad(got, list(bound.values()))
             with torch.no_grad():
                 for leaf, grad in zip(bound.values(), grads, strict=True):
-                    leaf.sub_(grad)  # the next block starts from params again
+                    leaf.sub_(grad)
         assert torch.equal(got, want)
         for g, w in zip(grads, want_grads, strict=True):
             assert torch.equal(g, w)
-    for k, v in model.module.named_parameters():
-        assert torch.equal(v, template[k])  # the template is untouched
+    for k, v in model.module.named_parameters():  # the module has its own back
+        assert v is template[k] and torch.equal(v, values[k])
     assert all(not torch.equal(bound[k], params[k]) for k in params)  # trained
 
 
-def test_training_blocks_in_two_threads_each_have_their_own_parameters():
+def test_training_gives_the_module_its_parameters_back_after_an_error():
+    model = FunctionalModel(_Tied())
+    own = dict(model.module.named_parameters(remove_duplicate=False))
+    with (
+        pytest.raises(RuntimeError, match="shapes cannot be multiplied"),
+        model.training(model.init()) as (_, loss),
+    ):
+        loss(torch.zeros(2, 5), torch.tensor([0, 1]))  # 5 features, not 6
+    assert dict(model.module.named_parameters(remove_duplicate=False)) == own
+    assert model.module.second.weight is model.module.first.weight  # still tied
+
+
+def test_training_takes_the_module_as_it_is_now():
+    model = build_model("2nn", (1, 28, 28), 10, seed=0)
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([0, 1, 2, 3])
+    with model.training(model.init()) as (_, loss):
+        before = loss(x, y)
+    for i, layer in enumerate(model.module):
+        if isinstance(layer, torch.nn.ReLU):
+            model.module[i] = torch.nn.Tanh()  # a change that moves no parameter
+    with model.training(model.init()) as (_, loss):
+        after = loss(x, y)
+    assert torch.equal(after, model.loss(model.init(), x, y))
+    assert not torch.equal(after, before)
+
+
+def test_training_blocks_in_two_threads_each_train_their_own_parameters():
     model = build_model("2nn", (1, 28, 28), 10, seed=0)
     first = model.init()
     second = {k: v + 1.0 for k, v in first.items()}
@@ -108,14 +136,17 @@ def test_training_blocks_in_two_threads_each_have_their_own_parameters():
     y = torch.arange(16) % 10
     want = {id(p): model.loss(p, x, y) for p in (first, second)}
     wrong = []
-    started = threading.Barrier(2)
 
     def train(params):
-        with model.training(params) as (_, loss):
-            started.wait()  # both blocks are open at once
-            for _ in range(100):
+        for _ in range(50):
+            with model.training(params) as (_, loss):
                 if not torch.equal(loss(x, y), want[id(params)]):
-                    wrong.append(1)
+                    wrong.append("block")
+                # a call in the block's own thread: its parameters, then the leaves
+                if not torch.equal(model.loss(first, x, y), want[id(first)]):
+                    wrong.append("call")
+                if not torch.equal(loss(x, y), want[id(params)]):
+                    wrong.append("block after the call")
 
     threads = [threading.Thread(target=train, args=(p,)) for p in (first, second)]
     for thread in threads:

@@ -190,8 +190,8 @@ class LocalTraining:
     ) -> tuple[Params, list[torch.Tensor]]:
         """The trained parameters and each step's mean loss.
 
-        The client trains a copy of the parameters of its own, which sits in a
-        copy of the module for all its steps (:meth:`FunctionalModel.training`).
+        The client trains a copy of the parameters of its own, which sits in the
+        module for all its steps (:meth:`FunctionalModel.training`).
         An optimizer with ``update_in_place`` (SGD, momentum) updates it in place;
         another's new parameters are copied into it. The same values, bit for bit,
         as a step of ``functional_call`` with the new parameters, without a swap of

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import threading
 from collections.abc import Callable, Iterator
@@ -54,13 +53,9 @@ class FunctionalModel:
 
     module: nn.Module
     autocast: torch.dtype | None = None
-    _lock: threading.Lock = field(
-        default_factory=threading.Lock, init=False, repr=False, compare=False
+    _lock: threading.RLock = field(
+        default_factory=threading.RLock, init=False, repr=False, compare=False
     )
-    _idle_copies: list[nn.Module] = field(
-        default_factory=list, init=False, repr=False, compare=False
-    )
-    """Copies of the module for :meth:`training`, each used by one block at a time."""
 
     def __post_init__(self) -> None:
         if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES.values():
@@ -116,13 +111,16 @@ class FunctionalModel:
         that require gradients, holding a copy of ``params``, and the loss under
         them (:meth:`loss` of the leaves, computed alike).
 
-        The leaves go into a copy of the module once for the block, where a step
-        by :meth:`apply` makes new leaves and swaps them in and out at every call
-        (108 of a McMahan 2NN client step's 569 microseconds at one thread,
-        ``benchmarks/local_step.py``). Update the
+        The leaves go into the module once for the block, where a step by
+        :meth:`apply` makes new leaves and swaps them in and out at every call (108
+        of a McMahan 2NN client step's 569 microseconds at one thread,
+        ``benchmarks/local_step.py``). The module gets its own parameters back when
+        the block ends, also by an exception, and takes the module as it is then:
+        a layer changed between blocks is the one the next block trains. Update the
         leaves under ``torch.no_grad()``; a new tensor in their place is not seen
-        by the loss. Blocks in several threads each get a copy of
-        their own, so they take no turns.
+        by the loss. The block holds the module, so blocks and calls in other
+        threads wait for it (in the block's own thread they may run, swapping
+        their parameters in and the leaves back).
 
         >>> model = build_model("logistic", (4,), 3, seed=0)
         >>> with model.training(model.init()) as (leaves, loss):
@@ -131,21 +129,18 @@ class FunctionalModel:
         (['1.bias', '1.weight'], True)
         """
         with self._lock:
-            module = self._idle_copies.pop() if self._idle_copies else None
-        if module is None:
-            module = copy.deepcopy(self.module)
-        try:
-            leaves = _bind(module, params)
+            leaves, places = _bind(self.module, params)
 
             def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                 with self._precision(x):
-                    logits = module(x)
+                    logits = self.module(x)
                 return nn.functional.cross_entropy(self._float(logits), y)
 
-            yield leaves, loss
-        finally:
-            with self._lock:
-                self._idle_copies.append(module)
+            try:
+                yield leaves, loss
+            finally:
+                for owner, attribute, own in places:
+                    owner.register_parameter(attribute, own)
 
     def _float(self, logits: torch.Tensor) -> torch.Tensor:
         """The module's ``logits``, as float32 under :attr:`autocast`."""
@@ -184,27 +179,32 @@ class FunctionalModel:
         return nn.functional.cross_entropy(self.apply(params, x), y)
 
 
-def _bind(module: nn.Module, params: Params) -> Params:
+def _bind(
+    module: nn.Module, params: Params
+) -> tuple[Params, list[tuple[nn.Module, str, nn.Parameter]]]:
     """Put a copy of each of ``params`` into ``module`` as its parameter of that
-    name, at every place the name's parameter is (tied weights stay tied); the
-    copies, by name."""
+    name, at every place that parameter is (tied weights stay tied). The copies by
+    name, and each place with the parameter it had."""
+    named = list(module.named_parameters())
+    missing = [name for name, _ in named if name not in params]
+    if missing:
+        raise KeyError(f"params has no {missing[0]!r} (it has {sorted(params)[:5]})")
+    if len(named) != len(params):
+        extra = sorted(set(params) - {name for name, _ in named})
+        raise KeyError(f"params has names the module lacks: {extra[:5]}")
     places: dict[int, list[tuple[nn.Module, str]]] = {}
     for name, p in module.named_parameters(remove_duplicate=False):
         path, _, attribute = name.rpartition(".")
         places.setdefault(id(p), []).append((module.get_submodule(path), attribute))
     leaves: Params = {}
-    for name, p in list(module.named_parameters()):  # not as it changes
-        if name not in params:
-            raise KeyError(f"params has no {name!r} (it has {sorted(params)[:5]})")
+    had = []
+    for name, own in named:
         value = params[name].detach().clone(memory_format=torch.contiguous_format)
-        leaf = nn.Parameter(value)
-        for owner, attribute in places[id(p)]:
+        leaves[name] = leaf = nn.Parameter(value)
+        for owner, attribute in places[id(own)]:
+            had.append((owner, attribute, own))
             owner.register_parameter(attribute, leaf)
-        leaves[name] = leaf
-    if len(leaves) != len(params):
-        extra = sorted(set(params) - set(leaves))
-        raise KeyError(f"params has names the module lacks: {extra[:5]}")
-    return leaves
+    return leaves, had
 
 
 def _drops(layer: nn.Module) -> bool:
