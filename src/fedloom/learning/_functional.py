@@ -112,9 +112,8 @@ class FunctionalModel:
         them (:meth:`loss` of the leaves, computed alike).
 
         The leaves go into the module once for the block, where a step by
-        :meth:`apply` makes new leaves and swaps them in and out at every call (108
-        of a McMahan 2NN client step's 569 microseconds at one thread,
-        ``benchmarks/local_step.py``). The module gets its own parameters back when
+        :meth:`apply` makes new leaves and swaps them in and out at every call
+        (about a sixth of a McMahan 2NN client step, ``benchmarks/local_step.py``). The module gets its own parameters back when
         the block ends, also by an exception, and takes the module as it is then:
         a layer changed between blocks is the one the next block trains. Update the
         leaves under ``torch.no_grad()``; a new tensor in their place is not seen
