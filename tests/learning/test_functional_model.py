@@ -169,3 +169,14 @@ def test_training_names_parameters_that_do_not_match():
         model.training({**params, "extra": torch.zeros(1)}),
     ):
         pass
+
+
+def test_training_leaves_the_module_alone_when_params_cannot_be_leaves():
+    model = build_model("2nn", (1, 28, 28), 10, seed=0)
+    own = dict(model.module.named_parameters())
+    params = model.init()
+    last = list(params)[-1]
+    params[last] = params[last].long()  # integers cannot require gradients
+    with pytest.raises(RuntimeError, match="floating point"), model.training(params):
+        pass
+    assert dict(model.module.named_parameters()) == own

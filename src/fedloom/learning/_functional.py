@@ -113,9 +113,10 @@ class FunctionalModel:
 
         The leaves go into the module once for the block, where a step by
         :meth:`apply` makes new leaves and swaps them in and out at every call
-        (about a sixth of a McMahan 2NN client step, ``benchmarks/local_step.py``). The module gets its own parameters back when
-        the block ends, also by an exception, and takes the module as it is then:
-        a layer changed between blocks is the one the next block trains. Update the
+        (about a sixth of a McMahan 2NN client step, ``benchmarks/local_step.py``).
+        The module gets its own parameters back when the block ends, also by an
+        exception; a block takes the module as it is then, so a layer changed
+        between blocks is the one the next block trains. Update the
         leaves under ``torch.no_grad()``; a new tensor in their place is not seen
         by the loss. The block holds the module, so blocks and calls in other
         threads wait for it (in the block's own thread they may run, swapping
@@ -195,15 +196,18 @@ def _bind(
     for name, p in module.named_parameters(remove_duplicate=False):
         path, _, attribute = name.rpartition(".")
         places.setdefault(id(p), []).append((module.get_submodule(path), attribute))
-    leaves: Params = {}
+    leaves = {  # all made before the module changes (an int tensor fails)
+        name: nn.Parameter(
+            params[name].detach().clone(memory_format=torch.contiguous_format)
+        )
+        for name, _ in named
+    }
     had = []
     for name, own in named:
-        value = params[name].detach().clone(memory_format=torch.contiguous_format)
-        leaves[name] = leaf = nn.Parameter(value)
         for owner, attribute in places[id(own)]:
             had.append((owner, attribute, own))
-            owner.register_parameter(attribute, leaf)
-    return leaves, had
+            owner.register_parameter(attribute, leaves[name])
+    return dict(leaves), had
 
 
 def _drops(layer: nn.Module) -> bool:
