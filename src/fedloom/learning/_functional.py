@@ -30,12 +30,13 @@ configuration gives them (``[model] autocast``, a deployed task's ``autocast``).
 class FunctionalModel:
     """An ``nn.Module`` used as a pure function of its parameters.
 
-    The module is only a template: training never mutates it, and
+    The module is only a template: training never changes its parameters, and
     ``apply(params, x)`` runs it with ``params`` in place of its own. To do so
     ``torch.func.functional_call`` puts ``params`` into the module for the call, so
     calls from several threads take turns (a lock: without it two threads' calls
     ran with each other's parameters, 512 of 600 in a test); compiled code has that
-    swap traced away and takes no lock.
+    swap traced away and takes no lock. :meth:`training` holds the module so for a
+    block of steps, and gives it its own parameters back at the end.
 
     ``autocast=torch.bfloat16`` runs the module in mixed precision
     (``torch.autocast`` on the inputs' device): its matrix products and
