@@ -11,8 +11,8 @@ A third runner, ``swap a step``, is the local training as it was before
 ``FunctionalModel.training``: ``functional_call`` swaps the parameters into the
 module at every step. Its results are checked to be the same, bit for bit.
 ``--optimizer adam`` gives both fedloom runners Adam (lr 1e-3), an optimizer without
-an in-place update, whose new parameters are now copied into the module's copy;
-the torch loop keeps its SGD, so compare it only with ``sgd``.
+an in-place update, whose new parameters are now copied into the leaves in the
+module; the torch loop keeps its SGD, so compare it only with ``sgd``.
 
     python benchmarks/local_step.py [--models 2nn cnn] [--epochs 1]
         [--threads 1 2] [--repeats 7] [--optimizer sgd]
