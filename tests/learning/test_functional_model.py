@@ -1,5 +1,7 @@
 """A functional model's calls from several threads each run with their own
-parameters; with ``autocast`` it computes in bfloat16 and answers in float32."""
+parameters; with ``autocast`` it computes in bfloat16 and answers in float32; a
+``training`` block computes what its calls would, with the parameters in the
+module, and gives the module its own back."""
 
 import threading
 
