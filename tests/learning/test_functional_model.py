@@ -182,3 +182,36 @@ def test_training_leaves_the_module_alone_when_params_cannot_be_leaves():
     with pytest.raises(RuntimeError, match="floating point"), model.training(params):
         pass
     assert dict(model.module.named_parameters()) == own
+
+
+def test_training_undoes_a_binding_that_fails_halfway():
+    model = build_model("2nn", (1, 28, 28), 10, seed=0)
+    own = dict(model.module.named_parameters())
+    calls = []
+
+    def hook(module, name, param):
+        calls.append(name)
+        if len(calls) == 3:  # the third leaf of six
+            raise RuntimeError("registration refused")
+
+    handle = torch.nn.modules.module.register_module_parameter_registration_hook(hook)
+    try:
+        with (
+            pytest.raises(RuntimeError, match="registration refused"),
+            model.training(model.init()),
+        ):
+            pass
+    finally:
+        handle.remove()
+    assert dict(model.module.named_parameters()) == own
+
+
+def test_training_names_a_tied_parameter_given_twice():
+    model = FunctionalModel(_Tied())
+    params = model.init()
+    params["second.weight"] = params["first.weight"]
+    with (
+        pytest.raises(KeyError, match=r"tied parameters again: \['second\.weight'\]"),
+        model.training(params),
+    ):
+        pass

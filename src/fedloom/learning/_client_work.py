@@ -191,30 +191,37 @@ class LocalTraining:
         """The trained parameters and each step's mean loss.
 
         The client trains a copy of the parameters of its own, which sits in the
-        module for all its steps (:meth:`FunctionalModel.training`).
-        An optimizer with ``update_in_place`` (SGD, momentum) updates it in place;
-        another's new parameters are copied into it. The same values, bit for bit,
-        as a step of ``functional_call`` with the new parameters, without a swap of
-        parameters a step (``benchmarks/local_step.py``).
+        module for all its steps (:meth:`FunctionalModel.training`). An optimizer
+        with ``update_in_place`` (SGD, momentum) updates it in place. Another's
+        ``init`` and ``update`` see the parameters as its pure functions would
+        (``params``, then each step's new ones, which it may keep in its state),
+        never the leaves; its new parameters are copied into the leaves. The same
+        values, bit for bit, as a step of ``functional_call`` with the new
+        parameters, without a swap of parameters a step
+        (``benchmarks/local_step.py``, ``tests/learning/test_local_training.py``).
         """
         in_place, losses = self.optimizer.update_in_place, []
         with self.model.training(params) as (local, batch_loss):
-            state = self.optimizer.init(local)
-            names, leaves = list(local), list(local.values())
+            current = local if in_place is not None else params
+            with torch.no_grad():
+                state = self.optimizer.init(current)
+            leaves = list(local.values())
             for index in steps:
                 with torch.enable_grad():
                     loss = batch_loss(x[index], y[index])
                     grads = torch.autograd.grad(loss, leaves)
-                grads_by_name = dict(zip(names, grads, strict=True))
+                grads_by_name = dict(zip(local, grads, strict=True))
                 with torch.no_grad():
                     if in_place is not None:
                         in_place(grads_by_name, state, local)
                     else:
-                        new, state = self.optimizer.update(grads_by_name, state, local)
+                        current, state = self.optimizer.update(
+                            grads_by_name, state, current
+                        )
                         for name, leaf in local.items():
-                            leaf.copy_(new[name])
+                            leaf.copy_(current[name])
                 losses.append(loss.detach())
-        return local, losses
+        return current, losses
 
     def map_cohort(
         self, args: Sequence[Any], device: torch.device, options: CohortOptions

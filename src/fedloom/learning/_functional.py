@@ -121,7 +121,8 @@ class FunctionalModel:
         leaves under ``torch.no_grad()``; a new tensor in their place is not seen
         by the loss. The block holds the module, so blocks and calls in other
         threads wait for it (in the block's own thread they may run, swapping
-        their parameters in and the leaves back).
+        their parameters in and the leaves back; blocks opened there must end in
+        the reverse order, as nested ``with`` statements do).
 
         >>> model = build_model("logistic", (4,), 3, seed=0)
         >>> with model.training(model.init()) as (leaves, loss):
@@ -140,8 +141,7 @@ class FunctionalModel:
             try:
                 yield leaves, loss
             finally:
-                for owner, attribute, own in places:
-                    owner.register_parameter(attribute, own)
+                _restore(places)
 
     def _float(self, logits: torch.Tensor) -> torch.Tensor:
         """The module's ``logits``, as float32 under :attr:`autocast`."""
@@ -192,6 +192,12 @@ def _bind(
         raise KeyError(f"params has no {missing[0]!r} (it has {sorted(params)[:5]})")
     if len(named) != len(params):
         extra = sorted(set(params) - {name for name, _ in named})
+        aliases = {name for name, _ in module.named_parameters(remove_duplicate=False)}
+        if set(extra) <= aliases:
+            raise KeyError(
+                f"params names tied parameters again: {extra[:5]}; give each once, "
+                "by the name model.init() gives it"
+            )
         raise KeyError(f"params has names the module lacks: {extra[:5]}")
     places: dict[int, list[tuple[nn.Module, str]]] = {}
     for name, p in module.named_parameters(remove_duplicate=False):
@@ -203,12 +209,22 @@ def _bind(
         )
         for name, _ in named
     }
-    had = []
-    for name, own in named:
-        for owner, attribute in places[id(own)]:
-            had.append((owner, attribute, own))
-            owner.register_parameter(attribute, leaves[name])
+    had: list[tuple[nn.Module, str, nn.Parameter]] = []
+    try:
+        for name, own in named:
+            for owner, attribute in places[id(own)]:
+                had.append((owner, attribute, own))
+                owner.register_parameter(attribute, leaves[name])
+    except BaseException:  # a registration hook's error, an interrupt: undo
+        _restore(had)
+        raise
     return dict(leaves), had
+
+
+def _restore(had: list[tuple[nn.Module, str, nn.Parameter]]) -> None:
+    """Give each place of ``had`` back the parameter it had."""
+    for owner, attribute, own in had:
+        owner.register_parameter(attribute, own)
 
 
 def _drops(layer: nn.Module) -> bool:
