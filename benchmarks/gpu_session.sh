@@ -4,6 +4,9 @@
 # gpu_speed_session.json, gpu_profile_compiled.json; their commands are in
 # docs/performance.md); what is left:
 #
+# 0. pytest -m gpu -k "not compiled" tests: the CUDA runtimes' conformance cases
+#    without compiling (the cohort's example gather and the finiteness checks
+#    changed since they last ran on a GPU), CUDA evaluation, the runner;
 # 1. pytest -m gpu tests/learning/test_cohort_graphs.py (the captured compiled
 #    step, edited since it last ran on a GPU);
 # 2. benchmarks/triton_client_conv.py --device cuda: the Triton kernels against
@@ -56,21 +59,24 @@ fi
 device="${DEVICE:-cuda}"
 log="$OUT/gpu_session.log"  # each step's output and exit status
 step_done() { echo "== $1: exit status $2 at $((SECONDS - started)) s" | tee -a "$log"; }
-# at most 120 + 60 + 150 + 90 s on a GPU (the first compiles four steps, some 15 s
-# each); the McMahan rerun takes what is left
+# at most 100 + 120 + 90 + 60 + 150 s on a GPU (step 1 compiles four steps, some
+# 15 s each; step 4 runs before steps 2 and 3); the McMahan rerun takes what is left
 if [ "$device" = cuda ]; then
+    timeout 100 python3 -m pytest -p no:cacheprovider -p no:logging -m gpu \
+        -k "not compiled" tests --tb=short 2>&1 | tee -a "$log" | tail -8
+    step_done "pytest -m gpu -k 'not compiled' tests" "${PIPESTATUS[0]}"
     timeout 120 python3 -m pytest -p no:cacheprovider -p no:logging -m gpu \
         tests/learning/test_cohort_graphs.py --tb=short 2>&1 | tee -a "$log" | tail -8
     step_done "pytest -m gpu test_cohort_graphs.py" "${PIPESTATUS[0]}"
+    timeout 90 python3 benchmarks/gpu_round_profile.py \
+        --json "$OUT/gpu_round_profile.json" 2>&1 | tee -a "$log" | tail -50
+    step_done "gpu_round_profile.py" "${PIPESTATUS[0]}"
     timeout 60 python3 benchmarks/triton_client_conv.py --device cuda 2>&1 |
         tee -a "$log" | tail -8
     step_done "triton_client_conv.py --device cuda" "${PIPESTATUS[0]}"
     timeout 150 python3 benchmarks/compiled_client_conv.py --device cuda 2>&1 |
         grep -v -i warn | tee -a "$log" | tail -16
     step_done "compiled_client_conv.py --device cuda" "${PIPESTATUS[0]}"
-    timeout 90 python3 benchmarks/gpu_round_profile.py \
-        --json "$OUT/gpu_round_profile.json" 2>&1 | tee -a "$log" | tail -50
-    step_done "gpu_round_profile.py" "${PIPESTATUS[0]}"
 fi
 left=$((budget - (SECONDS - started)))
 if [ "$left" -gt 60 ]; then
