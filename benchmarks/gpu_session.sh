@@ -6,7 +6,8 @@
 #
 # 0. pytest -m gpu -k "not compiled" tests: the CUDA runtimes' conformance cases
 #    without compiling (the cohort's example gather and the finiteness checks
-#    changed since they last ran on a GPU), CUDA evaluation, the runner;
+#    changed since they last ran on a GPU), CUDA evaluation, the runner (not the
+#    deployment's tests, which need the cryptography the device's image lacks);
 # 1. pytest -m gpu tests/learning/test_cohort_graphs.py (the captured compiled
 #    step, edited since it last ran on a GPU);
 # 2. benchmarks/triton_client_conv.py --device cuda: the Triton kernels against
@@ -63,7 +64,8 @@ step_done() { echo "== $1: exit status $2 at $((SECONDS - started)) s" | tee -a 
 # 15 s each; step 4 runs before steps 2 and 3); the McMahan rerun takes what is left
 if [ "$device" = cuda ]; then
     timeout 100 python3 -m pytest -p no:cacheprovider -p no:logging -m gpu \
-        -k "not compiled" tests --tb=short 2>&1 | tee -a "$log" | tail -8
+        -k "not compiled" --ignore=tests/deploy --ignore=tests/cli/test_cli_deploy.py \
+        tests --tb=short 2>&1 | tee -a "$log" | tail -8
     step_done "pytest -m gpu -k 'not compiled' tests" "${PIPESTATUS[0]}"
     timeout 120 python3 -m pytest -p no:cacheprovider -p no:logging -m gpu \
         tests/learning/test_cohort_graphs.py --tb=short 2>&1 | tee -a "$log" | tail -8

@@ -33,17 +33,25 @@ except ImportError:  # or from a script beside it
 
 __all__ = ["tf32", "tf32_convs"]
 
-_LOW_BITS = (1 << 13) - 1
-"""The 13 mantissa bits of a float32 that TF32 drops."""
+_KEPT = 2.0**11
+"""TF32 keeps 11 significant bits (10 stored): a mantissa in [0.5, 1) times this is
+an integer once rounded."""
 
 
 def tf32(t: Tensor, truncate: bool = False) -> Tensor:
     """``t``'s values as TF32 holds them (rounded to nearest, ties away from zero,
-    or truncated), in ``t``'s dtype; float64 values are first rounded to float32."""
-    bits = t.to(torch.float32).contiguous().view(torch.int32)
-    if not truncate:
-        bits = bits + (1 << 12)  # half of the dropped bits' range: to nearest
-    return (bits & ~_LOW_BITS).view(torch.float32).to(t.dtype)
+    or truncated), in ``t``'s dtype; float64 values are first rounded to float32.
+
+    In arithmetic rather than on the bits (``view(torch.int32)``), which ``vmap``
+    cannot batch in torch 2.11 (the H200's, 2026-11-28); a test checks the two
+    agree bit for bit on normal values."""
+    mantissa, exponent = torch.frexp(t.to(torch.float32))
+    scaled = mantissa * _KEPT  # exact: at most 24 bits, below 2 ** 11
+    if truncate:
+        kept = torch.trunc(scaled)
+    else:
+        kept = torch.sign(scaled) * torch.floor(scaled.abs() + 0.5)
+    return torch.ldexp(kept / _KEPT, exponent).to(t.dtype)
 
 
 class TF32Conv(torch.autograd.Function):

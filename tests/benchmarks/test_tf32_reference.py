@@ -24,6 +24,22 @@ def test_tf32_keeps_ten_bits_of_mantissa():
     assert tf32(x.double()).dtype == torch.float64
 
 
+@pytest.mark.parametrize("truncate", [False, True])
+def test_tf32_drops_the_low_thirteen_bits_under_vmap_too(truncate):
+    # the definition on the bits: keep a float32's top 19 (sign, exponent, 10 of
+    # mantissa), adding half of the dropped range first to round to nearest
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, generator=generator)
+    x = x * torch.exp(5 * torch.randn(4096, generator=generator))
+    ties = (torch.arange(1024, 2048) + 0.5) * 2.0**-11  # halfway between two
+    x = torch.cat([x, ties, -ties, torch.tensor([0.0, 1.0, -3.0])])
+    bits = x.view(torch.int32) + (0 if truncate else 1 << 12)
+    want = (bits & ~((1 << 13) - 1)).view(torch.float32)
+    assert torch.equal(tf32(x, truncate), want)
+    by_rows = vmap(lambda row: tf32(row, truncate))(x.view(-1, 3))
+    assert torch.equal(by_rows.flatten(), want)
+
+
 def _conv_grads(conv, x, w, b, dy):
     """vmap over clients of (dw, db, dx) of sum(conv(x, w, b) * dy)."""
 
