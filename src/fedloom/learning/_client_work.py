@@ -6,6 +6,7 @@ runs in simulation and on a device.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, final
@@ -25,6 +26,7 @@ from ._cohort_work import (
     plan_training,
 )
 from ._functional import FunctionalModel
+from ._linear_fold import LinearFold, foldable_linears
 from ._optimizers import Optimizer, count
 from ._types import Params
 
@@ -205,23 +207,40 @@ class LocalTraining:
             current = local if in_place is not None else params
             with torch.no_grad():
                 state = self.optimizer.init(current)
-            leaves = list(local.values())
-            for index in steps:
-                with torch.enable_grad():
-                    loss = batch_loss(x[index], y[index])
-                    grads = torch.autograd.grad(loss, leaves)
-                grads_by_name = dict(zip(local, grads, strict=True))
-                with torch.no_grad():
-                    if in_place is not None:
-                        in_place(grads_by_name, state, local)
-                    else:
-                        current, state = self.optimizer.update(
-                            grads_by_name, state, current
-                        )
-                        for name, leaf in local.items():
-                            leaf.copy_(current[name])
-                losses.append(loss.detach())
+            fold = self._fold(local)
+            with fold.recording() if fold else contextlib.nullcontext():
+                for index in steps:
+                    with torch.enable_grad():
+                        loss = batch_loss(x[index], y[index])
+                        folded = fold.folded() if fold else set()
+                        names = [k for k in local if k not in folded]
+                        grads = torch.autograd.grad(loss, [local[k] for k in names])
+                    grads_by_name = dict(zip(names, grads, strict=True))
+                    with torch.no_grad():
+                        if fold:
+                            fold.apply(folded)
+                        if in_place is not None:
+                            in_place(grads_by_name, state, {k: local[k] for k in names})
+                        else:
+                            current, state = self.optimizer.update(
+                                grads_by_name, state, current
+                            )
+                            for name, leaf in local.items():
+                                leaf.copy_(current[name])
+                    losses.append(loss.detach())
         return current, losses
+
+    def _fold(self, leaves: Params) -> LinearFold | None:
+        """Plain SGD's update of the linear layers' weights, folded into their
+        gradients' products (``_linear_fold.py``), where the model allows it and
+        some other parameter's gradient is left to compute."""
+        alpha = self.optimizer.fold_alpha
+        if alpha is None or self.optimizer.update_in_place is None:
+            return None
+        layers = foldable_linears(self.model.module)
+        if not layers or len(layers) == len(leaves):
+            return None
+        return LinearFold(layers, alpha)
 
     def map_cohort(
         self, args: Sequence[Any], device: torch.device, options: CohortOptions

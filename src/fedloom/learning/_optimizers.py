@@ -52,6 +52,11 @@ class Optimizer(NamedTuple):
     update_in_place: Callable[[Params, OptState, Params], None] | None = None
     """``update``'s arithmetic written into ``params`` and ``state`` (``None``: the
     optimizer has no such form); for elementwise optimizers only."""
+    fold_alpha: float | None = None
+    """Where ``update`` is ``w + fold_alpha * g`` and nothing else (plain SGD:
+    ``-learning_rate``), so that a linear layer's weight may take its update
+    straight from its gradient's matrix product (``w.addmm_(dY^T, X,
+    alpha=fold_alpha)``, in a client's eager local training)."""
 
 
 def positive(name: str, value: float) -> float:
@@ -97,7 +102,9 @@ def sgd(learning_rate: float) -> Optimizer:
         for k in params:
             params[k].add_(grads[k], alpha=-lr)
 
-    return Optimizer(init, update, elementwise=True, update_in_place=update_in_place)
+    return Optimizer(
+        init, update, elementwise=True, update_in_place=update_in_place, fold_alpha=-lr
+    )
 
 
 def momentum(learning_rate: float, beta: float = 0.9) -> Optimizer:
