@@ -146,3 +146,24 @@ def test_hooks_are_removed_when_a_step_fails():
     with pytest.raises(IndexError):
         _steps(model, sgd(0.1), model.init(), x, y, steps=1)
     assert all(not layer._forward_hooks for layer in model.module.modules())
+
+
+def test_an_in_place_activation_after_the_layer_leaves_the_fold_exact():
+    # the hook on the layer's output still gets the gradient at the output before
+    # the activation overwrote it
+    module = nn.Sequential(
+        nn.Linear(16, 8),
+        nn.ReLU(inplace=True),
+        nn.Linear(8, 8),
+        nn.Hardtanh(inplace=True),
+        nn.Linear(8, 3),
+    ).double()
+    model = FunctionalModel(module)
+    params = model.init()
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(20, 16, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 3, (20,), generator=generator)
+    got = _steps(model, sgd(0.3), params, x, y, steps=4, batch=5)
+    want = _steps(model, sgd(0.3)._replace(fold_alpha=None), params, x, y, 4, 5)
+    assert _off(got, want) < 1e-12
+    assert _off(got, params) > 1e-3
