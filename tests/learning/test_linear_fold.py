@@ -54,9 +54,9 @@ def test_the_fold_runs_for_sequential_models_and_skips_their_weight_gradients(
     applied, requested = [], []
     apply, grad = LinearFold.apply, torch.autograd.grad
 
-    def spy_apply(self, names):
-        applied.append(sorted(names))
-        apply(self, names)
+    def spy_apply(self, output_grads):
+        applied.append(sorted(output_grads))
+        apply(self, output_grads)
 
     def spy_grad(outputs, inputs, *args, **kwargs):
         requested.append(len(inputs))
@@ -70,7 +70,7 @@ def test_the_fold_runs_for_sequential_models_and_skips_their_weight_gradients(
     weights = ["1.weight", "3.weight", "5.weight"]
     assert sorted(foldable_linears(model.module)) == weights
     assert applied == [weights, weights]
-    assert requested == [3, 3]  # the biases only
+    assert requested == [6, 6]  # the biases and the three layers' outputs
     assert all(not layer._forward_hooks for layer in model.module.modules())
 
 
@@ -99,6 +99,7 @@ class _Block(nn.Module):
         return self.inner(x) + x @ self.inner.weight  # a second use of the weight
 
 
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated")
 def test_only_a_layers_single_call_is_folded():
     shared = nn.Linear(4, 4)
     nested = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.ReLU(), nn.Linear(4, 2)))
@@ -109,7 +110,23 @@ def test_only_a_layers_single_call_is_folded():
     assert foldable_linears(tied) == {}
     assert foldable_linears(nn.Sequential(nn.Linear(4, 4), _Custom(4, 2))) == {}
     assert foldable_linears(nn.Sequential(_Block())) == {}
-    assert foldable_linears(nn.Sequential(nn.MultiheadAttention(4, 1))) == {}
+    # PyTorch's own layer with dense layers inside, whose fast path (not in
+    # training) reads their weights directly
+    encoder = nn.TransformerEncoderLayer(4, 1, 8)
+    assert foldable_linears(nn.Sequential(encoder)) == {}
+    # the weight computed from two parameters (the old weight_norm)
+    normed = nn.Sequential(torch.nn.utils.weight_norm(nn.Linear(4, 4)), nn.Linear(4, 2))
+    assert foldable_linears(normed) == {}
+    hooked = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    assert sorted(foldable_linears(hooked)) == ["0.weight", "1.weight"]
+    handle = hooked[0].register_forward_hook(lambda layer, args, out: out * 2)
+    assert foldable_linears(hooked) == {}
+    handle.remove()
+    handle = nn.modules.module.register_module_forward_hook(lambda *args: None)
+    try:
+        assert foldable_linears(hooked) == {}
+    finally:
+        handle.remove()
     assert foldable_linears(FunctionalModel(nn.Linear(4, 2)).module) == {}
 
 
@@ -118,10 +135,10 @@ def test_a_layer_called_twice_in_a_step_is_not_folded():
     fold = LinearFold({"0.weight": layer}, alpha=-0.1)
     with fold.recording():
         layer(layer(torch.randn(2, 3)))
-        assert fold.folded() == set()
+        assert fold.folded() == {}
     with fold.recording():
         layer(torch.randn(2, 3))
-        assert fold.folded() == {"0.weight"}
+        assert list(fold.folded()) == ["0.weight"]
     assert not layer._forward_hooks
 
 
@@ -167,3 +184,25 @@ def test_an_in_place_activation_after_the_layer_leaves_the_fold_exact():
     want = _steps(model, sgd(0.3)._replace(fold_alpha=None), params, x, y, 4, 5)
     assert _off(got, want) < 1e-12
     assert _off(got, params) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "layers",
+    [
+        lambda: [nn.Linear(16, 8, bias=False), nn.ReLU(), nn.Linear(8, 3)],
+        lambda: [nn.Linear(16, 8, bias=False), nn.Linear(8, 3, bias=False)],
+        lambda: [nn.Linear(16, 8, bias=False), nn.LayerNorm(8), nn.Linear(8, 3)],
+    ],
+)
+def test_layers_without_bias_before_any_other_parameter_train_folded(layers):
+    # nothing but the weight needs the gradient at such a layer's output: it is
+    # asked for itself
+    model = FunctionalModel(nn.Sequential(*layers()).double())
+    params = model.init()
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(20, 16, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 3, (20,), generator=generator)
+    got = _steps(model, sgd(0.3), params, x, y, steps=4, batch=5)
+    want = _steps(model, sgd(0.3)._replace(fold_alpha=None), params, x, y, 4, 5)
+    assert _off(got, want) < 1e-12
+    assert all(float((got[k] - params[k]).abs().max()) > 1e-4 for k in params)

@@ -200,25 +200,31 @@ class LocalTraining:
         never the leaves; its new parameters are copied into the leaves. The same
         values, bit for bit, as a step of ``functional_call`` with the new
         parameters, without a swap of parameters a step
-        (``benchmarks/local_step.py``, ``tests/learning/test_local_training.py``).
+        (``benchmarks/local_step.py``, ``tests/learning/test_local_training.py``);
+        except that plain SGD (``fold_alpha``) updates the dense layers' weights
+        that :class:`LinearFold` may fold by their gradients' products, which
+        round otherwise (``tests/learning/test_linear_fold.py``).
         """
         in_place, losses = self.optimizer.update_in_place, []
         with self.model.training(params) as (local, batch_loss):
             current = local if in_place is not None else params
             with torch.no_grad():
                 state = self.optimizer.init(current)
-            fold = self._fold(local)
+            fold = self._fold()
             with fold.recording() if fold else contextlib.nullcontext():
                 for index in steps:
                     with torch.enable_grad():
                         loss = batch_loss(x[index], y[index])
-                        folded = fold.folded() if fold else set()
+                        folded = fold.folded() if fold else {}
                         names = [k for k in local if k not in folded]
-                        grads = torch.autograd.grad(loss, [local[k] for k in names])
-                    grads_by_name = dict(zip(names, grads, strict=True))
+                        wanted: list[Any] = [local[k] for k in names]
+                        wanted += folded.values()  # the folded layers' outputs
+                        grads = torch.autograd.grad(loss, wanted)
+                    grads_by_name = dict(zip(names, grads, strict=False))
                     with torch.no_grad():
                         if fold:
-                            fold.apply(folded)
+                            dy = grads[len(names) :]
+                            fold.apply(dict(zip(folded, dy, strict=True)))
                         if in_place is not None:
                             in_place(grads_by_name, state, {k: local[k] for k in names})
                         else:
@@ -230,17 +236,14 @@ class LocalTraining:
                     losses.append(loss.detach())
         return current, losses
 
-    def _fold(self, leaves: Params) -> LinearFold | None:
+    def _fold(self) -> LinearFold | None:
         """Plain SGD's update of the linear layers' weights, folded into their
-        gradients' products (``_linear_fold.py``), where the model allows it and
-        some other parameter's gradient is left to compute."""
+        gradients' products (``_linear_fold.py``), where the model allows it."""
         alpha = self.optimizer.fold_alpha
         if alpha is None or self.optimizer.update_in_place is None:
             return None
         layers = foldable_linears(self.model.module)
-        if not layers or len(layers) == len(leaves):
-            return None
-        return LinearFold(layers, alpha)
+        return LinearFold(layers, alpha) if layers else None
 
     def map_cohort(
         self, args: Sequence[Any], device: torch.device, options: CohortOptions

@@ -12,12 +12,16 @@ times whole steps). The compiled runtimes do the same by a compiler pass
 (``_gemm_update.py``); this is the eager client's form.
 
 :func:`foldable_linears` picks the layers for which it is the same computation,
-from the module's structure alone: ``nn.Linear`` layers (the class itself) inside a
-tree of ``nn.Sequential`` containers of PyTorch's own layers, each layer in one
-place and its weight in no other, so that the layer's call is the only use of the
-weight. :class:`LinearFold` records each such layer's input and output gradient
-during a step; a layer whose call differed from its weight's dtype (autocast) or
-that ran other than once that step has its gradient computed as usual.
+from the module's structure alone: ``nn.Linear`` layers (the class itself, its
+weight a parameter of its own) inside a tree of ``nn.Sequential`` containers of
+PyTorch's own layers, with no hooks on any of them nor global ones, each weight in
+one place only, so that the layer's one call is the weight's only use.
+:class:`LinearFold` records each such layer's input and the gradient edge of its
+output during a step (the edge, not the tensor: an in-place activation after the
+layer overwrites the tensor); the step asks autograd for the gradients at those
+edges instead of the weights'. A layer that ran other than once that step, or in
+another dtype than its weight's (autocast), has its weight's gradient computed as
+usual.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.nn.modules import module as module_hooks
 
 __all__ = ["LinearFold", "foldable_linears"]
 
@@ -37,31 +43,56 @@ def _torch_layer(layer: nn.Module) -> bool:
     return type(layer).__module__.startswith("torch.nn.modules.")
 
 
+_HOOKS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+_GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
+
+
+def _hooked(layers: list[nn.Module]) -> bool:
+    """Whether any of ``layers``, or every module (global hooks), has a hook: a
+    hook may change a layer's output or use a weight a second time."""
+    if any(getattr(module_hooks, name) for name in _GLOBAL_HOOKS):
+        return True
+    return any(getattr(layer, name) for layer in layers for name in _HOOKS)
+
+
 def foldable_linears(module: nn.Module) -> dict[str, nn.Linear]:
     """The weights (by parameter name) of ``module``'s linear layers whose update
     can be folded into their gradient's product, with their layers; none unless
-    ``module`` is a tree of ``nn.Sequential`` containers of PyTorch's own layers."""
-    places = list(module.named_modules(remove_duplicate=False))
-    if type(module) is not nn.Sequential or not all(
-        _torch_layer(layer) for _, layer in places
-    ):
+    ``module`` is a tree of ``nn.Sequential`` containers of PyTorch's own layers
+    without hooks."""
+    layers = [layer for _, layer in module.named_modules(remove_duplicate=False)]
+    if type(module) is not nn.Sequential or _hooked(layers):
         return {}
-    for _, layer in places:  # containers only inside containers
-        if type(layer) is not nn.Sequential and any(True for _ in layer.children()):
+    for layer in layers:  # PyTorch's own layers, containers only inside containers
+        if not _torch_layer(layer) or (
+            type(layer) is not nn.Sequential and any(True for _ in layer.children())
+        ):
             return {}
-    layer_places: dict[int, int] = {}
-    for _, layer in places:
-        layer_places[id(layer)] = layer_places.get(id(layer), 0) + 1
-    weight_places: dict[int, int] = {}
+    places: dict[int, int] = {}
     for _, p in module.named_parameters(remove_duplicate=False):
-        weight_places[id(p)] = weight_places.get(id(p), 0) + 1
+        places[id(p)] = places.get(id(p), 0) + 1
     return {
         f"{name}.weight": layer
-        for name, layer in places
+        for name, layer in module.named_modules(remove_duplicate=False)
         if type(layer) is nn.Linear
-        and layer_places[id(layer)] == 1
-        and weight_places[id(layer.weight)] == 1
+        and "weight" in layer._parameters  # not computed (old-style weight_norm)
+        and places.get(id(layer.weight)) == 1
     }
+
+
+_Call = tuple[torch.Tensor, torch.dtype, GradientEdge | None]
+"""A layer's call: its input, its output's dtype and its output's gradient edge
+(``None`` where the output needs no gradient)."""
 
 
 class LinearFold:
@@ -69,25 +100,23 @@ class LinearFold:
     gradients' products, one step at a time, while the leaves are bound in the
     module (:meth:`FunctionalModel.training`).
 
-    Within :meth:`recording`, a step's forward pass records each layer's input, its
-    output's dtype and (through a hook on the output) the gradient at its output.
-    :meth:`folded` names the weights whose gradients the step need not compute,
-    :meth:`apply` updates them from the records after the backward pass.
+    Within :meth:`recording`, a step's forward pass records each layer's input,
+    its output's dtype and its output's gradient edge. :meth:`folded` gives the
+    weights whose update the step folds with those edges, for which the step asks
+    autograd instead of the weights; :meth:`apply` folds them from the gradients
+    at the edges.
     """
 
     def __init__(self, layers: dict[str, nn.Linear], alpha: float) -> None:
         self.layers = layers
         self.alpha = alpha
-        self._calls: dict[str, list[tuple[torch.Tensor, torch.dtype]]] = {
-            name: [] for name in layers
-        }
-        self._output_grads: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+        self._calls: dict[str, list[_Call]] = {name: [] for name in layers}
 
     @contextmanager
     def recording(self) -> Iterator[None]:
         """Forward hooks on the layers for a block of steps."""
         handles = [
-            layer.register_forward_hook(self._hook(name))
+            layer.register_forward_hook(self._hook(self._calls[name]))
             for name, layer in self.layers.items()
         ]
         try:
@@ -97,42 +126,39 @@ class LinearFold:
                 handle.remove()
             self._clear()
 
-    def _hook(self, name: str) -> Any:
-        calls, output_grads = self._calls[name], self._output_grads[name]
-
+    @staticmethod
+    def _hook(calls: list[_Call]) -> Any:
         def record(layer: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            calls.append((args[0], output.dtype))
-            if output.requires_grad:
-                output.register_hook(output_grads.append)
+            edge = get_gradient_edge(output) if output.requires_grad else None
+            calls.append((args[0], output.dtype, edge))
 
         return record
 
-    def folded(self) -> set[str]:
-        """The weights whose update this step folds: each layer that ran once, on
-        an input and to an output of its weight's dtype (not under autocast)."""
-        folded = set()
+    def folded(self) -> dict[str, GradientEdge]:
+        """The weights whose update this step folds, with their outputs' gradient
+        edges: each layer that ran once, on an input and to an output of its
+        weight's dtype (not under autocast)."""
+        folded = {}
         for name, layer in self.layers.items():
             calls, dtype = self._calls[name], layer.weight.dtype
-            if len(calls) == 1 and calls[0][0].dtype == calls[0][1] == dtype:
-                folded.add(name)
+            if len(calls) == 1:
+                x, out_dtype, edge = calls[0]
+                if edge is not None and x.dtype == out_dtype == dtype:
+                    folded[name] = edge
         return folded
 
-    def apply(self, names: set[str]) -> None:
-        """``w.addmm_(dY^T, X, alpha=alpha)`` for each of ``names`` (nothing where
-        no gradient reached the layer's output: its gradient is zero), then forget
-        the step's records."""
-        for name in names:
-            if self._output_grads[name]:
-                (x, _), dy = self._calls[name][0], self._output_grads[name][0]
-                self.layers[name].weight.addmm_(
-                    dy.reshape(-1, dy.shape[-1]).mT,
-                    x.reshape(-1, x.shape[-1]),
-                    alpha=self.alpha,
-                )
+    def apply(self, output_grads: dict[str, torch.Tensor]) -> None:
+        """``w.addmm_(dY^T, X, alpha=alpha)`` for each weight of ``output_grads``
+        (its ``dY``), then forget the step's records."""
+        for name, dy in output_grads.items():
+            x = self._calls[name][0][0]
+            self.layers[name].weight.addmm_(
+                dy.reshape(-1, dy.shape[-1]).mT,
+                x.reshape(-1, x.shape[-1]),
+                alpha=self.alpha,
+            )
         self._clear()
 
     def _clear(self) -> None:
         for calls in self._calls.values():
             calls.clear()
-        for grads in self._output_grads.values():
-            grads.clear()
