@@ -79,7 +79,9 @@ def measure(
     args: Any,
 ) -> dict[str, Any]:
     model = build_model(model_name, dataset.input_shape, dataset.num_classes, seed=0)
-    optimizer = OPTIMIZERS[name](LEARNING_RATE)
+    # unfolded: SGD's folded steps (_linear_fold.py, _dense_cohort.py) update in
+    # their own way, with or without update_in_place
+    optimizer = OPTIMIZERS[name](LEARNING_RATE)._replace(fold_alpha=None)
     optimizers = {
         "new tensors": optimizer._replace(update_in_place=None),
         "in place": optimizer,

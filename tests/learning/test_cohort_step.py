@@ -1,5 +1,6 @@
-"""The eager cohort step writes SGD's and momentum's update in place, and computes
-what the functional update does; its loss is ``F.cross_entropy``'s."""
+"""The eager cohort step writes SGD's (unfolded: ``test_dense_cohort.py`` has the
+folded) and momentum's update in place, and computes what the functional update
+does; its loss is ``F.cross_entropy``'s."""
 
 import pytest
 import torch
@@ -7,10 +8,13 @@ import torch
 from fedloom.core import Replicated
 from fedloom.data import ClientData, load_dataset
 from fedloom.learning import build_model, momentum, sgd
-from fedloom.learning._cohort_work import CohortStep, _cross_entropy, plan_training
+from fedloom.learning._cohort_loss import cross_entropy
+from fedloom.learning._cohort_work import CohortStep, plan_training
 
 
-@pytest.mark.parametrize("make", [lambda: sgd(0.1), lambda: momentum(0.05)])
+@pytest.mark.parametrize(
+    "make", [lambda: sgd(0.1)._replace(fold_alpha=None), lambda: momentum(0.05)]
+)
 def test_the_eager_step_updates_in_place_as_the_functional_update_would(make):
     digits = load_dataset("digits")
     model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
@@ -52,10 +56,10 @@ def test_the_steps_cross_entropy_is_torchs_bit_for_bit_under_vmap():
         (value * weights).sum().backward()
         return value, z.grad
 
-    got = value_and_gradient(_cross_entropy)
+    got = value_and_gradient(cross_entropy)
     want = value_and_gradient(
         lambda z, t: torch.nn.functional.cross_entropy(z, t, reduction="none")
     )
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="out of bounds"):
-        _cross_entropy(logits[0], torch.full((7,), -100))
+        cross_entropy(logits[0], torch.full((7,), -100))

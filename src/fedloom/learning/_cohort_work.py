@@ -28,6 +28,8 @@ from fedloom.core import (
 )
 from fedloom.data import ExampleRows, Examples
 
+from ._cohort_loss import masked_loss
+from ._dense_cohort import DenseCohortStep
 from ._functional import FunctionalModel
 from ._optimizers import Optimizer
 from ._types import Params
@@ -233,28 +235,6 @@ def copy_tree(into: Any, values: Any) -> None:
         target.copy_(source)
 
 
-def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Each example's cross-entropy: ``F.cross_entropy(logits, y,
-    reduction="none")`` bit for bit (the label's entry of ``log_softmax``, negated),
-    without its handling of ``ignore_index`` (a label out of range is an error),
-    which under ``vmap`` costs a dozen more small operations a step, each a kernel
-    launch on a GPU (13 of the 76 of a 2NN step, whose eager form runs 1.04-1.06x
-    faster without them: ``benchmarks/cohort_loss.py``)."""
-    log_probs = torch.log_softmax(logits, dim=1)
-    return -log_probs.gather(1, y.unsqueeze(1)).squeeze(1)
-
-
-def _masked_loss(model: FunctionalModel) -> Any:
-    def loss(
-        params: Params, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        per_example = _cross_entropy(model.apply(params, x), y)
-        weights = mask.to(per_example.dtype)
-        return (per_example * weights).sum() / weights.sum().clamp(min=1)
-
-    return loss
-
-
 def _own_code(method: Any) -> Any:
     """``method`` bound to a copy of its function with a code object of its own
     (torch.compile keeps its compilations, and counts them, per code object)."""
@@ -328,7 +308,11 @@ class CohortStep:
     velocity); in :meth:`steps`, SGD's updates of a layer fed by the data are
     first deferred to the end of the call (``_defer_update.py``). Eager, the
     unmasked steps of SGD and momentum update in place too
-    (``Optimizer.update_in_place``); a masked step returns new tensors.
+    (``Optimizer.update_in_place``); a masked step returns new tensors. Eager on
+    the CPU, the unmasked steps of plain SGD on a network of dense layers run
+    without ``vmap``, their updates folded into the weight gradients' products
+    (:class:`DenseCohortStep`; an optimizer ``_replace``d with ``fold_alpha=None``
+    keeps the ``vmap`` step).
     """
 
     def __init__(
@@ -344,7 +328,7 @@ class CohortStep:
         self.steps_per_call = steps_per_call
         """Steps a compiled call runs where every client has a batch (see
         :meth:`steps`)."""
-        self.grad = vmap(grad_and_value(_masked_loss(model)))
+        self.grad = vmap(grad_and_value(masked_loss(model)))
         self.optimizer = optimizer
         # Elementwise optimizers apply to stacked parameters as they are.
         self._update = optimizer.update if optimizer.elementwise else None
@@ -352,6 +336,9 @@ class CohortStep:
             optimizer.update_in_place if optimizer.elementwise else None
         )
         self.compiled = compile
+        self.dense = None if compile else DenseCohortStep.of(model, optimizer)
+        """The eager step of a dense network under plain SGD, on the CPU, without
+        ``vmap`` (:class:`DenseCohortStep`); ``None`` where it does not apply."""
         self.fold: FoldUpdateIntoGemm | None = None
         """The compiler pass of the compiled step (its ``folded`` counts rewrites)."""
         if compile:
@@ -400,6 +387,9 @@ class CohortStep:
         (SGD, momentum).
         """
         if not self.compiled:
+            if self.dense is not None and not masked and data.x.device.type == "cpu":
+                x, y = _gather(data.x, data.y, index)
+                return params, state, self.dense(params, x, y, batch_mask)
             return self._step(
                 data.x, data.y, params, state, index, batch_mask, masked, in_place=True
             )
@@ -592,7 +582,7 @@ def cohort_gradient(
     """
     data = PaddedCohort(examples, device)
     start = stacked_params(params, data.size, device)
-    grads, loss = vmap(grad_and_value(_masked_loss(model)))(
+    grads, loss = vmap(grad_and_value(masked_loss(model)))(
         start, data.x, data.y, data.mask
     )
     detached = {k: v.detach() for k, v in grads.items()}

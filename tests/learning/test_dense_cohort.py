@@ -1,0 +1,157 @@
+"""The eager cohort step of dense networks under plain SGD (``_dense_cohort.py``):
+the ``vmap`` step's parameters and losses in float64, for every network its rule
+admits, and the ``vmap`` step wherever the rule does not hold."""
+
+import pytest
+import torch
+from torch import nn
+
+from fedloom.core import Replicated
+from fedloom.data import Examples
+from fedloom.learning import FunctionalModel, adam, build_model, momentum, sgd
+from fedloom.learning._cohort_work import CohortStep, plan_training
+from fedloom.learning._dense_cohort import DenseCohortStep, dense_layers
+
+
+def _networks():
+    """Dense networks of 12 input features (flat or as 3 x 4) and 3 classes."""
+    return {
+        "2nn": build_model("2nn", (3, 4), 3, seed=0).module,
+        "logistic": build_model("logistic", (3, 4), 3, seed=0).module,
+        "nested, no bias, in-place ReLU, GELU": nn.Sequential(
+            nn.Flatten(),
+            nn.Sequential(nn.Linear(12, 9, bias=False), nn.ReLU(inplace=True)),
+            nn.Linear(9, 7),
+            nn.GELU(),
+            nn.Linear(7, 3),
+        ),
+        "a linear layer before the flattening": nn.Sequential(
+            nn.Linear(4, 5),
+            nn.Tanh(),
+            nn.Flatten(start_dim=1, end_dim=-1),
+            nn.Linear(15, 3),
+        ),
+    }
+
+
+def _plan(module, sizes, batch, dtype=torch.float64):
+    """A cohort of ``sizes`` random clients' examples of ``module``'s shape."""
+    generator = torch.Generator().manual_seed(4)
+    examples = [
+        Examples(
+            torch.randn(n, 3, 4, generator=generator),
+            torch.randint(0, 3, (n,), generator=generator),
+        )
+        for n in sizes
+    ]
+    model = FunctionalModel(module.to(dtype))
+    start = Replicated(model.init(), len(sizes))
+    seeds = list(range(len(sizes)))
+    plan = plan_training(start, examples, seeds, 2, batch, torch.device("cpu"))
+    plan.data.x = plan.data.x.to(dtype)  # examples are float32
+    return model, plan
+
+
+def _train(step, plan):
+    """Every step of ``plan``: (parameters, each step's losses)."""
+    params, state = step.begin(plan.start)
+    losses = []
+    for e in range(plan.epochs):
+        for s in range(plan.batch_index.shape[2]):
+            batch = plan.batch_index[:, e, s], plan.batch_mask[:, e, s]
+            params, state, loss = step(
+                plan.data, params, state, *batch, not plan.everyone[e][s]
+            )
+            losses.append(loss)
+    return params, torch.stack(losses)
+
+
+@pytest.mark.parametrize("name", list(_networks()))
+def test_the_dense_step_is_the_vmap_step_in_float64(name):
+    # clients of 13, 9 and 13 examples in batches of 4: the last batch of every
+    # client is partly padding, and client 1 runs out of batches before the others
+    model, plan = _plan(_networks()[name], [13, 9, 13], batch=4)
+    dense = CohortStep(model, sgd(0.2))
+    assert dense.dense is not None
+    vmapped = CohortStep(model, sgd(0.2)._replace(fold_alpha=None))
+    assert vmapped.dense is None
+    assert not all(plan.everyone[0])  # a masked step: the vmap step's, in both
+    got, got_losses = _train(dense, plan)
+    want, want_losses = _train(vmapped, plan)
+    for k, v in want.items():
+        change = (v - plan.start[k]).abs().max()
+        assert change > 0.01
+        assert (got[k] - v).abs().max() <= 1e-12 * change
+    torch.testing.assert_close(got_losses, want_losses, rtol=1e-12, atol=0)
+
+
+def test_in_float32_the_dense_step_rounds_like_the_vmap_step():
+    model, plan = _plan(_networks()["2nn"], [16, 16], batch=4, dtype=torch.float32)
+    got, _ = _train(CohortStep(model, sgd(0.2)), plan)
+    want, _ = _train(CohortStep(model, sgd(0.2)._replace(fold_alpha=None)), plan)
+    for k, v in want.items():
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_the_dense_step_updates_the_parameters_in_place():
+    model, plan = _plan(_networks()["2nn"], [8, 8], batch=4)
+    step = CohortStep(model, sgd(0.2))
+    params, state = step.begin(plan.start)
+    before = {k: v.clone() for k, v in params.items()}
+    batch = plan.batch_index[:, 0, 0], plan.batch_mask[:, 0, 0]
+    got, _, _ = step(plan.data, params, state, *batch, False)
+    assert got is params
+    assert all(not torch.equal(params[k], v) for k, v in before.items())
+    assert not any(v.requires_grad for v in params.values())
+
+
+class _OwnLinear(nn.Linear):
+    pass
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        build_model("cnn", (1, 8, 8), 3, seed=0).module,  # convolutions
+        nn.Sequential(nn.Flatten(), _OwnLinear(12, 3)),  # a subclass
+        nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.Softmax(dim=1)),  # not
+        nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.PReLU(), nn.Linear(4, 3)),
+        nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.Dropout(0.0)),
+        nn.Sequential(nn.Flatten()),  # no linear layer
+    ],
+    ids=["cnn", "subclass", "softmax", "prelu", "dropout", "no-linear"],
+)
+def test_networks_of_other_layers_keep_the_vmap_step(module):
+    assert dense_layers(module) is None
+    assert DenseCohortStep.of(FunctionalModel(module), sgd(0.1)) is None
+
+
+def test_tied_or_hooked_weights_keep_the_vmap_step():
+    shared = nn.Linear(6, 6)
+    assert dense_layers(nn.Sequential(shared, nn.ReLU(), shared)) is None
+    hooked = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    assert dense_layers(hooked) is not None
+    hooked[1].register_forward_hook(lambda layer, args, out: out * 2)
+    assert dense_layers(hooked) is None
+
+
+@pytest.mark.parametrize(
+    "optimizer", [momentum(0.1), adam(0.01)], ids=["momentum", "adam"]
+)
+def test_other_optimizers_autocast_and_compiling_keep_the_vmap_step(optimizer):
+    model = build_model("2nn", (3, 4), 3, seed=0)
+    assert CohortStep(model, optimizer).dense is None
+    assert CohortStep(model, sgd(0.1)).dense is not None
+    mixed = build_model("2nn", (3, 4), 3, seed=0, autocast=torch.bfloat16)
+    assert CohortStep(mixed, sgd(0.1)).dense is None
+    assert CohortStep(model, sgd(0.1), compile=True).dense is None
+
+
+def test_the_dense_step_trains_under_no_grad_as_the_vmap_step_does():
+    model, plan = _plan(_networks()["2nn"], [8, 8], batch=4)
+    with torch.no_grad():
+        got, _ = _train(CohortStep(model, sgd(0.2)), plan)
+        want, _ = _train(CohortStep(model, sgd(0.2)._replace(fold_alpha=None)), plan)
+    for k, v in want.items():
+        assert not torch.equal(v, plan.start[k])
+        torch.testing.assert_close(got[k], v, rtol=1e-12, atol=1e-12)
