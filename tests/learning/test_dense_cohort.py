@@ -25,6 +25,7 @@ def _networks():
             nn.GELU(),
             nn.Linear(7, 3),
         ),
+        "no bias at all": nn.Sequential(nn.Flatten(), nn.Linear(12, 3, bias=False)),
         "a linear layer before the flattening": nn.Sequential(
             nn.Linear(4, 5),
             nn.Tanh(),
@@ -52,6 +53,20 @@ def _plan(module, sizes, batch, dtype=torch.float64):
     return model, plan
 
 
+@pytest.fixture
+def dense_calls(monkeypatch):
+    """How many steps :class:`DenseCohortStep` has taken (counted by a wrapper)."""
+    calls = []
+    original = DenseCohortStep.__call__
+
+    def counted(self, *args):
+        calls.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(DenseCohortStep, "__call__", counted)
+    return calls
+
+
 def _train(step, plan):
     """Every step of ``plan``: (parameters, each step's losses)."""
     params, state = step.begin(plan.start)
@@ -67,17 +82,17 @@ def _train(step, plan):
 
 
 @pytest.mark.parametrize("name", list(_networks()))
-def test_the_dense_step_is_the_vmap_step_in_float64(name):
+def test_the_dense_step_is_the_vmap_step_in_float64(name, dense_calls):
     # clients of 13, 9 and 13 examples in batches of 4: the last batch of every
     # client is partly padding, and client 1 runs out of batches before the others
     model, plan = _plan(_networks()[name], [13, 9, 13], batch=4)
-    dense = CohortStep(model, sgd(0.2))
-    assert dense.dense is not None
-    vmapped = CohortStep(model, sgd(0.2)._replace(fold_alpha=None))
-    assert vmapped.dense is None
-    assert not all(plan.everyone[0])  # a masked step: the vmap step's, in both
-    got, got_losses = _train(dense, plan)
-    want, want_losses = _train(vmapped, plan)
+    want, want_losses = _train(
+        CohortStep(model, sgd(0.2)._replace(fold_alpha=None)), plan
+    )
+    assert not dense_calls
+    got, got_losses = _train(CohortStep(model, sgd(0.2)), plan)
+    masked = sum(not every for epoch in plan.everyone for every in epoch)
+    assert masked and len(dense_calls) == len(got_losses) - masked  # those: vmap's
     for k, v in want.items():
         change = (v - plan.start[k]).abs().max()
         assert change > 0.01
@@ -85,21 +100,23 @@ def test_the_dense_step_is_the_vmap_step_in_float64(name):
     torch.testing.assert_close(got_losses, want_losses, rtol=1e-12, atol=0)
 
 
-def test_in_float32_the_dense_step_rounds_like_the_vmap_step():
+def test_in_float32_the_dense_step_rounds_like_the_vmap_step(dense_calls):
     model, plan = _plan(_networks()["2nn"], [16, 16], batch=4, dtype=torch.float32)
     got, _ = _train(CohortStep(model, sgd(0.2)), plan)
+    assert len(dense_calls) == 8
     want, _ = _train(CohortStep(model, sgd(0.2)._replace(fold_alpha=None)), plan)
     for k, v in want.items():
         torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)
 
 
-def test_the_dense_step_updates_the_parameters_in_place():
+def test_the_dense_step_updates_the_parameters_in_place(dense_calls):
     model, plan = _plan(_networks()["2nn"], [8, 8], batch=4)
     step = CohortStep(model, sgd(0.2))
     params, state = step.begin(plan.start)
     before = {k: v.clone() for k, v in params.items()}
     batch = plan.batch_index[:, 0, 0], plan.batch_mask[:, 0, 0]
     got, _, _ = step(plan.data, params, state, *batch, False)
+    assert dense_calls == [1]
     assert got is params
     assert all(not torch.equal(params[k], v) for k, v in before.items())
     assert not any(v.requires_grad for v in params.values())
@@ -118,17 +135,24 @@ class _OwnLinear(nn.Linear):
         nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.PReLU(), nn.Linear(4, 3)),
         nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.Dropout(0.0)),
         nn.Sequential(nn.Flatten()),  # no linear layer
+        nn.Sequential(nn.Flatten(0, 1), nn.Linear(12, 3)),  # the batch axis folded
     ],
-    ids=["cnn", "subclass", "softmax", "prelu", "dropout", "no-linear"],
+    ids=["cnn", "subclass", "softmax", "prelu", "dropout", "no-linear", "flatten-0"],
 )
 def test_networks_of_other_layers_keep_the_vmap_step(module):
     assert dense_layers(module) is None
     assert DenseCohortStep.of(FunctionalModel(module), sgd(0.1)) is None
 
 
-def test_tied_or_hooked_weights_keep_the_vmap_step():
+def test_tied_or_hooked_weights_and_other_parameters_keep_the_vmap_step():
     shared = nn.Linear(6, 6)
     assert dense_layers(nn.Sequential(shared, nn.ReLU(), shared)) is None
+    tied = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))
+    tied[2].bias = tied[0].bias
+    assert dense_layers(tied) is None
+    extra = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    extra.register_parameter("temperature", nn.Parameter(torch.ones(())))
+    assert dense_layers(extra) is None
     hooked = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
     assert dense_layers(hooked) is not None
     hooked[1].register_forward_hook(lambda layer, args, out: out * 2)
@@ -147,11 +171,26 @@ def test_other_optimizers_autocast_and_compiling_keep_the_vmap_step(optimizer):
     assert CohortStep(model, sgd(0.1), compile=True).dense is None
 
 
-def test_the_dense_step_trains_under_no_grad_as_the_vmap_step_does():
+def test_the_dense_step_trains_under_no_grad_as_the_vmap_step_does(dense_calls):
     model, plan = _plan(_networks()["2nn"], [8, 8], batch=4)
     with torch.no_grad():
         got, _ = _train(CohortStep(model, sgd(0.2)), plan)
+        assert dense_calls
         want, _ = _train(CohortStep(model, sgd(0.2)._replace(fold_alpha=None)), plan)
     for k, v in want.items():
         assert not torch.equal(v, plan.start[k])
         torch.testing.assert_close(got[k], v, rtol=1e-12, atol=1e-12)
+
+
+def test_each_cohort_decides_again_on_the_module_as_it_is_then(dense_calls):
+    module = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3))
+    model, plan = _plan(module, [8, 8], batch=4)
+    step = CohortStep(model, sgd(0.2))
+    _train(step, plan)
+    assert len(dense_calls) == 4
+    module[2] = nn.Softmax(dim=-1)  # not elementwise: the vmap step's from now on
+    got, _ = _train(step, plan)
+    assert len(dense_calls) == 4 and step.dense is None
+    want, _ = _train(CohortStep(model, sgd(0.2)._replace(fold_alpha=None)), plan)
+    for k, v in want.items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0)

@@ -336,9 +336,12 @@ class CohortStep:
             optimizer.update_in_place if optimizer.elementwise else None
         )
         self.compiled = compile
+        self._model = model
         self.dense = None if compile else DenseCohortStep.of(model, optimizer)
         """The eager step of a dense network under plain SGD, on the CPU, without
-        ``vmap`` (:class:`DenseCohortStep`); ``None`` where it does not apply."""
+        ``vmap`` (:class:`DenseCohortStep`); ``None`` where it does not apply.
+        Decided again by :meth:`init` at every cohort's start, for the module as it
+        is then (a layer swapped or a hook added between rounds)."""
         self.fold: FoldUpdateIntoGemm | None = None
         """The compiler pass of the compiled step (its ``folded`` counts rewrites)."""
         if compile:
@@ -355,7 +358,10 @@ class CohortStep:
             )
 
     def init(self, params: Params) -> Any:
-        """The optimizer state of every client, from stacked parameters."""
+        """The optimizer state of every client, from stacked parameters (at a
+        cohort's start: the eager step also decides again on :attr:`dense`)."""
+        if not self.compiled:
+            self.dense = DenseCohortStep.of(self._model, self.optimizer)
         if self.optimizer.elementwise:
             return self.optimizer.init(params)
         return vmap(self.optimizer.init)(params)

@@ -26,7 +26,7 @@ without autocast.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -66,9 +66,11 @@ ELEMENTWISE: tuple[type[nn.Module], ...] = (
 
 def dense_layers(module: nn.Module) -> list[tuple[str, nn.Module]] | None:
     """``module``'s leaf layers in the order they run, with their names, if every
-    one is a foldable ``nn.Linear``, an ``nn.Flatten`` or one of
-    :data:`ELEMENTWISE` (by exact type: a subclass may compute otherwise), at
-    least one a linear layer; ``None`` otherwise."""
+    one is a foldable ``nn.Linear``, an ``nn.Flatten`` that keeps the batch axis
+    (``start_dim`` >= 1) or one of :data:`ELEMENTWISE` (by exact type: a subclass
+    may compute otherwise), at least one a linear layer, and every parameter a
+    linear layer's weight or bias, each in one place only (no tied biases, no
+    parameters of containers or activations); ``None`` otherwise."""
     linears = foldable_linears(module)  # {} unless a Sequential tree, no hooks
     if not linears:
         return None
@@ -77,13 +79,21 @@ def dense_layers(module: nn.Module) -> list[tuple[str, nn.Module]] | None:
         for name, layer in module.named_modules(remove_duplicate=False)
         if type(layer) is not nn.Sequential
     ]
+    owned = set()
     for name, layer in leaves:
         if type(layer) is nn.Linear:
             if f"{name}.weight" not in linears:
                 return None
-        elif type(layer) is not nn.Flatten and type(layer) not in ELEMENTWISE:
+            owned |= {f"{name}.{kind}" for kind in layer._parameters}
+        elif type(layer) is nn.Flatten:
+            if cast(nn.Flatten, layer).start_dim < 1:  # would fold the batch axis
+                return None
+        elif type(layer) not in ELEMENTWISE:
             return None
-    return leaves
+    places = [name for name, _ in module.named_parameters(remove_duplicate=False)]
+    if len(places) != len({id(p) for p in module.parameters()}):
+        return None  # a parameter in two places
+    return leaves if set(places) <= owned else None
 
 
 def _client_dim(dim: int) -> int:
@@ -132,8 +142,9 @@ class DenseCohortStep:
                 folds.items(), grads[len(biases) :], strict=True
             ):
                 params[weight].baddbmm_(dy.mT, flat, alpha=self.alpha)
-            own = [params[k] for k in biases]
-            torch._foreach_add_(own, list(grads[: len(biases)]), alpha=self.alpha)
+            if biases:  # _foreach_add_ refuses empty lists
+                own = [params[k] for k in biases]
+                torch._foreach_add_(own, list(grads[: len(biases)]), alpha=self.alpha)
         return loss.detach().double() * mask.sum(dim=1)
 
     def _forward(
@@ -147,7 +158,7 @@ class DenseCohortStep:
             if type(layer) is nn.Linear:
                 h, folds[f"{name}.weight"] = self._linear(h, leaves, name)
             elif type(layer) is nn.Flatten:
-                assert isinstance(layer, nn.Flatten)
+                layer = cast(nn.Flatten, layer)
                 start, end = _client_dim(layer.start_dim), _client_dim(layer.end_dim)
                 h = h.flatten(start, end)
             else:

@@ -56,7 +56,10 @@ class Optimizer(NamedTuple):
     """Where ``update`` is ``w + fold_alpha * g`` and nothing else (plain SGD:
     ``-learning_rate``), so that a linear layer's weight may take its update
     straight from its gradient's matrix product (``w.addmm_(dY^T, X,
-    alpha=fold_alpha)``, in a client's eager local training)."""
+    alpha=fold_alpha)``, in a client's eager local training; ``baddbmm_`` for a
+    cohort's stacked weights in the vectorized runtime's eager step of dense
+    networks, ``DenseCohortStep``). ``_replace(fold_alpha=None)`` keeps the
+    unfolded steps."""
 
 
 def positive(name: str, value: float) -> float:
