@@ -20,8 +20,10 @@ step in float64.
 It applies where the computation is the same by construction
 (:func:`dense_layers`): an ``nn.Sequential`` tree of PyTorch's own layers whose
 every leaf is ``nn.Linear`` (foldable: see :func:`foldable_linears`),
-``nn.Flatten`` or a parameter-free elementwise activation, trained by plain SGD
-without autocast.
+``nn.Flatten`` keeping the batch axis or a parameter-free elementwise activation,
+every parameter one linear layer's own, trained by plain SGD without autocast;
+:class:`CohortStep` uses it eagerly on the CPU at steps where every client has a
+batch (it has not run on a GPU, where the ``vmap`` step stays).
 """
 
 from __future__ import annotations
