@@ -162,13 +162,22 @@ def test_tied_or_hooked_weights_and_other_parameters_keep_the_vmap_step():
 @pytest.mark.parametrize(
     "optimizer", [momentum(0.1), adam(0.01)], ids=["momentum", "adam"]
 )
-def test_other_optimizers_autocast_and_compiling_keep_the_vmap_step(optimizer):
+def test_other_optimizers_and_autocast_keep_the_vmap_step(optimizer):
     model = build_model("2nn", (3, 4), 3, seed=0)
     assert CohortStep(model, optimizer).dense is None
     assert CohortStep(model, sgd(0.1)).dense is not None
     mixed = build_model("2nn", (3, 4), 3, seed=0, autocast=torch.bfloat16)
     assert CohortStep(mixed, sgd(0.1)).dense is None
-    assert CohortStep(model, sgd(0.1), compile=True).dense is None
+
+
+def test_a_compiled_steps_eager_steps_are_dense(dense_calls):
+    model, plan = _plan(_networks()["2nn"], [8, 8], batch=4)
+    step = CohortStep(model, sgd(0.2), compile=True)
+    assert step.dense is not None  # for its eager steps (narrowed cohorts)
+    params, state = step.begin(plan.start)
+    batch = plan.batch_index[:, 0, 0], plan.batch_mask[:, 0, 0]
+    step.eager(plan.data, params, state, *batch, False)
+    assert len(dense_calls) == 1
 
 
 def test_the_dense_step_trains_under_no_grad_as_the_vmap_step_does(dense_calls):

@@ -268,7 +268,13 @@ class LocalTraining:
             )
         step = self.steps[key]
         plan = plan_training(
-            params, examples, seeds, self.epochs, self.batch_size, device
+            params,
+            examples,
+            seeds,
+            self.epochs,
+            self.batch_size,
+            device,
+            longest_first=True,
         )
         if options.capture:
             deltas, weights, losses = captured_local_training(step, plan, self.graphs)

@@ -4,12 +4,16 @@ The batched twins of the sequential client work in ``_client_work.py``, for the
 vectorized runtime. Clients of unequal size are padded to the largest; a mask marks
 real examples, so a padded example adds nothing to a loss or a gradient, and a client
 whose batches have run out keeps its parameters (and optimizer state) unchanged, as
-in fedjax's padded ``for_each_client``. Each client shuffles with its own seed exactly
-as the sequential code does, so both visit the same batches.
+in fedjax's padded ``for_each_client``: FedAvg's training plans the cohort longest
+first and steps only the clients that still have a batch (a prefix of the cohort);
+a step of every client that masks the finished ones remains for the captured CUDA
+epochs. Each client shuffles with its own seed exactly as the sequential code does,
+so both visit the same batches.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import types
 from collections.abc import Sequence
@@ -72,6 +76,14 @@ class PaddedCohort:
         self.x, self.y = self.x.to(device), self.y.to(device)
         positions = torch.arange(longest)
         self.mask = (positions[None, :] < self.sizes[:, None]).to(device)
+
+    def first(self, count: int) -> PaddedCohort:
+        """The cohort's first ``count`` clients (views of this one's tensors)."""
+        part = copy.copy(self)
+        part.size = count
+        part.sizes, part.x, part.y = self.sizes[:count], self.x[:count], self.y[:count]
+        part.mask = self.mask[:count]
+        return part
 
     def _copied(
         self, examples: Sequence[Examples], longest: int
@@ -312,7 +324,9 @@ class CohortStep:
     the CPU, the unmasked steps of plain SGD on a network of dense layers run
     without ``vmap``, their updates folded into the weight gradients' products
     (:class:`DenseCohortStep`; an optimizer ``_replace``d with ``fold_alpha=None``
-    keeps the ``vmap`` step).
+    keeps the ``vmap`` step). :meth:`eager` is the eager step, which a compiled
+    step's :func:`cohort_local_training` runs for the clients that have a batch at
+    a step where others have none.
     """
 
     def __init__(
@@ -337,7 +351,7 @@ class CohortStep:
         )
         self.compiled = compile
         self._model = model
-        self.dense = None if compile else DenseCohortStep.of(model, optimizer)
+        self.dense = DenseCohortStep.of(model, optimizer)
         """The eager step of a dense network under plain SGD, on the CPU, without
         ``vmap`` (:class:`DenseCohortStep`); ``None`` where it does not apply.
         Decided again by :meth:`init` at every cohort's start, for the module as it
@@ -360,8 +374,7 @@ class CohortStep:
     def init(self, params: Params) -> Any:
         """The optimizer state of every client, from stacked parameters (at a
         cohort's start: the eager step also decides again on :attr:`dense`)."""
-        if not self.compiled:
-            self.dense = DenseCohortStep.of(self._model, self.optimizer)
+        self.dense = DenseCohortStep.of(self._model, self.optimizer)
         if self.optimizer.elementwise:
             return self.optimizer.init(params)
         return vmap(self.optimizer.init)(params)
@@ -393,17 +406,31 @@ class CohortStep:
         (SGD, momentum).
         """
         if not self.compiled:
-            if self.dense is not None and not masked and data.x.device.type == "cpu":
-                x, y = _gather(data.x, data.y, index)
-                return params, state, self.dense(params, x, y, batch_mask)
-            return self._step(
-                data.x, data.y, params, state, index, batch_mask, masked, in_place=True
-            )
+            return self.eager(data, params, state, index, batch_mask, masked)
         # Same strides every step, so an epoch's index slices do not each cost a
         # recompilation (a no-op on contiguous tensors).
         index, batch_mask = index.contiguous(), batch_mask.contiguous()
         loss = self._run(data.x, data.y, params, state, index, batch_mask, masked)
         return params, state, loss
+
+    def eager(
+        self,
+        data: PaddedCohort,
+        params: Params,
+        state: Any,
+        index: torch.Tensor,
+        batch_mask: torch.Tensor,
+        masked: bool,
+    ) -> tuple[Params, Any, torch.Tensor]:
+        """:meth:`__call__`'s eager step, compiled or not (a compiled step's own
+        calls run it for a cohort's clients that have a batch: see
+        :func:`cohort_local_training`)."""
+        if self.dense is not None and not masked and data.x.device.type == "cpu":
+            x, y = _gather(data.x, data.y, index)
+            return params, state, self.dense(params, x, y, batch_mask)
+        return self._step(
+            data.x, data.y, params, state, index, batch_mask, masked, in_place=True
+        )
 
     def steps(
         self,
@@ -507,12 +534,23 @@ class TrainingPlan(NamedTuple):
     """``batch_index[c, e, s, j]``: client c's j-th example at step s of epoch e."""
     batch_mask: torch.Tensor
     """Which entries of ``batch_index`` are real examples (the rest is padding)."""
-    everyone: list[list[bool]]
-    """``everyone[e][s]``: every client has a batch at that step (no masking)."""
+    active: list[list[int]]
+    """``active[e][s]``: how many clients have a batch at that step."""
+    longest_first: bool = False
+    """The clients are in order of size, largest first (:func:`plan_training`), so
+    the ones with a batch at step s of epoch e are the first ``active[e][s]``."""
+    order: list[int] | None = None
+    """The plan's client i is the cohort's client ``order[i]``; ``None``: the
+    cohort's order."""
 
     @property
     def epochs(self) -> int:
         return self.batch_index.shape[1]
+
+    @property
+    def everyone(self) -> list[list[bool]]:
+        """``everyone[e][s]``: every client has a batch at that step (no masking)."""
+        return [[k == self.data.size for k in steps] for steps in self.active]
 
 
 def plan_training(
@@ -522,15 +560,38 @@ def plan_training(
     epochs: int,
     batch_size: int | None,
     device: torch.device,
+    *,
+    longest_first: bool = False,
 ) -> TrainingPlan:
-    """Lay out a cohort's local training on ``device``."""
+    """Lay out a cohort's local training on ``device``.
+
+    With ``longest_first`` the plan orders the clients by size, largest first (of
+    equal ones, in the cohort's order; :attr:`TrainingPlan.order`), and
+    :func:`training_result` puts them back in the cohort's order. A client's
+    batches come at an epoch's first steps, so the clients with a batch at a step
+    are then a prefix of the cohort, which the eager step can train alone
+    (:func:`cohort_local_training`).
+    """
+    order = None
+    if longest_first:
+        sizes = [len(e) for e in examples]
+        order = sorted(range(len(sizes)), key=lambda c: -sizes[c])  # stable
+        if order == sorted(order):
+            order = None  # already longest first (IID clients): nothing to reorder
+        else:
+            examples = [examples[c] for c in order]
+            seeds = [seeds[c] for c in order]
     data = PaddedCohort(examples, device)
     start = stacked_params(params, data.size, device)
+    if order is not None and isinstance(params, Stacked):  # a broadcast needs none
+        picks = torch.tensor(order, device=device)
+        start = {k: v.index_select(0, picks) for k, v in start.items()}
     index, mask = batch_schedule(data.sizes.tolist(), seeds, epochs, batch_size)
-    # Known before the loop, on the CPU: the steps at which every client has a
-    # batch need no masking of the update (no device sync inside the loop).
-    everyone = mask.any(dim=3).all(dim=0).tolist()
-    return TrainingPlan(data, start, index.to(device), mask.to(device), everyone)
+    # Known before the loop, on the CPU: how many clients have a batch at each
+    # step (where all do, no masking of the update; no device sync in the loop).
+    active = mask.any(dim=3).sum(dim=0).tolist()
+    index, mask = index.to(device), mask.to(device)
+    return TrainingPlan(data, start, index, mask, active, longest_first, order)
 
 
 def cohort_local_training(
@@ -539,16 +600,16 @@ def cohort_local_training(
     """FedAvg's local training for every client at once: (deltas, weights, losses)."""
     data, index, mask = plan.data, plan.batch_index, plan.batch_mask
     local, state = step.begin(plan.start)
+    # A longest-first plan trains only the clients with a batch (a prefix), by
+    # the eager step: compiled, each number of them would compile anew.
+    narrows = plan.longest_first
+    everyone = plan.everyone
     loss_sum = torch.zeros(data.size, dtype=torch.float64, device=index.device)
     block, steps = step.steps_per_call, index.shape[2]
     for e in range(index.shape[1]):
         s = 0
         while s < steps:
-            if (
-                block > 1
-                and s + block <= steps
-                and all(plan.everyone[e][s : s + block])
-            ):
+            if block > 1 and s + block <= steps and all(everyone[e][s : s + block]):
                 loss_sum += step.steps(
                     data,
                     local,
@@ -558,22 +619,63 @@ def cohort_local_training(
                 )
                 s += block
                 continue
-            masked = not plan.everyone[e][s]
-            local, state, loss = step(
-                data, local, state, index[:, e, s], mask[:, e, s], masked
-            )
-            loss_sum += loss
+            active = plan.active[e][s]
+            if 0 < active < data.size and narrows:
+                _narrowed_step(step, plan, local, state, loss_sum, e, s)
+            elif active:
+                masked = active < data.size
+                local, state, loss = step(
+                    data, local, state, index[:, e, s], mask[:, e, s], masked
+                )
+                loss_sum += loss
             s += 1
     return training_result(plan, local, loss_sum)
+
+
+def _narrowed_step(
+    step: CohortStep,
+    plan: TrainingPlan,
+    local: Params,
+    state: Any,
+    loss_sum: torch.Tensor,
+    e: int,
+    s: int,
+) -> None:
+    """Step s of epoch e for the plan's first ``plan.active[e][s]`` clients alone,
+    the ones with a batch (the plan is longest first), on views of their rows of
+    ``local``, ``state`` and ``loss_sum``, updated in place: an unmasked step,
+    where a masked one would compute every client and keep the finished ones'
+    parameters (``benchmarks/unequal_clients.py``)."""
+    k = plan.active[e][s]
+    params, opt_state = tree_map(lambda v: v[:k], (local, state))
+    new_params, new_state, loss = step.eager(
+        plan.data.first(k),
+        params,
+        opt_state,
+        plan.batch_index[:k, e, s],
+        plan.batch_mask[:k, e, s],
+        False,
+    )
+    if new_params is not params:  # an optimizer without an in-place update
+        copy_tree(params, new_params)
+    if new_state is not opt_state:
+        copy_tree(opt_state, new_state)
+    loss_sum[:k] += loss
 
 
 def training_result(
     plan: TrainingPlan, local: Params, loss_sum: torch.Tensor
 ) -> tuple[Params, torch.Tensor, torch.Tensor]:
-    """(deltas, weights, mean losses) of a cohort's local training."""
+    """(deltas, weights, mean losses) of a cohort's local training, in the
+    cohort's order of clients."""
     deltas = {k: (local[k] - plan.start[k]).detach() for k in plan.start}
     sizes = plan.data.sizes.to(device=loss_sum.device, dtype=torch.float64)
-    return deltas, sizes, loss_sum / (plan.epochs * sizes).clamp(min=1)
+    losses = loss_sum / (plan.epochs * sizes).clamp(min=1)
+    if plan.order is None:
+        return deltas, sizes, losses
+    back = torch.argsort(torch.tensor(plan.order, device=loss_sum.device))
+    deltas = {k: v.index_select(0, back) for k, v in deltas.items()}
+    return deltas, sizes[back], losses[back]
 
 
 def cohort_gradient(
