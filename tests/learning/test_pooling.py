@@ -87,4 +87,6 @@ def test_a_model_predicts_as_its_module_computes():
             params, x.view(2, 3, 1, 28, 28)
         )
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    torch.testing.assert_close(batched.flatten(0, 1), want, rtol=0, atol=0)
+    # Pooling under vmap is exact too, but the first Linear's matrix product over
+    # 2 x 3 rows may round differently from one over 6 (seen on an AVX2 CPU).
+    torch.testing.assert_close(batched.flatten(0, 1), want, rtol=1e-5, atol=1e-6)
