@@ -158,6 +158,30 @@ def test_training_blocks_in_two_threads_each_train_their_own_parameters():
     assert wrong == []
 
 
+def test_init_waits_for_a_training_block_in_another_thread():
+    model = build_model("logistic", (4,), 3, seed=0)
+    own = model.init()
+    inside, done = threading.Event(), threading.Event()
+    got = {}
+
+    def init():
+        inside.wait()
+        got.update(model.init())
+        done.set()
+
+    thread = threading.Thread(target=init)
+    thread.start()
+    with model.training({k: torch.zeros_like(v) for k, v in own.items()}):
+        inside.set()
+        # Without the lock init() runs now and copies the block's zeros; with it,
+        # init() waits for the block to end (the wait here then times out).
+        assert not done.wait(timeout=0.5)
+    thread.join()
+    assert (
+        all(torch.equal(got[k], v) for k, v in own.items()) and got.keys() == own.keys()
+    )
+
+
 def test_training_names_parameters_that_do_not_match():
     model = build_model("logistic", (4,), 3)
     params = model.init()

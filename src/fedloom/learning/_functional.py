@@ -77,8 +77,12 @@ class FunctionalModel:
         return any(isinstance(m, nn.MaxPool2d) for m in self.module.modules())
 
     def init(self) -> Params:
-        """A copy of the module's initial parameters."""
-        return {name: p.detach().clone() for name, p in self.module.named_parameters()}
+        """A copy of the module's initial parameters (waiting, as calls do, while a
+        call or a :meth:`training` block in another thread has put its parameters
+        into the module)."""
+        with self._lock:
+            named = self.module.named_parameters()
+            return {name: p.detach().clone() for name, p in named}
 
     def apply(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         """The model's logits for inputs ``x`` under ``params``, for training: the
