@@ -222,3 +222,41 @@ def test_a_cohort_function_need_not_state_a_preference():
     got = runtime.map(fn, [_seven_clients()])
     torch.testing.assert_close(got.tree, 2 * torch.arange(7.0))
     assert fn.chunks == [7] and runtime.fallbacks == 0
+
+
+class _Sized(_WithoutPreference):
+    """One that tells each client's size: here the list argument's lengths."""
+
+    def map_cohort(self, args, device, options):
+        x, lists = args
+        self.chunks.append(([len(items) for items in lists], x.tree.tolist()))
+        return Stacked(2 * x.tree + torch.tensor([len(i) for i in lists]), x.size)
+
+    def client_sizes(self, args):
+        return [len(items) for items in args[1]]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "chunks"),
+    [
+        # clients of like size together, largest first, equal ones in cohort order
+        ([1, 5, 3, 5, 0, 2, 4], [[5, 5, 4], [3, 2, 1], [0]]),
+        ([5, 4, 3, 3, 2, 1, 0], [[5, 4, 3], [3, 2, 1], [0]]),  # already so
+        ([1, 2], [[1, 2]]),  # one chunk: as it is
+    ],
+)
+def test_chunks_hold_clients_of_like_size_and_results_keep_the_cohorts_order(
+    sizes, chunks
+):
+    fn = _Sized()
+    x = Stacked(torch.arange(float(len(sizes))), len(sizes))
+    lists = [[0] * n for n in sizes]
+    got = VectorizedRuntime(chunk_size=3).map(fn, [x, lists])
+    assert [c[0] for c in fn.chunks] == chunks
+    # each chunk's stacked argument is its own clients'
+    assert all(
+        [sizes[int(c)] for c in members] == got_sizes
+        for got_sizes, members in fn.chunks
+    )
+    want = 2 * torch.arange(float(len(sizes))) + torch.tensor(sizes)
+    assert torch.equal(got.tree, want)

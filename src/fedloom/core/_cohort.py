@@ -91,7 +91,10 @@ class CohortFunction(Protocol):
     clients it computes fastest at once, where fewer than the runtime would take
     (asked before the cohort is cut into chunks, unless the runtime was given a
     chunk size); 0 where it computes them fastest unbatched, the function called
-    client by client.
+    client by client. And a method ``client_sizes(args) -> Sequence[int]``: each
+    client's size (its number of examples), by which a runtime that cuts the
+    cohort into chunks puts clients of like size together, largest first (the
+    results stay in the cohort's order).
     """
 
     def map_cohort(

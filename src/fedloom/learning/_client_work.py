@@ -302,6 +302,11 @@ class LocalTraining:
         as batched (``benchmarks/results/simulation_speed_cnn_eager_choice.json``)."""
         return _clients_at_once_on_cpu(args[0], device, options.compile)
 
+    def client_sizes(self, args: Sequence[Any]) -> list[int]:
+        """Each client's number of examples (a chunk of clients trains as many
+        steps as its largest has batches)."""
+        return [len(e) for e in _inputs(args[1])[0]]
+
 
 @final
 @dataclass(frozen=True, eq=False)
@@ -348,3 +353,8 @@ class FullBatchGradient:
         as the McMahan CNN, whose cohort's full-batch gradients ran 1.61x as fast
         one client at a time even under ``vmap`` (``benchmarks/chunk_size.py``)."""
         return _clients_at_once_on_cpu(args[0], device, compiled=False)
+
+    def client_sizes(self, args: Sequence[Any]) -> list[int]:
+        """Each client's number of examples (a chunk's gradients run over its
+        largest's, padded)."""
+        return [len(e) for e in _inputs(args[1])[0]]

@@ -95,6 +95,10 @@ class ClientEvaluation:
         )
         return Stacked(metrics, len(examples))
 
+    def client_sizes(self, args: Sequence[Any]) -> list[int]:
+        """Each client's number of examples (a chunk is padded to its largest)."""
+        return [len(e) for e in args[1]]
+
 
 def _size(examples: Examples) -> torch.Tensor:
     return torch.tensor(float(len(examples)), dtype=torch.float64)

@@ -3,7 +3,8 @@
 A clients value is held stacked along a leading client axis (:class:`Stacked`), as a
 broadcast held once (:class:`Replicated`), or as a list of members when the values
 cannot be stacked (datasets of unequal size). ``map`` runs a function on the whole
-cohort at once, chunk by chunk to bound memory:
+cohort at once, chunk by chunk to bound memory (clients of like size together,
+where the function tells their sizes):
 
 1. a :class:`CohortFunction` (FedAvg's local training, FedSGD's gradient, evaluation)
    runs its own batched implementation (``torch.func.vmap`` over padded, masked data);
@@ -67,21 +68,59 @@ def _size(payload: Payload) -> int:
     return payload.size if isinstance(payload, Stacked | Replicated) else len(payload)
 
 
-def _chunk(payload: Payload, start: int, stop: int) -> Payload:
-    if isinstance(payload, Stacked):
-        return Stacked(
-            tree_map(lambda leaf: leaf[start:stop], payload.tree), stop - start
-        )
+def _chunk(payload: Payload, clients: range | list[int]) -> Payload:
+    """The ``clients`` of ``payload`` (a range: views of a stacked value)."""
     if isinstance(payload, Replicated):
-        return Replicated(payload.value, stop - start)
-    return payload[start:stop]
+        return Replicated(payload.value, len(clients))
+    if isinstance(clients, range):
+        part = slice(clients.start, clients.stop)
+        if isinstance(payload, Stacked):
+            return Stacked(
+                tree_map(lambda leaf: leaf[part], payload.tree), len(clients)
+            )
+        return payload[part]
+    if isinstance(payload, Stacked):
+        picks = torch.tensor(clients)
+        tree = tree_map(lambda leaf: leaf[picks.to(leaf.device)], payload.tree)
+        return Stacked(tree, len(clients))
+    return [payload[c] for c in clients]
 
 
-def _concat(chunks: list[Stacked]) -> Stacked:
+Chunks = list[range] | list[list[int]]
+
+
+def _chunks(
+    fn: CohortFunction, payloads: Sequence[Payload], size: int, chunk: int
+) -> Chunks:
+    """The cohort's clients cut into chunks of at most ``chunk``: in the cohort's
+    order, or, where ``fn`` tells each client's size (``client_sizes``) and there is
+    more than one chunk, largest first, so each chunk holds clients of like size
+    and is padded only to its own largest."""
+    starts = range(0, size, chunk)
+    sizes = getattr(fn, "client_sizes", None)  # optional (CohortFunction)
+    if size > chunk and sizes is not None:
+        order = sorted(range(size), key=[-n for n in sizes(payloads)].__getitem__)
+        if order != sorted(order):
+            return [order[start : start + chunk] for start in starts]
+    return [range(start, min(start + chunk, size)) for start in starts]
+
+
+def _concat(chunks: list[Stacked], clients: Chunks) -> Stacked:
+    """The chunks' results as one stacked value, in the cohort's order."""
     if len(chunks) == 1:
         return chunks[0]
-    tree = tree_map(lambda *leaves: torch.cat(leaves), *(c.tree for c in chunks))
-    return Stacked(tree, sum(c.size for c in chunks))
+    if all(isinstance(c, range) for c in clients):
+        tree = tree_map(lambda *leaves: torch.cat(leaves), *(c.tree for c in chunks))
+        return Stacked(tree, sum(c.size for c in chunks))
+    size = sum(c.size for c in chunks)
+
+    def put(*leaves: torch.Tensor) -> torch.Tensor:
+        out = leaves[0].new_empty((size, *leaves[0].shape[1:]))
+        for leaf, picks in zip(leaves, clients, strict=True):
+            out.index_copy_(0, torch.tensor(picks, device=out.device), leaf)
+        return out
+
+    return Stacked(tree_map(put, *(c.tree for c in chunks)), size)
 
 
 @final
@@ -89,7 +128,11 @@ class VectorizedRuntime:
     """Runs a cohort's client work as one batched computation on ``device``.
 
     ``chunk_size`` is how many clients are computed at once; a round on a cohort
-    larger than that runs chunk after chunk, each chunk still batched. By default
+    larger than that runs chunk after chunk, each chunk still batched and padded
+    to its largest client; where the client work tells each client's size
+    (FedAvg's training, FedSGD's gradients, evaluation: ``client_sizes``), the
+    chunks hold clients of like size, largest first (the results in the cohort's
+    order; ``benchmarks/chunk_order.py``). By default
     (None) it is :data:`DEFAULT_CHUNK_SIZE`, or fewer where a cohort function
     computes faster in smaller chunks (``CohortFunction.clients_at_once``):
     FedAvg's compiled step on the CPU trains as many clients at once as hold 8 MiB
@@ -223,15 +266,12 @@ class VectorizedRuntime:
             if preferred == 0:  # fastest unbatched: client by client, by choice
                 return self._in_sequence(cast(Callable[..., Any], fn), payloads)
             chunk = min(DEFAULT_CHUNK_SIZE, preferred or DEFAULT_CHUNK_SIZE)
-        chunks = [
-            fn.map_cohort(
-                [_chunk(p, start, min(start + chunk, size)) for p in payloads],
-                self.device,
-                self.options,
-            )
-            for start in range(0, size, chunk)
+        clients = _chunks(fn, payloads, size, chunk)
+        results = [
+            fn.map_cohort([_chunk(p, c) for p in payloads], self.device, self.options)
+            for c in clients
         ]
-        return _concat(chunks)
+        return _concat(results, clients)
 
     def _vmap(
         self, fn: Callable[..., Any], payloads: Sequence[Payload], size: int
