@@ -176,7 +176,8 @@ def test_init_waits_for_a_training_block_in_another_thread():
         # Without the lock init() runs now and copies the block's zeros; with it,
         # init() waits for the block to end (the wait here then times out).
         assert not done.wait(timeout=0.5)
-    thread.join()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
     assert (
         all(torch.equal(got[k], v) for k, v in own.items()) and got.keys() == own.keys()
     )

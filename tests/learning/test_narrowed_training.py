@@ -7,7 +7,14 @@ import torch
 
 from fedloom.core import Replicated, Stacked
 from fedloom.data import Examples
-from fedloom.learning import FunctionalModel, adam, build_model, momentum, sgd
+from fedloom.learning import (
+    FunctionalModel,
+    Optimizer,
+    adam,
+    build_model,
+    momentum,
+    sgd,
+)
 from fedloom.learning._cohort_graphs import GraphCache, captured_local_training
 from fedloom.learning._cohort_work import (
     CohortStep,
@@ -93,10 +100,27 @@ def client_counts(monkeypatch):
     return calls
 
 
+def _adam_with_its_state_reordered():
+    """Adam whose ``update`` returns its state's keys in another order than
+    ``init`` made them: the narrowed step copies them back by key."""
+    plain = adam(0.01)
+
+    def update(grads, state, params):
+        new, state = plain.update(grads, state, params)
+        return new, dict(reversed(list(state.items())))
+
+    return Optimizer(plain.init, update)
+
+
 @pytest.mark.parametrize(
     "optimizer",
-    [sgd(0.3), momentum(0.1, 0.9), adam(0.01)],
-    ids=["sgd (dense step)", "momentum (in place)", "adam (new tensors)"],
+    [sgd(0.3), momentum(0.1, 0.9), adam(0.01), _adam_with_its_state_reordered()],
+    ids=[
+        "sgd (dense step)",
+        "momentum (in place)",
+        "adam (new tensors)",
+        "adam, state keys reordered",
+    ],
 )
 def test_narrowed_training_is_the_masked_cohorts_in_float64(optimizer, client_counts):
     model = _model()

@@ -221,7 +221,9 @@ class DeviceClient:
                 if not header.task_id:
                     return None
                 config = json.loads(header.config_json)
-                template = self._model_for(config).init()
+                # in a thread: init() waits while another client's work sharing
+                # the model trains, which must not hold up this event loop
+                template = await asyncio.to_thread(self._model_for(config).init)
                 assembler = TensorAssembler(template)
             elif assembler is None or header is None:
                 raise WireError("a task starts with its header")

@@ -27,7 +27,6 @@ from fedloom.core import (
     NotBatchable,
     Replicated,
     Stacked,
-    tree_flatten,
     tree_map,
 )
 from fedloom.data import ExampleRows, Examples
@@ -240,11 +239,10 @@ def own_copy(tree: Any) -> Any:
 
 
 def copy_tree(into: Any, values: Any) -> None:
-    """Copy the leaves of ``values`` into the matching tensors of ``into``."""
-    targets, _ = tree_flatten(into)
-    sources, _ = tree_flatten(values)
-    for target, source in zip(targets, sources, strict=True):
-        target.copy_(source)
+    """Copy each leaf of ``values`` into the tensor at its place in ``into`` (a
+    dict's entries by key, whatever their order: an optimizer's ``update`` may
+    return its state's keys in another order than ``init`` made them)."""
+    tree_map(lambda target, source: target.copy_(source), into, values)
 
 
 def _own_code(method: Any) -> Any:
