@@ -22,8 +22,9 @@ It applies where the computation is the same by construction
 every leaf is ``nn.Linear`` (foldable: see :func:`foldable_linears`),
 ``nn.Flatten`` keeping the batch axis or a parameter-free elementwise activation,
 every parameter one linear layer's own, trained by plain SGD without autocast;
-:class:`CohortStep` uses it eagerly on the CPU at steps where every client has a
-batch (it has not run on a GPU, where the ``vmap`` step stays).
+:class:`CohortStep` uses it eagerly on the CPU at unmasked steps: where every
+client has a batch, and for the clients that have one at a longest-first
+cohort's other steps (it has not run on a GPU, where the ``vmap`` step stays).
 """
 
 from __future__ import annotations
