@@ -1,6 +1,7 @@
-"""The eager cohort step of dense networks under plain SGD (``_dense_cohort.py``):
-the ``vmap`` step's parameters and losses in float64, for every network its rule
-admits, and the ``vmap`` step wherever the rule does not hold."""
+"""The eager cohort step of dense networks under plain SGD or heavy-ball momentum
+(``_dense_cohort.py``): the ``vmap`` step's parameters and losses in float64, for
+every network its rule admits, and the ``vmap`` step wherever the rule does not
+hold."""
 
 import pytest
 import torch
@@ -81,16 +82,23 @@ def _train(step, plan):
     return params, torch.stack(losses)
 
 
+OPTIMIZERS = {  # each with its unfolded twin, which keeps the vmap step
+    "sgd": (sgd(0.2), sgd(0.2)._replace(fold_alpha=None)),
+    "momentum": (momentum(0.1, 0.9), momentum(0.1, 0.9)._replace(heavy_ball=None)),
+}
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 @pytest.mark.parametrize("name", list(_networks()))
-def test_the_dense_step_is_the_vmap_step_in_float64(name, dense_calls):
+def test_the_dense_step_is_the_vmap_step_in_float64(name, optimizer, dense_calls):
     # clients of 13, 9 and 13 examples in batches of 4: the last batch of every
     # client is partly padding, and client 1 runs out of batches before the others
+    # (its masked steps are vmap's, keeping its velocity under momentum)
+    folded, unfolded = OPTIMIZERS[optimizer]
     model, plan = _plan(_networks()[name], [13, 9, 13], batch=4)
-    want, want_losses = _train(
-        CohortStep(model, sgd(0.2)._replace(fold_alpha=None)), plan
-    )
+    want, want_losses = _train(CohortStep(model, unfolded), plan)
     assert not dense_calls
-    got, got_losses = _train(CohortStep(model, sgd(0.2)), plan)
+    got, got_losses = _train(CohortStep(model, folded), plan)
     masked = sum(not every for epoch in plan.everyone for every in epoch)
     assert masked and len(dense_calls) == len(got_losses) - masked  # those: vmap's
     for k, v in want.items():
@@ -100,11 +108,13 @@ def test_the_dense_step_is_the_vmap_step_in_float64(name, dense_calls):
     torch.testing.assert_close(got_losses, want_losses, rtol=1e-12, atol=0)
 
 
-def test_in_float32_the_dense_step_rounds_like_the_vmap_step(dense_calls):
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_in_float32_the_dense_step_rounds_like_the_vmap_step(optimizer, dense_calls):
+    folded, unfolded = OPTIMIZERS[optimizer]
     model, plan = _plan(_networks()["2nn"], [16, 16], batch=4, dtype=torch.float32)
-    got, _ = _train(CohortStep(model, sgd(0.2)), plan)
+    got, _ = _train(CohortStep(model, folded), plan)
     assert len(dense_calls) == 8
-    want, _ = _train(CohortStep(model, sgd(0.2)._replace(fold_alpha=None)), plan)
+    want, _ = _train(CohortStep(model, unfolded), plan)
     for k, v in want.items():
         torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)
 
@@ -160,14 +170,17 @@ def test_tied_or_hooked_weights_and_other_parameters_keep_the_vmap_step():
 
 
 @pytest.mark.parametrize(
-    "optimizer", [momentum(0.1), adam(0.01)], ids=["momentum", "adam"]
+    "optimizer",
+    [adam(0.01), *(unfolded for _, unfolded in OPTIMIZERS.values())],
+    ids=["adam", *(f"{name}, unfolded" for name in OPTIMIZERS)],
 )
 def test_other_optimizers_and_autocast_keep_the_vmap_step(optimizer):
     model = build_model("2nn", (3, 4), 3, seed=0)
     assert CohortStep(model, optimizer).dense is None
-    assert CohortStep(model, sgd(0.1)).dense is not None
     mixed = build_model("2nn", (3, 4), 3, seed=0, autocast=torch.bfloat16)
-    assert CohortStep(mixed, sgd(0.1)).dense is None
+    for folded, _ in OPTIMIZERS.values():
+        assert CohortStep(model, folded).dense is not None
+        assert CohortStep(mixed, folded).dense is None
 
 
 def test_a_compiled_steps_eager_steps_are_dense(dense_calls):

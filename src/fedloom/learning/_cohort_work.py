@@ -319,10 +319,11 @@ class CohortStep:
     first deferred to the end of the call (``_defer_update.py``). Eager, the
     unmasked steps of SGD and momentum update in place too
     (``Optimizer.update_in_place``); a masked step returns new tensors. Eager on
-    the CPU, the unmasked steps of plain SGD on a network of dense layers run
-    without ``vmap``, their updates folded into the weight gradients' products
-    (:class:`DenseCohortStep`; an optimizer ``_replace``d with ``fold_alpha=None``
-    keeps the ``vmap`` step). :meth:`eager` is the eager step, which a compiled
+    the CPU, the unmasked steps of plain SGD or heavy-ball momentum on a network
+    of dense layers run without ``vmap``, their updates (or velocities) folded
+    into the weight gradients' products (:class:`DenseCohortStep`; an optimizer
+    ``_replace``d with ``fold_alpha=None`` or ``heavy_ball=None`` keeps the
+    ``vmap`` step). :meth:`eager` is the eager step, which a compiled
     step's :func:`cohort_local_training` runs for the clients that have a batch at
     a step where others have none.
     """
@@ -350,8 +351,9 @@ class CohortStep:
         self.compiled = compile
         self._model = model
         self.dense = DenseCohortStep.of(model, optimizer)
-        """The eager step of a dense network under plain SGD, on the CPU, without
-        ``vmap`` (:class:`DenseCohortStep`); ``None`` where it does not apply.
+        """The eager step of a dense network under plain SGD or heavy-ball momentum,
+        on the CPU, without ``vmap`` (:class:`DenseCohortStep`); ``None`` where it
+        does not apply.
         Decided again by :meth:`init` at every cohort's start, for the module as it
         is then (a layer swapped or a hook added between rounds)."""
         self.fold: FoldUpdateIntoGemm | None = None
@@ -425,7 +427,7 @@ class CohortStep:
         :func:`cohort_local_training`)."""
         if self.dense is not None and not masked and data.x.device.type == "cpu":
             x, y = _gather(data.x, data.y, index)
-            return params, state, self.dense(params, x, y, batch_mask)
+            return params, state, self.dense(params, x, y, batch_mask, state)
         return self._step(
             data.x, data.y, params, state, index, batch_mask, masked, in_place=True
         )

@@ -1,5 +1,6 @@
-"""A cohort of dense networks stepped by plain SGD as batched products, each weight's
-update folded into its gradient's product, without ``vmap``.
+"""A cohort of dense networks stepped by plain SGD or heavy-ball momentum as batched
+products, each weight's update (or velocity) folded into its gradient's product,
+without ``vmap``.
 
 :class:`CohortStep`'s eager step computes every client's gradients by
 ``vmap(grad(loss))`` and then updates the stacked parameters. For a network of
@@ -21,7 +22,9 @@ It applies where the computation is the same by construction
 (:func:`dense_layers`): an ``nn.Sequential`` tree of PyTorch's own layers whose
 every leaf is ``nn.Linear`` (foldable: see :func:`foldable_linears`),
 ``nn.Flatten`` keeping the batch axis or a parameter-free elementwise activation,
-every parameter one linear layer's own, trained by plain SGD without autocast;
+every parameter one linear layer's own, trained by plain SGD or heavy-ball momentum
+(``Optimizer.heavy_ball``: the velocity ``v.baddbmm_(dY^T, X, beta=beta)``, then
+``w -= lr v``) without autocast;
 :class:`CohortStep` uses it eagerly on the CPU at unmasked steps: where every
 client has a batch, and for the clients that have one at a longest-first
 cohort's other steps (it has not run on a GPU, where the ``vmap`` step stays).
@@ -105,31 +108,54 @@ def _client_dim(dim: int) -> int:
 
 
 class DenseCohortStep:
-    """One SGD step of every client at once on :func:`dense_layers`' networks.
+    """One step of plain SGD or of heavy-ball momentum for every client at once on
+    :func:`dense_layers`' networks.
 
-    ``step(params, x, y, mask)`` updates the stacked ``params`` in place and returns
-    each client's summed loss over its batch, as an unmasked :class:`CohortStep`
-    does: ``x[c]``, ``y[c]`` are client c's batch and ``mask[c]`` its real examples
-    (every client needs one: a client without any would get the zero update, not
-    keep its parameters through a non-finite loss).
+    ``step(params, x, y, mask, state)`` updates the stacked ``params`` (and, under
+    momentum, the stacked velocities of the optimizer's ``state``) in place and
+    returns each client's summed loss over its batch, as an unmasked
+    :class:`CohortStep` does: ``x[c]``, ``y[c]`` are client c's batch and
+    ``mask[c]`` its real examples (every client needs one: a client without any
+    would get the zero update, not keep its parameters through a non-finite loss).
+    Under momentum (``beta`` not ``None``) each weight's velocity takes the
+    gradient in its product, ``v.baddbmm_(dY^T, X, beta=beta)``, and the weight
+    ``w += alpha v``.
     """
 
-    def __init__(self, layers: list[tuple[str, nn.Module]], alpha: float) -> None:
+    def __init__(
+        self,
+        layers: list[tuple[str, nn.Module]],
+        alpha: float,
+        beta: float | None = None,
+    ) -> None:
         self.layers = layers
         self.alpha = alpha
+        self.beta = beta
 
     @classmethod
     def of(cls, model: FunctionalModel, optimizer: Optimizer) -> DenseCohortStep | None:
         """The step for ``model`` and ``optimizer``, or ``None`` where it is not the
-        same computation as the ``vmap`` step's (not plain SGD, autocast, other
-        layers)."""
-        if optimizer.fold_alpha is None or model.autocast is not None:
+        same computation as the ``vmap`` step's (neither plain SGD nor heavy-ball
+        momentum, autocast, other layers)."""
+        if model.autocast is not None:
+            return None
+        if optimizer.fold_alpha is not None:
+            alpha, beta = optimizer.fold_alpha, None
+        elif optimizer.heavy_ball is not None:
+            learning_rate, beta = optimizer.heavy_ball
+            alpha = -learning_rate
+        else:
             return None
         layers = dense_layers(model.module)
-        return None if layers is None else cls(layers, optimizer.fold_alpha)
+        return None if layers is None else cls(layers, alpha, beta)
 
     def __call__(
-        self, params: Params, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
+        self,
+        params: Params,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        state: Any = None,
     ) -> torch.Tensor:
         with torch.enable_grad():  # as vmap(grad) computes, under no_grad too
             leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
@@ -141,14 +167,39 @@ class DenseCohortStep:
             inputs += [edge for _, edge in folds.values()]
             grads = torch.autograd.grad(loss.sum(), inputs)
         with torch.no_grad():
-            for (weight, (flat, _)), dy in zip(
-                folds.items(), grads[len(biases) :], strict=True
-            ):
-                params[weight].baddbmm_(dy.mT, flat, alpha=self.alpha)
-            if biases:  # _foreach_add_ refuses empty lists
-                own = [params[k] for k in biases]
-                torch._foreach_add_(own, list(grads[: len(biases)]), alpha=self.alpha)
+            products = zip(folds.items(), grads[len(biases) :], strict=True)
+            if self.beta is None:
+                for (weight, (flat, _)), dy in products:
+                    params[weight].baddbmm_(dy.mT, flat, alpha=self.alpha)
+                if biases:  # _foreach_add_ refuses empty lists
+                    own = [params[k] for k in biases]
+                    torch._foreach_add_(
+                        own, list(grads[: len(biases)]), alpha=self.alpha
+                    )
+            else:
+                self._momentum(params, state["velocity"], products, biases, grads)
         return loss.detach().double() * mask.sum(dim=1)
+
+    def _momentum(
+        self,
+        params: Params,
+        velocity: Params,
+        products: Any,
+        biases: list[str],
+        grads: tuple[torch.Tensor, ...],
+    ) -> None:
+        """Heavy-ball momentum's update from the layers' output gradients: each
+        weight's velocity ``beta v + dY^T X`` in one product, each bias's ``beta v +
+        g``, then ``w += alpha v`` (as :func:`momentum`'s ``update_in_place``)."""
+        beta = cast(float, self.beta)
+        for (weight, (flat, _)), dy in products:
+            velocity[weight].baddbmm_(dy.mT, flat, beta=beta)
+            params[weight].add_(velocity[weight], alpha=self.alpha)
+        if biases:
+            own, moving = [params[k] for k in biases], [velocity[k] for k in biases]
+            for v, g in zip(moving, grads[: len(biases)], strict=True):
+                torch.add(g, v, alpha=beta, out=v)
+            torch._foreach_add_(own, moving, alpha=self.alpha)
 
     def _forward(
         self, leaves: Params, x: torch.Tensor

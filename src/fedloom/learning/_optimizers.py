@@ -60,6 +60,14 @@ class Optimizer(NamedTuple):
     cohort's stacked weights in the vectorized runtime's eager step of dense
     networks, ``DenseCohortStep``). ``_replace(fold_alpha=None)`` keeps the
     unfolded steps."""
+    heavy_ball: tuple[float, float] | None = None
+    """``(learning_rate, beta)`` where the optimizer is :func:`momentum`'s
+    heavy-ball momentum and nothing else (state ``{"velocity": {name: v}}``, ``v
+    <- beta v + g``, ``w <- w - learning_rate v``), so that a linear layer's
+    velocity may take its gradient straight from the gradient's matrix product
+    (``v.baddbmm_(dY^T, X, beta=beta)``, in the vectorized runtime's eager step of
+    dense networks, ``DenseCohortStep``). ``_replace(heavy_ball=None)`` keeps the
+    ``vmap`` step."""
 
 
 def positive(name: str, value: float) -> float:
@@ -136,7 +144,13 @@ def momentum(learning_rate: float, beta: float = 0.9) -> Optimizer:
             torch.add(grads[k], velocity, alpha=beta, out=velocity)
             params[k].add_(velocity, alpha=-lr)
 
-    return Optimizer(init, update, elementwise=True, update_in_place=update_in_place)
+    return Optimizer(
+        init,
+        update,
+        elementwise=True,
+        update_in_place=update_in_place,
+        heavy_ball=(lr, beta),
+    )
 
 
 def adam(
