@@ -3,12 +3,13 @@ clients' examples in a row; of each client's own model, by ``vmap`` over the pad
 cohort. Both are every client's own evaluation, checked against one in float64."""
 
 import copy
+import itertools
 
 import pytest
 import torch
 
 from fedloom.core import Replicated, Stacked
-from fedloom.data import Examples
+from fedloom.data import ExampleRows, Examples
 from fedloom.learning import FunctionalModel, build_model
 from fedloom.learning._cohort_work import cohort_evaluation
 
@@ -81,3 +82,23 @@ def test_one_models_evaluation_does_not_vmap(monkeypatch):
     payload = Replicated(model.init(), len(SIZES))
     cohort_evaluation(model, payload, examples, 4, torch.device("cpu"))
     assert calls == [4, 4, 4, 4, 4, 4, 3]  # 27 examples in a row, no padding
+
+
+def test_a_populations_clients_are_gathered_from_their_block():
+    model, examples = _setup()
+    block = Examples(
+        torch.cat([e.x for e in examples]), torch.cat([e.y for e in examples])
+    )
+    order = torch.randperm(len(block), generator=torch.Generator().manual_seed(5))
+    starts = [0, *torch.tensor(SIZES).cumsum(0).tolist()]
+    rows, copies = [], []
+    for begin, end in itertools.pairwise(starts):
+        picks = order[begin:end]
+        rows.append(ExampleRows(block, picks))
+        copies.append(Examples(block.x[picks], block.y[picks]))
+    payload = Replicated(model.init(), len(SIZES))
+    cpu = torch.device("cpu")
+    got = cohort_evaluation(model, payload, rows, 4, cpu)
+    want = cohort_evaluation(model, payload, copies, 4, cpu)
+    for k in ("loss", "accuracy"):
+        assert torch.equal(got[k], want[k])

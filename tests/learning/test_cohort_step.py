@@ -22,9 +22,11 @@ def test_the_eager_step_updates_in_place_as_the_functional_update_would(make):
     examples = [clients.client(i) for i in range(4)]
     start = Replicated(model.init(), 4)
     plan = plan_training(start, examples, [1, 2, 3, 4], 1, 8, torch.device("cpu"))
-    optimizer = make()
+    # heavy_ball=None: the eager step's own in-place update, not momentum's dense step
+    optimizer = make()._replace(heavy_ball=None)
     in_place = CohortStep(model, optimizer)
     functional = CohortStep(model, optimizer._replace(update_in_place=None))
+    assert in_place.dense is None and functional.dense is None
     got, got_state = in_place.begin(plan.start)
     want, want_state = functional.begin(plan.start)
     steps = plan.batch_index.shape[2]

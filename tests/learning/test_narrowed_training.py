@@ -117,7 +117,7 @@ def _adam_with_its_state_reordered():
     [sgd(0.3), momentum(0.1, 0.9), adam(0.01), _adam_with_its_state_reordered()],
     ids=[
         "sgd (dense step)",
-        "momentum (in place)",
+        "momentum (dense step)",
         "adam (new tensors)",
         "adam, state keys reordered",
     ],

@@ -744,10 +744,9 @@ def _one_model_evaluation(
     took 4.8-5.2x as long as the local runtime's evaluation for the McMahan CNN
     and 2.2-2.5x for the 2NN; so, 0.98-1.16x its speed
     (``benchmarks/cohort_evaluation.py``)."""
-    sizes = torch.tensor([len(e) for e in examples], device=device)
+    sizes = torch.tensor([len(e) for e in examples], dtype=torch.int64, device=device)
     owner = torch.repeat_interleave(torch.arange(len(examples), device=device), sizes)
-    x = torch.cat([e.x.to(device) for e in examples])
-    y = torch.cat([e.y.to(device) for e in examples])
+    x, y = _in_a_row(examples, device)
     params = {k: v.to(device) for k, v in params.items()}
     loss = torch.zeros(len(examples), dtype=torch.float64, device=device)
     correct = torch.zeros(len(examples), dtype=torch.float64, device=device)
@@ -763,3 +762,21 @@ def _one_model_evaluation(
             correct.index_add_(0, owner[rows], hits)
     n = sizes.to(torch.float64).clamp(min=1)
     return {"loss": loss / n, "accuracy": correct / n}
+
+
+def _in_a_row(
+    examples: Sequence[Examples], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clients' examples one after another, on ``device``: where all are rows
+    of one block (:class:`ExampleRows`), gathered from it in one ``index_select``
+    (as :func:`_gathered` does), else copied client by client."""
+    if examples and all(isinstance(e, ExampleRows) for e in examples):
+        rows = cast(list[ExampleRows], examples)
+        block = rows[0].source
+        if all(e.source is block for e in rows):
+            flat = torch.cat([e.rows for e in rows])
+            x = block.x.index_select(0, flat.to(block.x.device))
+            y = block.y.index_select(0, flat.to(block.y.device))
+            return x.to(device), y.to(device)
+    x = torch.cat([e.x.to(device) for e in examples])
+    return x, torch.cat([e.y.to(device) for e in examples])
