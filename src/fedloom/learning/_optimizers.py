@@ -67,7 +67,9 @@ class Optimizer(NamedTuple):
     velocity may take its gradient straight from the gradient's matrix product
     (``v.baddbmm_(dY^T, X, beta=beta)``, in the vectorized runtime's eager step of
     dense networks, ``DenseCohortStep``). ``_replace(heavy_ball=None)`` keeps the
-    ``vmap`` step."""
+    ``vmap`` step, and must go with any other ``update`` given to a momentum
+    optimizer by ``_replace`` (as ``fold_alpha=None`` with SGD's): the dense step
+    computes heavy-ball momentum whatever ``update`` says."""
 
 
 def positive(name: str, value: float) -> float:
