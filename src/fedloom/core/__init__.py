@@ -18,6 +18,7 @@ from ._cohort import Replicated as Replicated
 from ._cohort import Stacked as Stacked
 from ._cohort import StackedAggregator as StackedAggregator
 from ._cohort import folds_stacked as folds_stacked
+from ._cohort import longest_first as longest_first
 from ._cohort import stack as stack
 from ._cohort import tensor_versions as tensor_versions
 from ._cohort import unstack as unstack
@@ -71,6 +72,7 @@ __all__ = [
     "broadcast",
     "computation",
     "folds_stacked",
+    "longest_first",
     "map",
     "mean",
     "register_dataclass",

@@ -19,6 +19,7 @@ __all__ = [
     "Stacked",
     "StackedAggregator",
     "folds_stacked",
+    "longest_first",
     "stack",
     "tensor_versions",
     "unstack",
@@ -113,6 +114,18 @@ class StackedAggregator(Protocol):
     ) -> Any:
         """Fold in every client of the chunk (weights stacked the same way)."""
         ...
+
+
+def longest_first(sizes: Sequence[int]) -> list[int] | None:
+    """The clients' order by ``sizes``, largest first (equal ones in their own
+    order): client i of the sorted cohort is client ``order[i]``; ``None`` where
+    they are in that order already.
+
+    >>> longest_first([3, 9, 3, 5]), longest_first([9, 5, 5])
+    ([1, 3, 0, 2], None)
+    """
+    order = sorted(range(len(sizes)), key=[-n for n in sizes].__getitem__)
+    return None if order == sorted(order) else order
 
 
 def stack(members: Sequence[Any]) -> Stacked | None:

@@ -59,6 +59,12 @@ def _inputs(payload: Any) -> tuple[list[Examples], list[int]]:
     return [i.examples for i in payload], [i.seed for i in payload]
 
 
+def _input_sizes(args: Sequence[Any]) -> list[int]:
+    """Each client's number of examples, of a cohort function's ``(params,
+    inputs)`` arguments."""
+    return [len(e) for e in _inputs(args[1])[0]]
+
+
 def _check_input(data: Any) -> None:
     if not isinstance(data, ClientInput):
         raise TypeError(
@@ -305,7 +311,7 @@ class LocalTraining:
     def client_sizes(self, args: Sequence[Any]) -> list[int]:
         """Each client's number of examples (a chunk of clients trains as many
         steps as its largest has batches)."""
-        return [len(e) for e in _inputs(args[1])[0]]
+        return _input_sizes(args)
 
 
 @final
@@ -357,4 +363,4 @@ class FullBatchGradient:
     def client_sizes(self, args: Sequence[Any]) -> list[int]:
         """Each client's number of examples (a chunk's gradients run over its
         largest's, padded)."""
-        return [len(e) for e in _inputs(args[1])[0]]
+        return _input_sizes(args)

@@ -41,6 +41,7 @@ from fedloom.core import (
     Stacked,
     StackedAggregator,
     folds_stacked,
+    longest_first,
     stack,
     tensor_versions,
     tree_flatten,
@@ -99,8 +100,8 @@ def _chunks(
     starts = range(0, size, chunk)
     sizes = getattr(fn, "client_sizes", None)  # optional (CohortFunction)
     if size > chunk and sizes is not None:
-        order = sorted(range(size), key=[-n for n in sizes(payloads)].__getitem__)
-        if order != sorted(order):
+        order = longest_first(sizes(payloads))
+        if order is not None:
             return [order[start : start + chunk] for start in starts]
     return [range(start, min(start + chunk, size)) for start in starts]
 
