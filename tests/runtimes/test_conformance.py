@@ -210,6 +210,17 @@ def test_mixed_precision_reaches_the_model_on_every_runtime(digits, runtime):
 
 @pytest.mark.parametrize("runtime", NAMES)
 @pytest.mark.parametrize("partition", ["iid", "quantity_skew"])
+def test_fedavg_of_a_dense_network_under_plain_sgd(digits, runtime, partition):
+    # The 2NN on the digits in batches of 8: on the CPU, eager, its first layer's
+    # updates are deferred over two steps (DenseCohortStep.steps), those of every
+    # client and those of a longest-first cohort's clients that are left.
+    model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
+    process = fed_avg(model, client_learning_rate=0.1, local_epochs=2, batch_size=8)
+    _assert_same_round(process, _cohort(digits, partition), RUNTIMES[runtime]())
+
+
+@pytest.mark.parametrize("runtime", NAMES)
+@pytest.mark.parametrize("partition", ["iid", "quantity_skew"])
 def test_fedsgd(digits, runtime, partition):
     model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
     process = fed_sgd(model, learning_rate=0.5)

@@ -337,7 +337,9 @@ class CohortStep:
     ``_replace``d with ``fold_alpha=None`` or ``heavy_ball=None`` keeps the
     ``vmap`` step). :meth:`eager` is the eager step, which a compiled
     step's :func:`cohort_local_training` runs for the clients that have a batch at
-    a step where others have none.
+    a step where others have none. Where the dense step's SGD pays for it
+    (:meth:`steps_at_once`), :func:`cohort_local_training` takes the steps at which
+    the same clients have a batch several at once (:meth:`eager_steps`).
     """
 
     def __init__(
@@ -443,6 +445,41 @@ class CohortStep:
         return self._step(
             data.x, data.y, params, state, index, batch_mask, masked, in_place=True
         )
+
+    def steps_at_once(self, plan: TrainingPlan, clients: int) -> int:
+        """How many of ``plan``'s steps at which its first ``clients`` clients
+        (and no others) have a batch to take in one call: compiled, where every
+        client has, ``steps_per_call`` (:meth:`steps`); eager on the CPU, where
+        those clients can step alone (all of them, or a longest-first plan's
+        first), the dense SGD step's deferred steps (:meth:`eager_steps`); else 1.
+        """
+        data = plan.data
+        if self.compiled and clients == data.size:
+            return self.steps_per_call
+        if self.dense is None or data.x.device.type != "cpu":
+            return 1
+        if clients < data.size and not plan.longest_first:
+            return 1  # a masked step
+        return self.dense.steps_at_once(data.x.shape[2:], plan.batch_index.shape[3])
+
+    def eager_steps(
+        self,
+        data: PaddedCohort,
+        params: Params,
+        state: Any,
+        index: torch.Tensor,
+        batch_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """``index.shape[1]`` eager steps of the dense network's SGD, the first
+        linear layer's updates deferred to their end (:meth:`DenseCohortStep.steps`),
+        updating ``params`` in place; each client's summed loss over them. Takes
+        what :meth:`steps` does; every client must have a batch at every step."""
+        if self.dense is None:
+            raise RuntimeError("eager_steps() runs the dense network's step")
+        clients, steps, batch = index.shape
+        x, y = _gather(data.x, data.y, index.reshape(clients, steps * batch))
+        x = x.view(clients, steps, batch, *x.shape[2:])
+        return self.dense.steps(params, x, y.view(index.shape), batch_mask, state)
 
     def steps(
         self,
@@ -608,39 +645,51 @@ def cohort_local_training(
     """FedAvg's local training for every client at once: (deltas, weights, losses)."""
     data, index, mask = plan.data, plan.batch_index, plan.batch_mask
     local, state = step.begin(plan.start)
-    # A longest-first plan trains only the clients with a batch (a prefix), by
-    # the eager step: compiled, each number of them would compile anew.
-    narrows = plan.longest_first
-    everyone = plan.everyone
     loss_sum = torch.zeros(data.size, dtype=torch.float64, device=index.device)
-    block, steps = step.steps_per_call, index.shape[2]
     for e in range(index.shape[1]):
         s = 0
-        while s < steps:
-            if block > 1 and s + block <= steps and all(everyone[e][s : s + block]):
-                loss_sum += step.steps(
+        while s < index.shape[2]:
+            clients = plan.active[e][s]
+            together = _steps_together(step, plan, e, s)
+            if 0 < clients < data.size and plan.longest_first:
+                # only the clients with a batch (a prefix), by the eager step:
+                # compiled, each number of them would compile anew
+                _narrowed_steps(step, plan, local, state, loss_sum, e, s, together)
+            elif together > 1:
+                run = step.steps if step.compiled else step.eager_steps
+                loss_sum += run(
                     data,
                     local,
                     state,
-                    index[:, e, s : s + block],
-                    mask[:, e, s : s + block],
+                    index[:, e, s : s + together],
+                    mask[:, e, s : s + together],
                 )
-                s += block
-                continue
-            active = plan.active[e][s]
-            if 0 < active < data.size and narrows:
-                _narrowed_step(step, plan, local, state, loss_sum, e, s)
-            elif active:
-                masked = active < data.size
+            elif clients:
+                masked = clients < data.size
                 local, state, loss = step(
                     data, local, state, index[:, e, s], mask[:, e, s], masked
                 )
                 loss_sum += loss
-            s += 1
+            s += together
     return training_result(plan, local, loss_sum)
 
 
-def _narrowed_step(
+def _steps_together(step: CohortStep, plan: TrainingPlan, e: int, s: int) -> int:
+    """How many steps from step s of epoch e to take in one call: those at which
+    the same clients have a batch, up to :meth:`CohortStep.steps_at_once` (exactly
+    that many, compiled: another count would compile anew)."""
+    active = plan.active[e]
+    clients = active[s]
+    most = step.steps_at_once(plan, clients) if clients else 1
+    same = 1
+    while same < most and s + same < len(active) and active[s + same] == clients:
+        same += 1
+    if step.compiled and clients == plan.data.size and same < most:
+        return 1
+    return same
+
+
+def _narrowed_steps(
     step: CohortStep,
     plan: TrainingPlan,
     local: Params,
@@ -648,21 +697,29 @@ def _narrowed_step(
     loss_sum: torch.Tensor,
     e: int,
     s: int,
+    count: int = 1,
 ) -> None:
-    """Step s of epoch e for the plan's first ``plan.active[e][s]`` clients alone,
-    the ones with a batch (the plan is longest first), on views of their rows of
-    ``local``, ``state`` and ``loss_sum``, updated in place: an unmasked step,
-    where a masked one would compute every client and keep the finished ones'
-    parameters (``benchmarks/unequal_clients.py``)."""
+    """``count`` steps from step s of epoch e for the plan's first
+    ``plan.active[e][s]`` clients alone, the ones with a batch (the plan is
+    longest first), on views of their rows of ``local``, ``state`` and
+    ``loss_sum``, updated in place: unmasked steps, where a masked one would
+    compute every client and keep the finished ones' parameters
+    (``benchmarks/unequal_clients.py``)."""
     k = plan.active[e][s]
     params, opt_state = tree_map(lambda v: v[:k], (local, state))
-    new_params, new_state, loss = step.eager(
+    data, index, mask = (
         plan.data.first(k),
-        params,
-        opt_state,
-        plan.batch_index[:k, e, s],
-        plan.batch_mask[:k, e, s],
-        False,
+        plan.batch_index[:k, e],
+        plan.batch_mask[:k, e],
+    )
+    if count > 1:
+        span = slice(s, s + count)
+        loss_sum[:k] += step.eager_steps(
+            data, params, opt_state, index[:, span], mask[:, span]
+        )
+        return
+    new_params, new_state, loss = step.eager(
+        data, params, opt_state, index[:, s], mask[:, s], False
     )
     if new_params is not params:  # an optimizer without an in-place update
         copy_tree(params, new_params)

@@ -49,7 +49,7 @@ from torch.fx import Graph, Node
 
 from ._update_chains import Sum, new_node, update_chain, val
 
-__all__ = ["defer_data_layer_updates"]
+__all__ = ["correction_share", "defer_data_layer_updates"]
 
 _aten = torch.ops.aten
 
@@ -209,15 +209,19 @@ def _matches(chain: list[Sum] | None, weight: Any, tainted: set[Node]) -> bool:
     return True
 
 
+def correction_share(rows: int, steps: int, inputs: int, outputs: int) -> float:
+    """What the corrections add to a deferred layer's arithmetic: B^2 (I + O) K
+    (K - 1) multiply-adds a client against 4 K B I O (forward products and
+    updates), for K steps of B rows, I inputs, O outputs."""
+    return rows * (steps - 1) * (inputs + outputs) / (4 * inputs * outputs)
+
+
 def _pays(chain: list[Sum], weight: Any) -> bool:
     """Whether the corrections add at most :data:`MAX_EXTRA` to the layer's
-    arithmetic: B^2 (I + O) K (K - 1) multiply-adds a client against 4 K B I O
-    (forward products and updates), for K steps of B rows, I inputs, O outputs."""
+    arithmetic (:func:`correction_share`)."""
     _, outputs, inputs = val(weight).shape
     rows = max(int(val(s.product.args[1]).shape[1]) for s in chain)
-    steps = len(chain)
-    extra = rows * (steps - 1) * (inputs + outputs) / (4 * inputs * outputs)
-    return extra <= MAX_EXTRA
+    return correction_share(rows, len(chain), inputs, outputs) <= MAX_EXTRA
 
 
 def _defer(copy: Node, tainted: set[Node]) -> int:

@@ -28,10 +28,18 @@ every parameter one linear layer's own, trained by plain SGD or heavy-ball momen
 :class:`CohortStep` uses it eagerly on the CPU at unmasked steps: where every
 client has a batch, and for the clients that have one at a longest-first
 cohort's other steps (it has not run on a GPU, where the ``vmap`` step stays).
+
+Under SGD, :meth:`DenseCohortStep.steps` takes several such steps of the same
+clients at once, the first linear layer's updates deferred to their end (its
+input is the data, known for them all: the same algebra as ``_defer_update.py``
+applies to the compiled graph), where :func:`deferred_steps` says it pays: the
+2NN on Fashion-MNIST at B = 10, five steps at once, 1.10x faster a step for a
+cohort of 10 and 1.28-1.33x for 100 (``benchmarks/deferred_dense_steps.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -39,6 +47,7 @@ from torch import nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from ._cohort_loss import cross_entropy, masked_mean
+from ._defer_update import correction_share
 from ._linear_fold import foldable_linears
 from ._types import Params
 
@@ -102,13 +111,35 @@ def dense_layers(module: nn.Module) -> list[tuple[str, nn.Module]] | None:
     return leaves if set(places) <= owned else None
 
 
+DEFERRED_STEPS = 5
+"""The most steps :meth:`DenseCohortStep.steps` takes at once (``_dense_cohort``'s
+figures, in ``benchmarks/deferred_dense_steps.py``)."""
+
+MAX_EXTRA = 0.07
+"""The most the deferral's corrections may add to the first layer's arithmetic
+(:func:`correction_share`) for eager steps to be deferred: unlike the compiled
+step (``_defer_update.MAX_EXTRA``, 0.2), the eager one computes each step's
+correction in two more products of their own, which pay only where the layer's
+own products are small."""
+
+
+def deferred_steps(rows: int, inputs: int, outputs: int) -> int:
+    """How many eager SGD steps of ``rows`` rows to defer a linear layer's
+    updates over: the most, up to :data:`DEFERRED_STEPS`, whose corrections add
+    at most :data:`MAX_EXTRA`; 1 (none deferred) where even two would add more."""
+    steps = DEFERRED_STEPS
+    while steps > 1 and correction_share(rows, steps, inputs, outputs) > MAX_EXTRA:
+        steps -= 1
+    return steps
+
+
 def _client_dim(dim: int) -> int:
     """A client's dimension ``dim`` in the cohort's tensors (one axis before)."""
     return dim + 1 if dim >= 0 else dim
 
 
 class DenseCohortStep:
-    """One step of plain SGD or of heavy-ball momentum for every client at once on
+    """Steps of plain SGD or of heavy-ball momentum for every client at once on
     :func:`dense_layers`' networks.
 
     ``step(params, x, y, mask, state)`` updates the stacked ``params`` (and, under
@@ -119,7 +150,8 @@ class DenseCohortStep:
     would get the zero update, not keep its parameters through a non-finite loss).
     Under momentum (``beta`` not ``None``) each weight's velocity takes the
     gradient in its product, ``v.baddbmm_(dY^T, X, beta=beta)``, and the weight
-    ``w += alpha v``.
+    ``w += alpha v``. :meth:`steps` runs several steps, SGD's updates of the first
+    linear layer deferred to their end.
     """
 
     def __init__(
@@ -131,6 +163,11 @@ class DenseCohortStep:
         self.layers = layers
         self.alpha = alpha
         self.beta = beta
+        self._first = next(
+            i for i, (_, layer) in enumerate(layers) if type(layer) is nn.Linear
+        )
+        """Where the first linear layer is: every layer before it is free of
+        parameters, so its input is the data's (:meth:`steps`)."""
 
     @classmethod
     def of(cls, model: FunctionalModel, optimizer: Optimizer) -> DenseCohortStep | None:
@@ -157,58 +194,155 @@ class DenseCohortStep:
         mask: torch.Tensor,
         state: Any = None,
     ) -> torch.Tensor:
+        return self.steps(params, x[:, None], y[:, None], mask[:, None], state)
+
+    def steps_at_once(self, example: torch.Size, batch: int) -> int:
+        """How many steps of ``batch`` examples of shape ``example`` :meth:`steps`
+        should take at once (:func:`deferred_steps`; under momentum 1)."""
+        if self.beta is not None:
+            return 1
+        layer = cast(nn.Linear, self.layers[self._first][1])
+        data = torch.empty((1, batch, *example), device="meta")
+        rows = self._before_first(data).shape[1:-1].numel()
+        return deferred_steps(rows, layer.in_features, layer.out_features)
+
+    def steps(
+        self,
+        params: Params,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        state: Any = None,
+    ) -> torch.Tensor:
+        """``x.shape[1]`` steps, step s on ``x[:, s]``, ``y[:, s]``, ``mask[:, s]``
+        (each as :meth:`__call__` takes them); each client's summed loss over them.
+
+        The first linear layer's input is the data, known for every step before
+        the first, and under SGD its weight after s steps is ``w_0 + alpha *
+        dY_{<s}^T X_{<s}`` (the layer's output gradients and inputs of the steps
+        before, stacked). So its every step's product is one, ``X_all w_0^T``; step
+        s adds ``alpha * (X_s X_{<s}^T) dY_{<s}``; and its updates are one of rank
+        ``steps * B`` at the end, ``w.baddbmm_(dY_all^T, X_all, alpha=alpha)``: the
+        weight is read twice and written once for all the steps, not at each (as
+        ``_defer_update.py`` rewrites the compiled graph). Only SGD (momentum's
+        velocity would enter every correction): under momentum one step at a time.
+        """
+        steps = x.shape[1]
+        if steps > 1 and self.beta is not None:
+            raise ValueError("deferred steps are SGD's: momentum takes one at a time")
+        name = self.layers[self._first][0]
+        data = self._before_first(x.flatten(1, 2))  # [clients, steps * B, ..., in]
+        flat = data.reshape(data.shape[0], -1, data.shape[-1])
+        rows = flat.shape[1] // steps
+        weight = f"{name}.weight"
+        ahead = torch.bmm(flat, params[weight].mT)  # every step's, with w_0
+        outputs = torch.empty_like(ahead)  # dY of every step, in its rows
+        shape = (data.shape[0], x.shape[2], *data.shape[2:-1], ahead.shape[-1])
+        loss = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        for s in range(steps):
+            now = slice(s * rows, (s + 1) * rows)
+            product = ahead[:, now]
+            if s:
+                gram = torch.bmm(flat[:, now], flat[:, : s * rows].mT)
+                earlier = outputs[:, : s * rows]
+                product = torch.baddbmm(product, gram, earlier, alpha=self.alpha)
+            loss += self._step(
+                params, state, product.view(shape), y[:, s], mask[:, s], outputs[:, now]
+            )
+        with torch.no_grad():
+            self._update(params, state, [(weight, flat, outputs)])
+        return loss
+
+    def _before_first(self, x: torch.Tensor) -> torch.Tensor:
+        """The layers before the first linear one (without parameters) on ``x``."""
+        return self._forward({}, x, self.layers[: self._first])[0]
+
+    def _step(
+        self,
+        params: Params,
+        state: Any,
+        product: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        first_output: torch.Tensor,
+    ) -> torch.Tensor:
+        """One step from the first linear layer's product (its bias not yet
+        added): every parameter but that layer's weight takes it, and the
+        gradient at the product goes into ``first_output`` (as ``[clients, rows,
+        features]``); each client's summed loss."""
+        name = self.layers[self._first][0]
+        weight = f"{name}.weight"
         with torch.enable_grad():  # as vmap(grad) computes, under no_grad too
-            leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
-            logits, folds = self._forward(leaves, x)
+            leaves = {
+                k: v.detach().requires_grad_() for k, v in params.items() if k != weight
+            }
+            product = product.detach().requires_grad_()
+            if f"{name}.bias" in leaves:
+                bias = leaves[f"{name}.bias"]
+                shape = (bias.shape[0], *[1] * (product.dim() - 2), bias.shape[-1])
+                h = product + bias.view(shape)
+            else:  # not the leaf itself, which an in-place activation may not take
+                h = product.clone()
+            logits, folds = self._forward(leaves, h, self.layers[self._first + 1 :])
             per_example = cross_entropy(logits.flatten(0, 1), y.flatten()).view_as(y)
             loss = masked_mean(per_example, mask)  # each client's, as masked_loss's
             biases = [k for k in leaves if k not in folds]
             inputs: list[Any] = [leaves[k] for k in biases]  # tensors, then edges
-            inputs += [edge for _, edge in folds.values()]
+            inputs += [edge for _, edge in folds.values()] + [product]
             grads = torch.autograd.grad(loss.sum(), inputs)
         with torch.no_grad():
-            products = zip(folds.items(), grads[len(biases) :], strict=True)
-            if self.beta is None:
-                for (weight, (flat, _)), dy in products:
-                    params[weight].baddbmm_(dy.mT, flat, alpha=self.alpha)
-                if biases:  # _foreach_add_ refuses empty lists
-                    own = [params[k] for k in biases]
-                    torch._foreach_add_(
-                        own, list(grads[: len(biases)]), alpha=self.alpha
-                    )
-            else:
-                self._momentum(params, state["velocity"], products, biases, grads)
+            first_output.copy_(grads[-1].view_as(first_output))
+            products = [
+                (weight, flat, dy)
+                for (weight, (flat, _)), dy in zip(
+                    folds.items(), grads[len(biases) : -1], strict=True
+                )
+            ]
+            self._update(params, state, products, biases, grads[: len(biases)])
         return loss.detach().double() * mask.sum(dim=1)
 
-    def _momentum(
+    def _update(
         self,
         params: Params,
-        velocity: Params,
-        products: Any,
-        biases: list[str],
-        grads: tuple[torch.Tensor, ...],
+        state: Any,
+        products: list[tuple[str, torch.Tensor, torch.Tensor]],
+        biases: Sequence[str] = (),
+        grads: Sequence[torch.Tensor] = (),
     ) -> None:
-        """Heavy-ball momentum's update from the layers' output gradients: each
-        weight's velocity ``beta v + dY^T X`` in one product, each bias's ``beta v +
-        g``, then ``w += alpha v`` (as :func:`momentum`'s ``update_in_place``)."""
-        beta = cast(float, self.beta)
-        for (weight, (flat, _)), dy in products:
-            velocity[weight].baddbmm_(dy.mT, flat, beta=beta)
+        """SGD's or heavy-ball momentum's update of each weight of ``products``
+        (name, the layer's input ``X`` and output gradient ``dY``, as ``[clients,
+        rows, features]``) in the product that makes its gradient, and of each of
+        ``biases`` by its gradient in ``grads``."""
+        if self.beta is None:
+            for weight, flat, dy in products:
+                params[weight].baddbmm_(dy.mT, flat, alpha=self.alpha)
+            if biases:  # _foreach_add_ refuses empty lists
+                torch._foreach_add_(
+                    [params[k] for k in biases], list(grads), alpha=self.alpha
+                )
+            return
+        # Heavy-ball momentum: each weight's velocity beta v + dY^T X in one
+        # product, each bias's beta v + g, then w += alpha v (as momentum's
+        # update_in_place).
+        velocity = state["velocity"]
+        for weight, flat, dy in products:
+            velocity[weight].baddbmm_(dy.mT, flat, beta=self.beta)
             params[weight].add_(velocity[weight], alpha=self.alpha)
         if biases:
             own, moving = [params[k] for k in biases], [velocity[k] for k in biases]
-            for v, g in zip(moving, grads[: len(biases)], strict=True):
-                torch.add(g, v, alpha=beta, out=v)
+            for v, g in zip(moving, grads, strict=True):
+                torch.add(g, v, alpha=self.beta, out=v)
             torch._foreach_add_(own, moving, alpha=self.alpha)
 
     def _forward(
-        self, leaves: Params, x: torch.Tensor
+        self, leaves: Params, x: torch.Tensor, layers: list[tuple[str, nn.Module]]
     ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, GradientEdge]]]:
-        """Every client's logits, and for each weight (by name) its layer's input
-        as ``[clients, rows, features]`` and its output's gradient edge."""
+        """``layers`` of every client on ``x``, and for each weight (by name) its
+        layer's input as ``[clients, rows, features]`` and its output's gradient
+        edge."""
         folds = {}
         h = x
-        for name, layer in self.layers:
+        for name, layer in layers:
             if type(layer) is nn.Linear:
                 h, folds[f"{name}.weight"] = self._linear(h, leaves, name)
             elif type(layer) is nn.Flatten:
