@@ -676,8 +676,9 @@ def cohort_local_training(
 
 def _steps_together(step: CohortStep, plan: TrainingPlan, e: int, s: int) -> int:
     """How many steps from step s of epoch e to take in one call: those at which
-    the same clients have a batch, up to :meth:`CohortStep.steps_at_once` (exactly
-    that many, compiled: another count would compile anew)."""
+    the same clients have a batch, up to :meth:`CohortStep.steps_at_once` (for a
+    compiled step of every client exactly that many or one: another count would
+    compile anew)."""
     active = plan.active[e]
     clients = active[s]
     most = step.steps_at_once(plan, clients) if clients else 1

@@ -291,7 +291,7 @@ class DenseCohortStep:
             inputs += [edge for _, edge in folds.values()] + [product]
             grads = torch.autograd.grad(loss.sum(), inputs)
         with torch.no_grad():
-            first_output.copy_(grads[-1].view_as(first_output))
+            first_output.copy_(grads[-1].reshape(first_output.shape))
             products = [
                 (weight, flat, dy)
                 for (weight, (flat, _)), dy in zip(
