@@ -72,3 +72,19 @@ def float64_eager_steps():
         return plan, index, mask, params
 
     return run
+
+
+@pytest.fixture
+def dense_steps_taken(monkeypatch):
+    """(clients, steps) of every call of ``DenseCohortStep.steps``, in order."""
+    from fedloom.learning._dense_cohort import DenseCohortStep
+
+    taken = []
+    steps = DenseCohortStep.steps
+
+    def counted(self, params, x, *args):
+        taken.append((x.shape[0], x.shape[1]))
+        return steps(self, params, x, *args)
+
+    monkeypatch.setattr(DenseCohortStep, "steps", counted)
+    return taken

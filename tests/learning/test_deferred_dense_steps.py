@@ -87,25 +87,17 @@ def _lognormal_plan(model, longest_first):
 
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 def test_local_training_takes_steps_at_once_where_the_same_clients_have_a_batch(
-    monkeypatch, compile
+    monkeypatch, dense_steps_taken, compile
 ):
     # Small networks defer nothing by the rule; here three steps at once pay.
     monkeypatch.setattr(DenseCohortStep, "steps_at_once", lambda self, *_: 3)
-    counts = []
-    original = DenseCohortStep.steps
-
-    def counted(self, params, x, *args):
-        counts.append((x.shape[0], x.shape[1]))
-        return original(self, params, x, *args)
-
-    monkeypatch.setattr(DenseCohortStep, "steps", counted)
     model = FunctionalModel(build_model("2nn", (3, 4), 3, seed=0).module.double())
     plan = _lognormal_plan(model, longest_first=True)
     step = CohortStep(model, sgd(0.2), compile=compile)
     got = cohort_local_training(step, plan)
     # (clients, steps) of each call: clients of 8, 5, 2 and 1 batches and one
     # without any, longest first; each run of steps of the same clients at once
-    assert counts == [(5, 1), (4, 1), (3, 3), (2, 3)] * 2
+    assert dense_steps_taken == [(5, 1), (4, 1), (3, 3), (2, 3)] * 2
     unfolded = CohortStep(model, sgd(0.2)._replace(fold_alpha=None))
     want = cohort_local_training(unfolded, _lognormal_plan(model, longest_first=False))
     for k, v in want[0].items():
@@ -114,18 +106,11 @@ def test_local_training_takes_steps_at_once_where_the_same_clients_have_a_batch(
     torch.testing.assert_close(got[2], want[2], rtol=1e-12, atol=0)
 
 
-def test_equal_clients_take_their_steps_at_once(monkeypatch):
+def test_equal_clients_take_their_steps_at_once(monkeypatch, dense_steps_taken):
     monkeypatch.setattr(DenseCohortStep, "steps_at_once", lambda self, *_: 3)
-    counts = []
-    original = DenseCohortStep.steps
-    monkeypatch.setattr(
-        DenseCohortStep,
-        "steps",
-        lambda self, p, x, *a: counts.append(x.shape[1]) or original(self, p, x, *a),
-    )
     model, plan = _plan(_networks()["2nn"], [16, 16, 16], batch=4)  # 4 steps
     got = cohort_local_training(CohortStep(model, sgd(0.2)), plan)
-    assert counts == [3, 1, 3, 1]  # two epochs
+    assert [steps for _, steps in dense_steps_taken] == [3, 1, 3, 1]  # two epochs
     unfolded = CohortStep(model, sgd(0.2)._replace(fold_alpha=None))
     want = cohort_local_training(unfolded, plan)
     for k, v in want[0].items():

@@ -35,7 +35,6 @@ from fedloom.learning import (
     federated_evaluate,
     momentum,
 )
-from fedloom.learning._dense_cohort import DenseCohortStep
 from fedloom.runtimes import LocalRuntime, VectorizedRuntime, get_runtime
 
 RUNTIMES = {
@@ -212,23 +211,17 @@ def test_mixed_precision_reaches_the_model_on_every_runtime(digits, runtime):
 @pytest.mark.parametrize("runtime", NAMES)
 @pytest.mark.parametrize("partition", ["iid", "quantity_skew"])
 def test_fedavg_of_a_dense_network_under_plain_sgd(
-    digits, runtime, partition, monkeypatch
+    digits, runtime, partition, dense_steps_taken
 ):
     # The 2NN on the digits in batches of 8: on the CPU, eager, its first layer's
     # updates are deferred over two steps (DenseCohortStep.steps), those of every
     # client and those of a longest-first cohort's clients that are left.
-    taken = []
-    steps = DenseCohortStep.steps
-    monkeypatch.setattr(
-        DenseCohortStep,
-        "steps",
-        lambda self, p, x, *a: taken.append(x.shape[1]) or steps(self, p, x, *a),
-    )
     model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
     process = fed_avg(model, client_learning_rate=0.1, local_epochs=2, batch_size=8)
     _assert_same_round(process, _cohort(digits, partition), RUNTIMES[runtime]())
     eager_on_cpu = "cuda" not in runtime and "compiled" not in runtime
     narrowed = runtime == "vectorized-compiled" and partition == "quantity_skew"
+    taken = {steps for _, steps in dense_steps_taken}
     assert (2 in taken) == (eager_on_cpu or narrowed)
 
 
