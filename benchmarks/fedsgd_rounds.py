@@ -35,7 +35,7 @@ from torch.func import grad
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.records import write_record
-from benchmarks.simulation_speed import LEARNING_RATE, _cohort, fashion_mnist_clients
+from benchmarks.simulation_speed import LEARNING_RATE, cohort, fashion_mnist_clients
 from fedloom.core import LocalRuntime
 from fedloom.learning import ClientResult, build_model, fed_sgd
 from fedloom.learning._client_work import FullBatchGradient, _zero_result
@@ -86,7 +86,7 @@ def measure(
     firsts = {}
     for name, (runtime, context) in RUNNERS.items():  # warm-up, first round kept
         with context():
-            firsts[name] = process.next(start, _cohort(clients, 0), runtime=runtime())
+            firsts[name] = process.next(start, cohort(clients, 0), runtime=runtime())
     for key, value in firsts["local"][0].params.items():
         if not torch.equal(value, firsts["local, before"][0].params[key]):
             raise SystemExit(f"{model_name}: the local forms disagree on {key}")
@@ -97,7 +97,7 @@ def measure(
             with context():
                 started = time.perf_counter()
                 states[name] = process.next(
-                    states[name], _cohort(clients, r), runtime=runtime()
+                    states[name], cohort(clients, r), runtime=runtime()
                 )[0]
                 seconds[name].append(time.perf_counter() - started)
     base = statistics.median(seconds["local, before"])

@@ -43,7 +43,7 @@ from benchmarks.records import write_record
 from benchmarks.simulation_speed import (
     BATCH_SIZE,
     LEARNING_RATE,
-    _cohort,
+    cohort,
     fashion_mnist_clients,
 )
 from fedloom.aggregators import _checked
@@ -96,11 +96,11 @@ def measure(name: str, process: Any, runtime: Any, clients: Any, rounds: int) ->
     for r in range(2):  # warm-up: compilation, first-use imports
         for form in FORMS.values():
             with form():
-                process.next(state, _cohort(clients, r), runtime=runtime)
+                process.next(state, cohort(clients, r), runtime=runtime)
     firsts = []
     for form in FORMS.values():
         with form():
-            firsts.append(process.next(state, _cohort(clients, 0), runtime=runtime)[0])
+            firsts.append(process.next(state, cohort(clients, 0), runtime=runtime)[0])
     for key in firsts[0].params:
         if not torch.equal(firsts[0].params[key], firsts[1].params[key]):
             raise SystemExit(f"{name}: the forms disagree on {key}")
@@ -111,7 +111,7 @@ def measure(name: str, process: Any, runtime: Any, clients: Any, rounds: int) ->
             with context():
                 started = time.perf_counter()
                 states[form] = process.next(
-                    states[form], _cohort(clients, r), runtime=runtime
+                    states[form], cohort(clients, r), runtime=runtime
                 )[0]
                 seconds[form].append(time.perf_counter() - started)
     row: dict[str, Any] = {"workload": name}

@@ -141,11 +141,51 @@ def _autocast(
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _cohort(clients: ClientData, round: int) -> list[ClientInput]:
+def cohort(clients: ClientData, round: int) -> list[ClientInput]:
+    """Round ``round``'s cohort of 10 of ``clients``, as ``fedloom run`` samples it."""
     ids = sample_cohort(len(clients), 10, seed=0, round=round)
     return [
         ClientInput(clients.client(int(i)), client_seed(0, round, int(i))) for i in ids
     ]
+
+
+def fedavg_runners(
+    model: Any,
+    process: Any,
+    clients: ClientData,
+    epochs: int,
+    runtimes: dict[str, Callable[[], Any]],
+) -> dict[str, Callable[[Any, int], Any]]:
+    """A round of each runner, ``run(state, r)`` on round r's cohort of
+    ``clients``: the torch loop (its state the model's parameters), then FedAvg's
+    ``process`` on a runtime made afresh by each of ``runtimes`` (its state the
+    process's)."""
+    runners: dict[str, Callable[[Any, int], Any]] = {
+        "torch loop": lambda params, r: torch_loop_round(
+            model, params, cohort(clients, r), epochs
+        ),
+    }
+    for name, runtime in runtimes.items():
+        runners[name] = lambda state, r, runtime=runtime: process.next(
+            state, cohort(clients, r), runtime=runtime()
+        )[0]
+    return runners
+
+
+def rounds_in_turns(
+    runners: dict[str, Callable[[Any, int], Any]], states: dict[str, Any], rounds: int
+) -> dict[str, float]:
+    """Seconds each runner took for rounds 0 to ``rounds`` - 1 from its state in
+    ``states`` (which end as the last round leaves them). Round by round, the
+    runners take turns, so a slow spell of a shared machine falls on all of them
+    rather than on whichever ran then."""
+    seconds = dict.fromkeys(runners, 0.0)
+    for r in range(rounds):
+        for name, run in runners.items():
+            started = time.perf_counter()
+            states[name] = run(states[name], r)
+            seconds[name] += time.perf_counter() - started
+    return seconds
 
 
 def measure(
@@ -164,29 +204,17 @@ def measure(
         local_epochs=epochs,
         batch_size=BATCH_SIZE,
     )
-    runners: dict[str, Callable[[Any, int], Any]] = {
-        "torch loop": lambda params, r: torch_loop_round(
-            model, params, _cohort(clients, r), epochs
-        ),
-        "fedloom local": lambda state, r: process.next(
-            state, _cohort(clients, r), runtime=LocalRuntime()
-        )[0],
-        "fedloom vectorized": lambda state, r: process.next(
-            state, _cohort(clients, r), runtime=VectorizedRuntime()
-        )[0],
-        "fedloom vectorized, batched": lambda state, r: process.next(
-            state, _cohort(clients, r), runtime=VectorizedRuntime(chunk_size=10)
-        )[0],
-        "fedloom compiled": lambda state, r: process.next(
-            state, _cohort(clients, r), runtime=VectorizedRuntime(compile=True)
-        )[0],
+    runtimes: dict[str, Callable[[], Any]] = {
+        "fedloom local": LocalRuntime,
+        "fedloom vectorized": VectorizedRuntime,
+        "fedloom vectorized, batched": lambda: VectorizedRuntime(chunk_size=10),
+        "fedloom compiled": lambda: VectorizedRuntime(compile=True),
     }
     if steps_per_call > 1:
-        runners[f"fedloom compiled x{steps_per_call}"] = lambda state, r: process.next(
-            state,
-            _cohort(clients, r),
-            runtime=VectorizedRuntime(compile=True, steps_per_call=steps_per_call),
-        )[0]
+        runtimes[f"fedloom compiled x{steps_per_call}"] = lambda: VectorizedRuntime(
+            compile=True, steps_per_call=steps_per_call
+        )
+    runners = fedavg_runners(model, process, clients, epochs, runtimes)
     torch.set_num_threads(threads)
     torch._dynamo.reset()  # compiled afresh at this thread count
     states: dict[str, Any] = {}
@@ -197,14 +225,7 @@ def measure(
         step(state, rounds)  # warm-up round, not timed and not kept
         first[name] = time.perf_counter() - started
         states[name] = state
-    # Round by round, the runners take turns, so a slow spell of a shared machine
-    # falls on all of them rather than on whichever ran then.
-    seconds = dict.fromkeys(runners, 0.0)
-    for r in range(rounds):
-        for name, step in runners.items():
-            started = time.perf_counter()
-            states[name] = step(states[name], r)
-            seconds[name] += time.perf_counter() - started
+    seconds = rounds_in_turns(runners, states, rounds)
     rows: list[dict[str, Any]] = []
     for name in runners:
         state = states[name]

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +36,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.compiled_step import assert_same
 from benchmarks.records import write_record
-from benchmarks.simulation_speed import BATCH_SIZE, LEARNING_RATE, torch_loop_round
+from benchmarks.simulation_speed import (
+    BATCH_SIZE,
+    LEARNING_RATE,
+    cohort,
+    fedavg_runners,
+    rounds_in_turns,
+    torch_loop_round,
+)
 from benchmarks.turns import best_per_step
 from fedloom.core import Replicated
 from fedloom.data import ClientData, load_dataset
-from fedloom.experiments import client_seed, sample_cohort
 from fedloom.learning import ClientInput, build_model, evaluate, fed_avg, sgd
 from fedloom.learning._cohort_work import (
     CohortStep,
@@ -55,13 +60,6 @@ PARTITIONS = {
     "dirichlet": {"alpha": 0.5},
 }
 COHORT = 10
-
-
-def cohort(clients: ClientData, round: int) -> list[ClientInput]:
-    ids = sample_cohort(len(clients), COHORT, seed=0, round=round)
-    return [
-        ClientInput(clients.client(int(i)), client_seed(0, round, int(i))) for i in ids
-    ]
 
 
 def masked_steps(sizes: list[int], epochs: int) -> tuple[int, int]:
@@ -118,30 +116,22 @@ def rounds(dataset: Any, clients: ClientData, epochs: int, args: Any) -> dict:
         local_epochs=epochs,
         batch_size=BATCH_SIZE,
     )
-    runners = {
-        "torch loop": lambda params, r: torch_loop_round(
-            model, params, cohort(clients, r), epochs
-        ),
-        "fedloom local": lambda state, r: process.next(
-            state, cohort(clients, r), runtime=LocalRuntime()
-        )[0],
-        "fedloom vectorized": lambda state, r: process.next(
-            state, cohort(clients, r), runtime=VectorizedRuntime()
-        )[0],
-        "fedloom compiled": lambda state, r: process.next(
-            state, cohort(clients, r), runtime=VectorizedRuntime(compile=True)
-        )[0],
-    }
+    runners = fedavg_runners(
+        model,
+        process,
+        clients,
+        epochs,
+        {
+            "fedloom local": LocalRuntime,
+            "fedloom vectorized": VectorizedRuntime,
+            "fedloom compiled": lambda: VectorizedRuntime(compile=True),
+        },
+    )
     states = {}
     for name, run in runners.items():
         first = model.init() if name == "torch loop" else process.init()
         states[name] = run(first, args.rounds)  # warm-up round, not timed
-    seconds = dict.fromkeys(runners, 0.0)
-    for r in range(args.rounds):
-        for name, run in runners.items():
-            started = time.perf_counter()
-            states[name] = run(states[name], r)
-            seconds[name] += time.perf_counter() - started
+    seconds = rounds_in_turns(runners, states, args.rounds)
     accuracy = {
         name: evaluate(
             model, state if name == "torch loop" else state.params, dataset.test
