@@ -7,13 +7,10 @@ import pytest
 import torch
 from test_dense_cohort import _networks, _plan  # this folder, on sys.path
 
-from fedloom.core import Replicated
-from fedloom.data import Examples
 from fedloom.learning import FunctionalModel, build_model, momentum, sgd
 from fedloom.learning._cohort_work import (
     CohortStep,
     cohort_local_training,
-    plan_training,
 )
 from fedloom.learning._dense_cohort import DenseCohortStep, deferred_steps
 
@@ -67,22 +64,7 @@ def test_how_many_steps_are_taken_at_once():
     assert step.steps_at_once(torch.Size([3, 4]), 1) == deferred_steps(3, 4, 5)
 
 
-def _lognormal_plan(model, longest_first):
-    generator = torch.Generator().manual_seed(6)
-    sizes = [29, 7, 0, 18, 29, 3]
-    examples = [
-        Examples(
-            torch.randn(n, 3, 4, generator=generator),
-            torch.randint(0, 3, (n,), generator=generator),
-        )
-        for n in sizes
-    ]
-    start = Replicated(model.init(), len(sizes))
-    seeds = [3 * c + 2 for c in range(len(sizes))]
-    cpu = torch.device("cpu")
-    plan = plan_training(start, examples, seeds, 2, 4, cpu, longest_first=longest_first)
-    plan.data.x = plan.data.x.double()  # examples are float32
-    return plan
+SIZES = [29, 7, 0, 18, 29, 3]  # in batches of 4: 8, 2, 0, 5, 8 and 1 of them
 
 
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
@@ -91,15 +73,14 @@ def test_local_training_takes_steps_at_once_where_the_same_clients_have_a_batch(
 ):
     # Small networks defer nothing by the rule; here three steps at once pay.
     monkeypatch.setattr(DenseCohortStep, "steps_at_once", lambda self, *_: 3)
-    model = FunctionalModel(build_model("2nn", (3, 4), 3, seed=0).module.double())
-    plan = _lognormal_plan(model, longest_first=True)
+    model, plan = _plan(_networks()["2nn"], SIZES, batch=4, longest_first=True)
     step = CohortStep(model, sgd(0.2), compile=compile)
     got = cohort_local_training(step, plan)
     # (clients, steps) of each call: clients of 8, 5, 2 and 1 batches and one
     # without any, longest first; each run of steps of the same clients at once
     assert dense_steps_taken == [(5, 1), (4, 1), (3, 3), (2, 3)] * 2
     unfolded = CohortStep(model, sgd(0.2)._replace(fold_alpha=None))
-    want = cohort_local_training(unfolded, _lognormal_plan(model, longest_first=False))
+    want = cohort_local_training(unfolded, _plan(_networks()["2nn"], SIZES, 4)[1])
     for k, v in want[0].items():
         assert v.abs().max() > 0.01
         torch.testing.assert_close(got[0][k], v, rtol=1e-12, atol=1e-14)

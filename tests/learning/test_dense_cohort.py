@@ -36,8 +36,9 @@ def _networks():
     }
 
 
-def _plan(module, sizes, batch, dtype=torch.float64):
-    """A cohort of ``sizes`` random clients' examples of ``module``'s shape."""
+def _plan(module, sizes, batch, dtype=torch.float64, longest_first=False):
+    """A cohort of ``sizes`` random clients' examples of ``module``'s shape, two
+    epochs (with ``longest_first``, planned so: see ``plan_training``)."""
     generator = torch.Generator().manual_seed(4)
     examples = [
         Examples(
@@ -49,7 +50,10 @@ def _plan(module, sizes, batch, dtype=torch.float64):
     model = FunctionalModel(module.to(dtype))
     start = Replicated(model.init(), len(sizes))
     seeds = list(range(len(sizes)))
-    plan = plan_training(start, examples, seeds, 2, batch, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    plan = plan_training(
+        start, examples, seeds, 2, batch, cpu, longest_first=longest_first
+    )
     plan.data.x = plan.data.x.to(dtype)  # examples are float32
     return model, plan
 
