@@ -1,16 +1,16 @@
 """Claim: an eager cohort step of a dense network runs faster without ``vmap``.
 
 The vectorized runtime's eager step of plain SGD or heavy-ball momentum on a
-network of linear layers runs on the CPU as batched products with plain autograd,
-each weight's update (SGD) or velocity (momentum) folded into its gradient's
-product (``DenseCohortStep``, ``_dense_cohort.py``), where it ran as
-``vmap(grad(loss))`` and then the update. This times one step of each form (the
-``vmap`` form: the same optimizer with ``fold_alpha=None`` or ``heavy_ball=None``)
-on Fashion-MNIST clients (B = 10, lr 0.05, momentum 0.9), for each optimizer,
-model, cohort size and thread count, in one process:
-the forms take turns ``--repeats`` times, ``--steps`` steps each, and the best
-time per step of each is kept. It first checks that both leave the same
-parameters to float32 rounding after a few steps.
+network of linear layers runs on the CPU as batched products with a backward
+pass of its own (no autograd graph), each weight's update (SGD) or velocity
+(momentum) folded into its gradient's product (``DenseCohortStep``,
+``_dense_cohort.py``), where it ran as ``vmap(grad(loss))`` and then the update.
+This times one step of each form (the ``vmap`` form: the same optimizer with
+``fold_alpha=None`` or ``heavy_ball=None``) on Fashion-MNIST clients (B = 10, lr
+0.05, momentum 0.9), for each optimizer, model, cohort size and thread count, in
+one process: the forms take turns ``--repeats`` times, ``--steps`` steps each,
+and the best time per step of each is kept. It first checks that both leave the
+same parameters to float32 rounding after a few steps.
 
     python benchmarks/dense_cohort_step.py [--optimizers sgd momentum]
         [--models 2nn logistic]

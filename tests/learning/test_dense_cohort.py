@@ -33,6 +33,16 @@ def _networks():
             nn.Flatten(start_dim=1, end_dim=-1),
             nn.Linear(15, 3),
         ),
+        "in-place activations before and after the first linear layer": (
+            nn.Sequential(
+                nn.Hardtanh(-0.5, 0.5, inplace=True),
+                nn.Flatten(),
+                nn.Linear(12, 6),
+                nn.ELU(inplace=True),
+                nn.Identity(),
+                nn.Linear(6, 3),
+            )
+        ),
     }
 
 
@@ -220,3 +230,22 @@ def test_each_cohort_decides_again_on_the_module_as_it_is_then(dense_calls):
     want, _ = _train(CohortStep(model, sgd(0.2)._replace(fold_alpha=None)), plan)
     for k, v in want.items():
         torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+
+
+def test_the_dense_step_leaves_the_batch_it_is_given_as_it_was():
+    # an in-place activation before the first linear layer acts on a copy
+    module = _networks()["in-place activations before and after the first linear layer"]
+    model = FunctionalModel(module.double())
+    dense = DenseCohortStep.of(model, sgd(0.2))
+    params = {k: v.expand(2, *v.shape).clone() for k, v in model.init().items()}
+    x = torch.randn(
+        2, 4, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
+    before = x.clone()
+    dense(
+        params,
+        x,
+        torch.zeros(2, 4, dtype=torch.long),
+        torch.ones(2, 4, dtype=torch.bool),
+    )
+    assert torch.equal(x, before) and (x.abs() > 0.5).any()
