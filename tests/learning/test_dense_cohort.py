@@ -33,7 +33,7 @@ def _networks():
             nn.Flatten(start_dim=1, end_dim=-1),
             nn.Linear(15, 3),
         ),
-        "in-place activations before and after the first linear layer": (
+        "in-place activations before and after the linear layers": (
             nn.Sequential(
                 nn.Hardtanh(-0.5, 0.5, inplace=True),
                 nn.Flatten(),
@@ -41,6 +41,7 @@ def _networks():
                 nn.ELU(inplace=True),
                 nn.Identity(),
                 nn.Linear(6, 3),
+                nn.SiLU(inplace=True),  # on the logits
             )
         ),
     }
@@ -234,7 +235,7 @@ def test_each_cohort_decides_again_on_the_module_as_it_is_then(dense_calls):
 
 def test_the_dense_step_leaves_the_batch_it_is_given_as_it_was():
     # an in-place activation before the first linear layer acts on a copy
-    module = _networks()["in-place activations before and after the first linear layer"]
+    module = _networks()["in-place activations before and after the linear layers"]
     model = FunctionalModel(module.double())
     dense = DenseCohortStep.of(model, sgd(0.2))
     params = {k: v.expand(2, *v.shape).clone() for k, v in model.init().items()}
