@@ -240,7 +240,7 @@ class DenseCohortStep:
         ahead = torch.bmm(flat, params[weight].mT)  # every step's, with w_0
         outputs = torch.empty_like(ahead)  # dY of every step, in its rows
         shape = (data.shape[0], x.shape[2], *data.shape[2:-1], ahead.shape[-1])
-        loss = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+        loss = _Loss(y, mask, ahead.dtype)
         for s in range(steps):
             now = slice(s * rows, (s + 1) * rows)
             product = ahead[:, now]
@@ -248,12 +248,10 @@ class DenseCohortStep:
                 gram = torch.bmm(flat[:, now], flat[:, : s * rows].mT)
                 earlier = outputs[:, : s * rows]
                 product = torch.baddbmm(product, gram, earlier, alpha=self.alpha)
-            loss += self._step(
-                params, state, product.view(shape), y[:, s], mask[:, s], outputs[:, now]
-            )
+            self._step(params, state, product.view(shape), loss, outputs[:, now])
         with torch.no_grad():
             self._update(params, state, [(weight, flat, outputs)])
-        return loss
+        return loss.total()
 
     def _before_first(self, x: torch.Tensor) -> torch.Tensor:
         """The layers before the first linear one (without parameters) on ``x``,
@@ -272,14 +270,13 @@ class DenseCohortStep:
         params: Params,
         state: Any,
         product: torch.Tensor,
-        y: torch.Tensor,
-        mask: torch.Tensor,
+        loss: _Loss,
         first_output: torch.Tensor,
-    ) -> torch.Tensor:
-        """One step from the first linear layer's ``product`` (its bias not yet
-        added; the step may overwrite it): every parameter but that layer's weight
-        takes it, and the gradient at the product goes into ``first_output`` (as
-        ``[clients, rows, features]``); each client's summed loss."""
+    ) -> None:
+        """The next of ``loss``'s steps from the first linear layer's ``product``
+        (its bias not yet added; the step may overwrite it): every parameter but
+        that layer's weight takes it, and the gradient at the product goes into
+        ``first_output`` (as ``[clients, rows, features]``)."""
         name = self.layers[self._first][0]
         bias = f"{name}.bias"
         with torch.no_grad():  # the gradients are written out below, not traced
@@ -289,7 +286,7 @@ class DenseCohortStep:
             else:
                 h = product
             logits, tape = self._forward(params, h)
-            loss, grad = _loss_and_gradient(logits, y, mask)
+            grad = loss.gradient(logits)
             products: list[tuple[str, torch.Tensor, torch.Tensor]] = []
             biases: list[str] = []
             grads: list[torch.Tensor] = []
@@ -301,7 +298,6 @@ class DenseCohortStep:
                 grads.append(grad.sum(dim=1))
             first_output.copy_(grad)
             self._update(params, state, products, biases, grads)
-        return loss
 
     def _update(
         self,
@@ -366,21 +362,36 @@ def _flatten(layer: nn.Flatten, h: torch.Tensor) -> torch.Tensor:
     return h.flatten(_client_dim(layer.start_dim), _client_dim(layer.end_dim))
 
 
-def _loss_and_gradient(
-    logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each client's summed cross-entropy over the real examples of its batch (in
-    float64), and the gradient of the sum of the clients' mean losses (as
-    :func:`masked_mean` of :func:`cross_entropy` takes them) at ``logits``: each
-    example's ``softmax - onehot(y)`` times its share of its client's mean."""
-    log_probs = torch.log_softmax(logits.view(*y.shape, -1), dim=-1)
-    picked = log_probs.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-    weights = mask.to(log_probs.dtype)
-    loss = -(picked * weights).sum(dim=-1).double()
-    share = (weights / weights.sum(dim=-1, keepdim=True).clamp(min=1)).unsqueeze(-1)
-    grad = log_probs.exp_().mul_(share)
-    grad.scatter_add_(-1, y.unsqueeze(-1), -share)
-    return loss, grad.view_as(logits)
+class _Loss:
+    """The loss of :meth:`DenseCohortStep.steps`' steps, ``y`` and ``mask`` as
+    ``[clients, steps, B]``: each client's mean cross-entropy over the real examples
+    of its batch at each step (as ``_cohort_loss.masked_loss`` takes it). What
+    every step needs of the masks is computed once for them all."""
+
+    def __init__(self, y: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype):
+        self.weights = mask.to(dtype)
+        count = self.weights.sum(dim=-1, keepdim=True).clamp(min=1)
+        self.share = (self.weights / count).unsqueeze(-1)  # in a client's mean
+        self.minus_share = -self.share
+        self.labels = y.unsqueeze(-1)
+        self.picked: list[torch.Tensor] = []  # each step's log-probability of y
+
+    def gradient(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next step's gradient of the sum of the clients' losses at its
+        ``logits``: each example's ``softmax - onehot(y)`` times its share of its
+        client's mean."""
+        s = len(self.picked)
+        labels = self.labels[:, s]
+        log_probs = torch.log_softmax(logits.view(*labels.shape[:-1], -1), dim=-1)
+        self.picked.append(log_probs.gather(-1, labels))
+        grad = log_probs.exp_().mul_(self.share[:, s])
+        return grad.scatter_add_(-1, labels, self.minus_share[:, s]).view_as(logits)
+
+    def total(self) -> torch.Tensor:
+        """Each client's summed loss over the real examples of the steps so far,
+        in float64."""
+        picked = torch.stack(self.picked, dim=1).squeeze(-1)
+        return -(picked * self.weights[:, : picked.shape[1]]).sum(dim=(1, 2)).double()
 
 
 class _Linear:
