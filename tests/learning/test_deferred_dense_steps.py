@@ -29,7 +29,8 @@ def test_deferred_steps_are_the_steps_one_at_a_time_in_float64(name):
     dense = DenseCohortStep.of(model, sgd(0.2))
     x, y, mask = _batches(plan, 4)
     want = {k: v.clone() for k, v in plan.start.items()}
-    want_loss = sum(dense(want, x[:, s], y[:, s], mask[:, s]) for s in range(4))
+    one = [slice(s, s + 1) for s in range(4)]  # a step a call
+    want_loss = sum(dense.steps(want, x[:, s], y[:, s], mask[:, s]) for s in one)
     got = {k: v.clone() for k, v in plan.start.items()}
     got_loss = dense.steps(got, x, y, mask)
     for k, v in want.items():

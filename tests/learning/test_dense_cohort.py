@@ -69,20 +69,6 @@ def _plan(module, sizes, batch, dtype=torch.float64, longest_first=False):
     return model, plan
 
 
-@pytest.fixture
-def dense_calls(monkeypatch):
-    """How many steps :class:`DenseCohortStep` has taken (counted by a wrapper)."""
-    calls = []
-    original = DenseCohortStep.__call__
-
-    def counted(self, *args):
-        calls.append(1)
-        return original(self, *args)
-
-    monkeypatch.setattr(DenseCohortStep, "__call__", counted)
-    return calls
-
-
 def _train(step, plan):
     """Every step of ``plan``: (parameters, each step's losses)."""
     params, state = step.begin(plan.start)
@@ -105,17 +91,19 @@ OPTIMIZERS = {  # each with its unfolded twin, which keeps the vmap step
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 @pytest.mark.parametrize("name", list(_networks()))
-def test_the_dense_step_is_the_vmap_step_in_float64(name, optimizer, dense_calls):
+def test_the_dense_step_is_the_vmap_step_in_float64(name, optimizer, dense_steps_taken):
     # clients of 13, 9 and 13 examples in batches of 4: the last batch of every
     # client is partly padding, and client 1 runs out of batches before the others
     # (its masked steps are vmap's, keeping its velocity under momentum)
     folded, unfolded = OPTIMIZERS[optimizer]
     model, plan = _plan(_networks()[name], [13, 9, 13], batch=4)
     want, want_losses = _train(CohortStep(model, unfolded), plan)
-    assert not dense_calls
+    assert not dense_steps_taken
     got, got_losses = _train(CohortStep(model, folded), plan)
     masked = sum(not every for epoch in plan.everyone for every in epoch)
-    assert masked and len(dense_calls) == len(got_losses) - masked  # those: vmap's
+    assert (
+        masked and len(dense_steps_taken) == len(got_losses) - masked
+    )  # those: vmap's
     for k, v in want.items():
         change = (v - plan.start[k]).abs().max()
         assert change > 0.01
@@ -124,24 +112,26 @@ def test_the_dense_step_is_the_vmap_step_in_float64(name, optimizer, dense_calls
 
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
-def test_in_float32_the_dense_step_rounds_like_the_vmap_step(optimizer, dense_calls):
+def test_in_float32_the_dense_step_rounds_like_the_vmap_step(
+    optimizer, dense_steps_taken
+):
     folded, unfolded = OPTIMIZERS[optimizer]
     model, plan = _plan(_networks()["2nn"], [16, 16], batch=4, dtype=torch.float32)
     got, _ = _train(CohortStep(model, folded), plan)
-    assert len(dense_calls) == 8
+    assert len(dense_steps_taken) == 8
     want, _ = _train(CohortStep(model, unfolded), plan)
     for k, v in want.items():
         torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)
 
 
-def test_the_dense_step_updates_the_parameters_in_place(dense_calls):
+def test_the_dense_step_updates_the_parameters_in_place(dense_steps_taken):
     model, plan = _plan(_networks()["2nn"], [8, 8], batch=4)
     step = CohortStep(model, sgd(0.2))
     params, state = step.begin(plan.start)
     before = {k: v.clone() for k, v in params.items()}
     batch = plan.batch_index[:, 0, 0], plan.batch_mask[:, 0, 0]
     got, _, _ = step(plan.data, params, state, *batch, False)
-    assert dense_calls == [1]
+    assert dense_steps_taken == [(2, 1)]  # two clients, one step
     assert got is params
     assert all(not torch.equal(params[k], v) for k, v in before.items())
     assert not any(v.requires_grad for v in params.values())
@@ -198,36 +188,36 @@ def test_other_optimizers_and_autocast_keep_the_vmap_step(optimizer):
         assert CohortStep(mixed, folded).dense is None
 
 
-def test_a_compiled_steps_eager_steps_are_dense(dense_calls):
+def test_a_compiled_steps_eager_steps_are_dense(dense_steps_taken):
     model, plan = _plan(_networks()["2nn"], [8, 8], batch=4)
     step = CohortStep(model, sgd(0.2), compile=True)
     assert step.dense is not None  # for its eager steps (narrowed cohorts)
     params, state = step.begin(plan.start)
     batch = plan.batch_index[:, 0, 0], plan.batch_mask[:, 0, 0]
     step.eager(plan.data, params, state, *batch, False)
-    assert len(dense_calls) == 1
+    assert len(dense_steps_taken) == 1
 
 
-def test_the_dense_step_trains_under_no_grad_as_the_vmap_step_does(dense_calls):
+def test_the_dense_step_trains_under_no_grad_as_the_vmap_step_does(dense_steps_taken):
     model, plan = _plan(_networks()["2nn"], [8, 8], batch=4)
     with torch.no_grad():
         got, _ = _train(CohortStep(model, sgd(0.2)), plan)
-        assert dense_calls
+        assert dense_steps_taken
         want, _ = _train(CohortStep(model, sgd(0.2)._replace(fold_alpha=None)), plan)
     for k, v in want.items():
         assert not torch.equal(v, plan.start[k])
         torch.testing.assert_close(got[k], v, rtol=1e-12, atol=1e-12)
 
 
-def test_each_cohort_decides_again_on_the_module_as_it_is_then(dense_calls):
+def test_each_cohort_decides_again_on_the_module_as_it_is_then(dense_steps_taken):
     module = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3))
     model, plan = _plan(module, [8, 8], batch=4)
     step = CohortStep(model, sgd(0.2))
     _train(step, plan)
-    assert len(dense_calls) == 4
+    assert len(dense_steps_taken) == 4
     module[2] = nn.Softmax(dim=-1)  # not elementwise: the vmap step's from now on
     got, _ = _train(step, plan)
-    assert len(dense_calls) == 4 and step.dense is None
+    assert len(dense_steps_taken) == 4 and step.dense is None
     want, _ = _train(CohortStep(model, sgd(0.2)._replace(fold_alpha=None)), plan)
     for k, v in want.items():
         torch.testing.assert_close(got[k], v, rtol=0, atol=0)
@@ -240,13 +230,9 @@ def test_the_dense_step_leaves_the_batch_it_is_given_as_it_was():
     dense = DenseCohortStep.of(model, sgd(0.2))
     params = {k: v.expand(2, *v.shape).clone() for k, v in model.init().items()}
     x = torch.randn(
-        2, 4, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+        2, 1, 4, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
     )
     before = x.clone()
-    dense(
-        params,
-        x,
-        torch.zeros(2, 4, dtype=torch.long),
-        torch.ones(2, 4, dtype=torch.bool),
-    )
+    labels, mask = torch.zeros(2, 1, 4, dtype=torch.long), torch.ones(2, 1, 4) > 0
+    dense.steps(params, x, labels, mask)  # one step
     assert torch.equal(x, before) and (x.abs() > 0.5).any()

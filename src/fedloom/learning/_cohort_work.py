@@ -440,8 +440,8 @@ class CohortStep:
         calls run it for a cohort's clients that have a batch: see
         :func:`cohort_local_training`)."""
         if self.dense is not None and not masked and data.x.device.type == "cpu":
-            x, y = _gather(data.x, data.y, index)
-            return params, state, self.dense(params, x, y, batch_mask, state)
+            steps = index[:, None], batch_mask[:, None]
+            return params, state, self.eager_steps(data, params, state, *steps)
         return self._step(
             data.x, data.y, params, state, index, batch_mask, masked, in_place=True
         )

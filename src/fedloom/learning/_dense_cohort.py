@@ -144,16 +144,17 @@ class DenseCohortStep:
     """Steps of plain SGD or of heavy-ball momentum for every client at once on
     :func:`dense_layers`' networks.
 
-    ``step(params, x, y, mask, state)`` updates the stacked ``params`` (and, under
-    momentum, the stacked velocities of the optimizer's ``state``) in place and
-    returns each client's summed loss over its batch, as an unmasked
-    :class:`CohortStep` does: ``x[c]``, ``y[c]`` are client c's batch and
-    ``mask[c]`` its real examples (every client needs one: a client without any
-    would get the zero update, not keep its parameters through a non-finite loss).
-    Under momentum (``beta`` not ``None``) each weight's velocity takes the
-    gradient in its product, ``v.baddbmm_(dY^T, X, beta=beta)``, and the weight
-    ``w += alpha v``. :meth:`steps` runs several steps, SGD's updates of the first
-    linear layer deferred to their end.
+    ``steps(params, x, y, mask, state)`` takes ``x.shape[1]`` steps, updating the
+    stacked ``params`` (and, under momentum, the stacked velocities of the
+    optimizer's ``state``) in place, and returns each client's summed loss over
+    its batches, as unmasked steps of :class:`CohortStep` do: ``x[c, s]``,
+    ``y[c, s]`` are client c's batch at step s and ``mask[c, s]`` its real examples
+    (every client needs one at every step: a client without any would get the zero
+    update, not keep its parameters through a non-finite loss). Under momentum
+    (``beta`` not ``None``) each weight's velocity takes the gradient in its
+    product, ``v.baddbmm_(dY^T, X, beta=beta)``, and the weight ``w += alpha v``,
+    one step a call; under SGD several steps of a call defer the first linear
+    layer's updates to their end.
     """
 
     def __init__(
@@ -188,16 +189,6 @@ class DenseCohortStep:
         layers = dense_layers(model.module)
         return None if layers is None else cls(layers, alpha, beta)
 
-    def __call__(
-        self,
-        params: Params,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        mask: torch.Tensor,
-        state: Any = None,
-    ) -> torch.Tensor:
-        return self.steps(params, x[:, None], y[:, None], mask[:, None], state)
-
     def steps_at_once(self, example: torch.Size, batch: int) -> int:
         """How many steps of ``batch`` examples of shape ``example`` :meth:`steps`
         should take at once (:func:`deferred_steps`; under momentum 1)."""
@@ -216,8 +207,8 @@ class DenseCohortStep:
         mask: torch.Tensor,
         state: Any = None,
     ) -> torch.Tensor:
-        """``x.shape[1]`` steps, step s on ``x[:, s]``, ``y[:, s]``, ``mask[:, s]``
-        (each as :meth:`__call__` takes them); each client's summed loss over them.
+        """``x.shape[1]`` steps, step s on ``x[:, s]``, ``y[:, s]``, ``mask[:, s]``;
+        each client's summed loss over them.
 
         The first linear layer's input is the data, known for every step before
         the first, and under SGD its weight after s steps is ``w_0 + alpha *
