@@ -373,7 +373,7 @@ class _Loss:
         client's mean."""
         s = len(self.picked)
         labels = self.labels[:, s]
-        log_probs = torch.log_softmax(logits.view(*labels.shape[:-1], -1), dim=-1)
+        log_probs = torch.log_softmax(logits.reshape(*labels.shape[:-1], -1), dim=-1)
         self.picked.append(log_probs.gather(-1, labels))
         grad = log_probs.exp_().mul_(self.share[:, s])
         return grad.scatter_add_(-1, labels, self.minus_share[:, s]).view_as(logits)
