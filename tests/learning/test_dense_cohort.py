@@ -172,6 +172,11 @@ def test_tied_or_hooked_weights_and_other_parameters_keep_the_vmap_step():
     assert dense_layers(hooked) is not None
     hooked[1].register_forward_hook(lambda layer, args, out: out * 2)
     assert dense_layers(hooked) is None
+    # the step's own ReLU (torch.relu_) would skip a hook on the module
+    relu = nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.ReLU(), nn.Linear(4, 3))
+    assert dense_layers(relu) is not None
+    relu[2].register_forward_hook(lambda layer, args, out: out * 2)
+    assert dense_layers(relu) is None
 
 
 @pytest.mark.parametrize(
