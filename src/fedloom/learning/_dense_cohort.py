@@ -332,10 +332,8 @@ class DenseCohortStep:
         tape: list[Any] = []
         for name, layer in self.layers[self._first + 1 :]:
             if type(layer) is nn.Linear:
-                tape.append(
-                    _Linear(name, h.shape, h.reshape(h.shape[0], -1, h.shape[-1]))
-                )
-                h = tape[-1].forward(params, h)
+                tape.append(_Linear(name, h))
+                h = tape[-1].forward(params)
             elif type(layer) is nn.Flatten:
                 tape.append(_Flatten(h.shape))
                 h = _flatten(cast(nn.Flatten, layer), h)
@@ -386,18 +384,20 @@ class _Loss:
 
 
 class _Linear:
-    """A linear layer of every client's in the forward pass, with its input."""
+    """A linear layer of every client's in the forward pass, with its input ``h``
+    (its shape, and as ``[clients, rows, features]``)."""
 
-    def __init__(self, name: str, shape: torch.Size, flat: torch.Tensor) -> None:
-        self.name, self.shape, self.flat = name, shape, flat
+    def __init__(self, name: str, h: torch.Tensor) -> None:
+        self.name, self.shape = name, h.shape
+        self.flat = h.reshape(h.shape[0], -1, h.shape[-1])
 
-    def forward(self, params: Params, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, params: Params) -> torch.Tensor:
         weight, bias = params[f"{self.name}.weight"], params.get(f"{self.name}.bias")
         if bias is None:
             out = torch.bmm(self.flat, weight.mT)
         else:
             out = torch.baddbmm(bias.unsqueeze(1), self.flat, weight.mT)
-        return out.view(*h.shape[:-1], out.shape[-1])
+        return out.view(*self.shape[:-1], out.shape[-1])
 
     def backward(
         self,
