@@ -165,6 +165,21 @@ def _gather(
     return x[rows, index], y[rows, index]
 
 
+def _take(
+    x: torch.Tensor, y: torch.Tensor, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_gather` for ``index`` of any shape ``[clients, ...]``, as one
+    ``index_select`` of the clients' rows laid end to end: eager, where advanced
+    indexing took three times as long (ten Fashion-MNIST clients' five batches of
+    10 on a 2-core CPU: 145 against 45 us)."""
+    clients, longest = x.shape[:2]
+    start = torch.arange(0, clients * longest, longest, device=index.device)
+    rows = (index + start.view(-1, *[1] * (index.dim() - 1))).flatten()
+    picked = x.reshape(clients * longest, *x.shape[2:]).index_select(0, rows)
+    labels = y.flatten().index_select(0, rows).view_as(index)
+    return picked.view(*index.shape, *x.shape[2:]), labels
+
+
 def stacked_params(payload: Any, size: int, device: torch.device) -> Params:
     """Parameters with a leading client axis, from a broadcast or a stacked value;
     :class:`NotBatchable` (the runtime then trains client by client) for the list a
@@ -476,10 +491,8 @@ class CohortStep:
         what :meth:`steps` does; every client must have a batch at every step."""
         if self.dense is None:
             raise RuntimeError("eager_steps() runs the dense network's step")
-        clients, steps, batch = index.shape
-        x, y = _gather(data.x, data.y, index.reshape(clients, steps * batch))
-        x = x.view(clients, steps, batch, *x.shape[2:])
-        return self.dense.steps(params, x, y.view(index.shape), batch_mask, state)
+        x, y = _take(data.x, data.y, index)
+        return self.dense.steps(params, x, y, batch_mask, state)
 
     def steps(
         self,

@@ -42,6 +42,7 @@ cohort of 10 and 1.28-1.33x for 100 (``benchmarks/deferred_dense_steps.py``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -213,36 +214,52 @@ class DenseCohortStep:
         The first linear layer's input is the data, known for every step before
         the first, and under SGD its weight after s steps is ``w_0 + alpha *
         dY_{<s}^T X_{<s}`` (the layer's output gradients and inputs of the steps
-        before, stacked). So its every step's product is one, ``X_all w_0^T``; step
-        s adds ``alpha * (X_s X_{<s}^T) dY_{<s}``; and its updates are one of rank
-        ``steps * B`` at the end, ``w.baddbmm_(dY_all^T, X_all, alpha=alpha)``: the
-        weight is read twice and written once for all the steps, not at each (as
+        before, stacked), its bias ``b_0 + alpha * 1^T dY_{<s}``. So its every
+        step's product is one, ``X_all w_0^T + b_0``; step s adds ``alpha * (X_s
+        X_{<s}^T + 1) dY_{<s}`` (the 1 the bias's, where it has one); and its
+        updates are one of rank ``steps * B`` at the end, ``w.baddbmm_(dY_all^T,
+        X_all, alpha=alpha)``, and the bias's sum of ``dY_all``: the weight is
+        read twice and written once for all the steps, not at each (as
         ``_defer_update.py`` rewrites the compiled graph). Only SGD (momentum's
-        velocity would enter every correction): under momentum one step at a time.
+        velocity would enter every correction): under momentum one step at a
+        time.
         """
         steps = x.shape[1]
         if steps > 1 and self.beta is not None:
             raise ValueError("deferred steps are SGD's: momentum takes one at a time")
-        name = self.layers[self._first][0]
-        data = self._before_first(x.flatten(1, 2))  # [clients, steps * B, ..., in]
-        flat = data.reshape(data.shape[0], -1, data.shape[-1])
-        rows = flat.shape[1] // steps
-        weight = f"{name}.weight"
-        ahead = torch.bmm(flat, params[weight].mT)  # every step's, with w_0
-        outputs = torch.empty_like(ahead)  # dY of every step, in its rows
-        shape = (data.shape[0], x.shape[2], *data.shape[2:-1], ahead.shape[-1])
-        loss = _Loss(y, mask, ahead.dtype)
-        for s in range(steps):
-            now = slice(s * rows, (s + 1) * rows)
-            product = ahead[:, now]
-            if s:
-                gram = torch.bmm(flat[:, now], flat[:, : s * rows].mT)
-                earlier = outputs[:, : s * rows]
-                product = torch.baddbmm(product, gram, earlier, alpha=self.alpha)
-            self._step(params, state, product.view(shape), loss, outputs[:, now])
-        with torch.no_grad():
-            self._update(params, state, [(weight, flat, outputs)])
-        return loss.total()
+        with torch.no_grad():  # the gradients are written out, not traced
+            name = self.layers[self._first][0]
+            data = self._before_first(x.flatten(1, 2))  # [clients, steps * B, ..., in]
+            flat = data.reshape(data.shape[0], -1, data.shape[-1])
+            rows = flat.shape[1] // steps
+            weight, bias = f"{name}.weight", f"{name}.bias"
+            linears = _Linears(params)
+            ahead = linears.product(name, flat)  # every step's, with w_0 and b_0
+            outputs = torch.empty_like(ahead)  # dY of every step, in its rows
+            shape = (data.shape[0], x.shape[2], *data.shape[2:-1], ahead.shape[-1])
+            loss = _Loss(y, mask, ahead.dtype)
+            gram = (
+                functools.partial(torch.baddbmm, torch.ones((), dtype=flat.dtype))
+                if bias in params
+                else torch.bmm
+            )
+            inputs = flat.mT
+            split = (t.split(rows, dim=1) for t in (ahead, flat, outputs))
+            firsts = zip(*split, strict=True)  # each step's rows
+            for s, (product, now, into) in enumerate(firsts):
+                if s:
+                    before = s * rows
+                    grams = gram(now, inputs[..., :before])
+                    earlier = outputs[:, :before]
+                    product = torch.baddbmm(product, grams, earlier, alpha=self.alpha)
+                if len(shape) != 3:
+                    product = product.view(shape)
+                self._step(params, state, linears, product, loss, into)
+            biases, grads = (
+                ([bias], [outputs.sum(dim=1)]) if bias in params else ((), ())
+            )
+            self._update(params, state, [(weight, flat, outputs)], biases, grads)
+            return loss.total()
 
     def _before_first(self, x: torch.Tensor) -> torch.Tensor:
         """The layers before the first linear one (without parameters) on ``x``,
@@ -260,35 +277,28 @@ class DenseCohortStep:
         self,
         params: Params,
         state: Any,
-        product: torch.Tensor,
+        linears: _Linears,
+        h: torch.Tensor,
         loss: _Loss,
         first_output: torch.Tensor,
     ) -> None:
-        """The next of ``loss``'s steps from the first linear layer's ``product``
-        (its bias not yet added; the step may overwrite it): every parameter but
-        that layer's weight takes it, and the gradient at the product goes into
-        ``first_output`` (as ``[clients, rows, features]``)."""
-        name = self.layers[self._first][0]
-        bias = f"{name}.bias"
-        with torch.no_grad():  # the gradients are written out below, not traced
-            if bias in params:
-                own = params[bias]
-                h = product.add_(own.view(own.shape[0], *[1] * (product.dim() - 2), -1))
-            else:
-                h = product
-            logits, tape = self._forward(params, h)
-            grad = loss.gradient(logits)
-            products: list[tuple[str, torch.Tensor, torch.Tensor]] = []
-            biases: list[str] = []
-            grads: list[torch.Tensor] = []
-            for entry in reversed(tape):
-                grad = entry.backward(params, grad, products, biases, grads)
-            grad = grad.reshape(first_output.shape)
-            if bias in params:
-                biases.append(bias)
-                grads.append(grad.sum(dim=1))
-            first_output.copy_(grad)
-            self._update(params, state, products, biases, grads)
+        """The next of ``loss``'s steps from the first linear layer's output ``h``
+        (the step may overwrite it): every parameter but that layer's takes it,
+        and the gradient at ``h`` goes into ``first_output`` (as ``[clients, rows,
+        features]``)."""
+        logits, tape = self._forward(linears, h)
+        grad = loss.gradient(logits)
+        products: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        biases: list[str] = []
+        grads: list[torch.Tensor] = []
+        for i in range(len(tape) - 1, -1, -1):
+            if not i and type(tape[0]) is _ReLU and grad.dim() == 3:
+                tape[0].backward_into(grad, first_output)  # no copy
+                break
+            grad = tape[i].backward(params, grad, products, biases, grads)
+        else:
+            first_output.copy_(grad.reshape(first_output.shape))
+        self._update(params, state, products, biases, grads)
 
     def _update(
         self,
@@ -324,7 +334,7 @@ class DenseCohortStep:
             torch._foreach_add_(own, moving, alpha=self.alpha)
 
     def _forward(
-        self, params: Params, h: torch.Tensor
+        self, linears: _Linears, h: torch.Tensor
     ) -> tuple[torch.Tensor, list[Any]]:
         """The layers after the first linear one on its output ``h`` (which they
         may overwrite), without autograd: the logits, and what each layer keeps
@@ -333,7 +343,7 @@ class DenseCohortStep:
         for name, layer in self.layers[self._first + 1 :]:
             if type(layer) is nn.Linear:
                 tape.append(_Linear(name, h))
-                h = tape[-1].forward(params)
+                h = tape[-1].forward(linears)
             elif type(layer) is nn.Flatten:
                 tape.append(_Flatten(h.shape))
                 h = _flatten(cast(nn.Flatten, layer), h)
@@ -355,32 +365,60 @@ class _Loss:
     """The loss of :meth:`DenseCohortStep.steps`' steps, ``y`` and ``mask`` as
     ``[clients, steps, B]``: each client's mean cross-entropy over the real examples
     of its batch at each step (as ``_cohort_loss.masked_loss`` takes it). What
-    every step needs of the masks is computed once for them all."""
+    every step needs of the labels and masks is computed once for them all, and
+    the loss itself from every step's logits at the end."""
 
     def __init__(self, y: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype):
+        self.y = y
         self.weights = mask.to(dtype)
         count = self.weights.sum(dim=-1, keepdim=True).clamp(min=1)
         self.share = (self.weights / count).unsqueeze(-1)  # in a client's mean
-        self.minus_share = -self.share
-        self.labels = y.unsqueeze(-1)
-        self.picked: list[torch.Tensor] = []  # each step's log-probability of y
+        self.shares = self.share.unbind(1)
+        self.minus_shares: Sequence[torch.Tensor] = ()  # -onehot(y) times it
+        self.logits: list[torch.Tensor] = []  # each step's, [clients, B, classes]
 
     def gradient(self, logits: torch.Tensor) -> torch.Tensor:
         """The next step's gradient of the sum of the clients' losses at its
         ``logits``: each example's ``softmax - onehot(y)`` times its share of its
         client's mean."""
-        s = len(self.picked)
-        labels = self.labels[:, s]
-        log_probs = torch.log_softmax(logits.reshape(*labels.shape[:-1], -1), dim=-1)
-        self.picked.append(log_probs.gather(-1, labels))
-        grad = log_probs.exp_().mul_(self.share[:, s])
-        return grad.scatter_add_(-1, labels, self.minus_share[:, s]).view_as(logits)
+        s = len(self.logits)
+        z = logits if logits.dim() == 3 else logits.reshape(*self.y.shape[::2], -1)
+        if not s:
+            onehot = nn.functional.one_hot(self.y, z.shape[-1]).to(z.dtype)
+            self.minus_shares = onehot.mul_(self.share).neg_().unbind(1)
+        self.logits.append(z)
+        grad = torch.addcmul(self.minus_shares[s], torch.softmax(z, -1), self.shares[s])
+        return grad if z is logits else grad.view_as(logits)
 
     def total(self) -> torch.Tensor:
         """Each client's summed loss over the real examples of the steps so far,
         in float64."""
-        picked = torch.stack(self.picked, dim=1).squeeze(-1)
-        return -(picked * self.weights[:, : picked.shape[1]]).sum(dim=(1, 2)).double()
+        steps = len(self.logits)
+        log_probs = torch.log_softmax(torch.stack(self.logits, dim=1), dim=-1)
+        picked = log_probs.gather(-1, self.y[:, :steps, :, None]).squeeze(-1)
+        return -(picked * self.weights[:, :steps]).sum(dim=(1, 2)).double()
+
+
+class _Linears:
+    """The linear layers' products of a call of :meth:`DenseCohortStep.steps`,
+    ``X w^T + b``: each weight's transpose and bias's row are views made once for
+    all of the call's steps (the parameters change in place)."""
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+        self.views: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def product(self, name: str, flat: torch.Tensor) -> torch.Tensor:
+        """Layer ``name`` on ``flat`` (``[clients, rows, features]``)."""
+        views = self.views.get(name)
+        if views is None:
+            bias = self.params.get(f"{name}.bias")
+            row = None if bias is None else bias.unsqueeze(1)
+            views = self.views[name] = (self.params[f"{name}.weight"].mT, row)
+        transposed, row = views
+        if row is None:
+            return torch.bmm(flat, transposed)
+        return torch.baddbmm(row, flat, transposed)
 
 
 class _Linear:
@@ -389,15 +427,11 @@ class _Linear:
 
     def __init__(self, name: str, h: torch.Tensor) -> None:
         self.name, self.shape = name, h.shape
-        self.flat = h.reshape(h.shape[0], -1, h.shape[-1])
+        self.flat = h if h.dim() == 3 else h.reshape(h.shape[0], -1, h.shape[-1])
 
-    def forward(self, params: Params) -> torch.Tensor:
-        weight, bias = params[f"{self.name}.weight"], params.get(f"{self.name}.bias")
-        if bias is None:
-            out = torch.bmm(self.flat, weight.mT)
-        else:
-            out = torch.baddbmm(bias.unsqueeze(1), self.flat, weight.mT)
-        return out.view(*self.shape[:-1], out.shape[-1])
+    def forward(self, linears: _Linears) -> torch.Tensor:
+        out = linears.product(self.name, self.flat)
+        return out if len(self.shape) == 3 else out.view(*self.shape[:-1], -1)
 
     def backward(
         self,
@@ -412,12 +446,13 @@ class _Linear:
         ``grads`` (its name into ``biases``), for :meth:`DenseCohortStep._update`
         after the whole pass (the input's gradient takes the weight before it)."""
         weight = f"{self.name}.weight"
-        dy = grad.reshape(self.flat.shape[0], -1, grad.shape[-1])
+        dy = grad if grad.dim() == 3 else grad.reshape(*self.flat.shape[:2], -1)
         products.append((weight, self.flat, dy))
         if f"{self.name}.bias" in params:
             biases.append(f"{self.name}.bias")
             grads.append(dy.sum(dim=1))
-        return torch.bmm(dy, params[weight]).view(self.shape)
+        dx = torch.bmm(dy, params[weight])
+        return dx if len(self.shape) == 3 else dx.view(self.shape)
 
 
 class _Flatten:
@@ -438,6 +473,10 @@ class _ReLU:
 
     def backward(self, params: Params, grad: torch.Tensor, *_: Any) -> torch.Tensor:
         return torch.ops.aten.threshold_backward(grad, self.out, 0)
+
+    def backward_into(self, grad: torch.Tensor, into: torch.Tensor) -> None:
+        """:meth:`backward`, written into ``into``."""
+        torch.ops.aten.threshold_backward.grad_input(grad, self.out, 0, grad_input=into)
 
 
 class _Activation:
