@@ -38,6 +38,13 @@ input is the data, known for them all: the same algebra as ``_defer_update.py``
 applies to the compiled graph), where :func:`deferred_steps` says it pays: the
 2NN on Fashion-MNIST at B = 10, five steps at once, 1.10x faster a step for a
 cohort of 10 and 1.28-1.33x for 100 (``benchmarks/deferred_dense_steps.py``).
+The first layer's bias is deferred with its weight (a constant input of 1: each
+correction's Gram matrix ``X_s X_{<s}^T + 1``), and what a call's steps share is
+made once for them: the weights' transposes, each step's rows of the data, the
+loss's one-hot targets, the loss itself from every step's logits at the end. A step
+is then some 30 operators where it was 54; of ten 2NN clients' step at B = 10, five
+at once, 83 % is the matrix products (two threads), and it took 1.035 ms against
+1.133 ms before (two threads; the same 1.69 ms on one).
 """
 
 from __future__ import annotations
