@@ -246,7 +246,7 @@ class DenseCohortStep:
             shape = (data.shape[0], x.shape[2], *data.shape[2:-1], ahead.shape[-1])
             loss = _Loss(y, mask, ahead.dtype)
             gram = (
-                functools.partial(torch.baddbmm, torch.ones((), dtype=flat.dtype))
+                functools.partial(torch.baddbmm, flat.new_ones(()))
                 if bias in params
                 else torch.bmm
             )
