@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any, final
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar, final
 
 import torch
 
@@ -101,6 +101,17 @@ def _zero_result(params: Params) -> ClientResult:
     return ClientResult(
         {k: torch.zeros_like(v) for k, v in params.items()}, zero, {"train_loss": zero}
     )
+
+
+_Work = TypeVar("_Work", "LocalTraining", "FullBatchGradient")
+
+
+def _for_thread(work: _Work) -> _Work | None:
+    """``work`` with a copy of its model, where the model draws no random numbers
+    in training (see :meth:`LocalTraining.for_thread`)."""
+    if work.model.unbatchable_layers(training=True):
+        return None
+    return replace(work, model=work.model.copy())
 
 
 EAGER_BATCHED_FROM = 3
@@ -313,6 +324,13 @@ class LocalTraining:
         steps as its largest has batches)."""
         return _input_sizes(args)
 
+    def for_thread(self) -> LocalTraining | None:
+        """This training with a model of its own (:meth:`FunctionalModel.copy`),
+        for another thread to train clients at the same time; ``None`` where the
+        model draws random numbers in training (dropout), which would then come
+        from the one global stream in whichever order the threads ran."""
+        return _for_thread(self)
+
 
 @final
 @dataclass(frozen=True, eq=False)
@@ -364,3 +382,7 @@ class FullBatchGradient:
         """Each client's number of examples (a chunk's gradients run over its
         largest's, padded)."""
         return _input_sizes(args)
+
+    def for_thread(self) -> FullBatchGradient | None:
+        """As :meth:`LocalTraining.for_thread`."""
+        return _for_thread(self)

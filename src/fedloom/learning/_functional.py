@@ -6,7 +6,8 @@ import contextlib
 import functools
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from copy import deepcopy
+from dataclasses import dataclass, field, replace
 from typing import Any, final
 
 import torch
@@ -75,6 +76,13 @@ class FunctionalModel:
     @functools.cached_property
     def _pools(self) -> bool:
         return any(isinstance(m, nn.MaxPool2d) for m in self.module.modules())
+
+    def copy(self) -> FunctionalModel:
+        """The same model with a module of its own (a deep copy, with its own lock),
+        whose calls need not wait for this one's: for another thread."""
+        with self._lock:  # not while a call has put its parameters into the module
+            module = deepcopy(self.module)
+        return replace(self, module=module)
 
     def init(self) -> Params:
         """A copy of the module's initial parameters (waiting, as calls do, while a

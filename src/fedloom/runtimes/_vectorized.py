@@ -25,8 +25,10 @@ where the function tells their sizes):
 from __future__ import annotations
 
 import operator
+import queue
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast, final
 
 import torch
@@ -257,6 +259,53 @@ class VectorizedRuntime:
         members = zip(*map(_members, payloads), strict=True)
         return self.from_members([fn(*args) for args in members])
 
+    def _in_threads(self, fn: CohortFunction, payloads: Sequence[Payload]) -> Payload:
+        """:meth:`_in_sequence`, the clients shared out among as many threads as
+        torch has (one torch thread each, the largest clients first), each
+        calling a copy of its own of ``fn`` (``fn.for_thread()``); in sequence
+        where ``fn`` has no such copy, off the CPU, or for fewer than two threads
+        or clients. A client's result does not depend on which thread trained it
+        or when.
+
+        Small operations do not share out well among a torch step's threads: ten
+        McMahan CNN clients' first 30 steps took 2.31-2.42 s on two Python
+        threads of one torch thread each, against 3.02 s in sequence on two
+        torch threads and 4.58-4.69 s on one (a 2-core CPU), as Flower's actors,
+        processes of one thread each, train clients side by side."""
+        members = list(zip(*map(_members, payloads), strict=True))
+        threads = torch.get_num_threads()
+        workers = min(threads, len(members))
+        copy = getattr(fn, "for_thread", None)
+        if self.device.type != "cpu" or workers < 2 or copy is None:
+            return self._in_sequence(cast(Callable[..., Any], fn), payloads)
+        own = [copy() for _ in range(workers)]
+        if any(f is None for f in own):
+            return self._in_sequence(cast(Callable[..., Any], fn), payloads)
+        free: queue.SimpleQueue[Callable[..., Any]] = queue.SimpleQueue()
+        for f in own:
+            free.put(f)
+
+        def train(args: tuple[Any, ...]) -> Any:
+            work = free.get()  # a copy no other thread is calling
+            try:
+                torch.set_num_threads(1)
+                return work(*args)
+            finally:
+                free.put(work)
+
+        sizes = getattr(fn, "client_sizes", None)
+        order = longest_first(sizes(payloads)) if sizes else None
+        order = order or list(range(len(members)))
+        results: list[Any] = [None] * len(members)
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="fedloom") as pool:
+                done = pool.map(train, [members[i] for i in order])
+                for i, result in zip(order, done, strict=True):
+                    results[i] = result
+        finally:
+            torch.set_num_threads(threads)  # workers set the default of new threads
+        return self.from_members(results)
+
     def _map_cohort(
         self, fn: CohortFunction, payloads: Sequence[Payload], size: int
     ) -> Payload:
@@ -265,7 +314,7 @@ class VectorizedRuntime:
             asks = getattr(fn, "clients_at_once", None)  # optional (CohortFunction)
             preferred = asks and asks(payloads, self.device, self.options)
             if preferred == 0:  # fastest unbatched: client by client, by choice
-                return self._in_sequence(cast(Callable[..., Any], fn), payloads)
+                return self._in_threads(fn, payloads)
             chunk = min(DEFAULT_CHUNK_SIZE, preferred or DEFAULT_CHUNK_SIZE)
         clients = _chunks(fn, payloads, size, chunk)
         results = [
