@@ -95,7 +95,11 @@ class CohortFunction(Protocol):
     client by client. And a method ``client_sizes(args) -> Sequence[int]``: each
     client's size (its number of examples), by which a runtime that cuts the
     cohort into chunks puts clients of like size together, largest first (the
-    results stay in the cohort's order).
+    results stay in the cohort's order). And a method ``for_thread() -> Callable
+    | None``: a copy of the function that another thread may call while this one
+    runs, computing what it computes, by which a runtime may call it client by
+    client on several threads at once; ``None`` where the results would then
+    depend on the threads' timing (random numbers from a global stream).
     """
 
     def map_cohort(

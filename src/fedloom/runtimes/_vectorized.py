@@ -20,6 +20,11 @@ where the function tells their sizes):
    normalization), runs client by client, exactly as on the local runtime: slower,
    never different (``fallbacks`` counts these maps; a cohort function's also
    warns).
+
+A cohort function that computes a cohort fastest unbatched (``clients_at_once``
+0: the McMahan CNN's training, eager on the CPU) runs client by client too, and
+where it can give another thread a copy of itself (``for_thread``), on as many
+threads as torch has, one torch thread and one copy each (:meth:`_in_threads`).
 """
 
 from __future__ import annotations
