@@ -22,6 +22,7 @@ from fedloom.learning import (
     build_model,
     sgd,
 )
+from fedloom.learning._client_work import THREADED_BATCH_SIZE
 from fedloom.runtimes import LocalRuntime, VectorizedRuntime
 
 
@@ -91,17 +92,26 @@ def test_each_client_trains_as_on_the_local_runtime_on_one_thread(large, calls):
     _assert_same_updates(got, want)
 
 
-def test_fedsgd_gradients_share_out_too(large):
+def test_large_batches_and_fedsgd_gradients_train_in_one_thread(large, monkeypatch):
+    # Their operations are large enough to share out among a step's torch threads.
     digits, cohort = _digits_cohort("iid", size=4)
     model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
+    for batch in (None, THREADED_BATCH_SIZE + 1):
+        assert LocalTraining(model, sgd(0.1), 1, batch).for_thread() is None
+    assert LocalTraining(model, sgd(0.1), 1, THREADED_BATCH_SIZE).for_thread()
+    threads = []
     gradient = FullBatchGradient(model)
+    call = FullBatchGradient.__call__
+
+    def recorded(self, params, data):
+        threads.append(threading.current_thread().name)
+        return call(self, params, data)
+
+    monkeypatch.setattr(FullBatchGradient, "__call__", recorded)
     params = Replicated(model.init(), len(cohort))
-    runtime = VectorizedRuntime()
     with _torch_threads(2):
-        got = runtime.to_members(runtime.map(gradient, [params, cohort]))
-    with _torch_threads(1):
-        want = LocalRuntime().map(gradient, [[model.init()] * len(cohort), cohort])
-    _assert_same_updates(got, want)
+        VectorizedRuntime().map(gradient, [params, cohort])
+    assert threads == [threading.current_thread().name] * len(cohort)
 
 
 def test_a_model_that_draws_random_numbers_trains_in_one_thread(large, calls):

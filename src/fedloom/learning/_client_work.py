@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar, final
+from typing import Any, final
 
 import torch
 
@@ -103,15 +103,13 @@ def _zero_result(params: Params) -> ClientResult:
     )
 
 
-_Work = TypeVar("_Work", "LocalTraining", "FullBatchGradient")
-
-
-def _for_thread(work: _Work) -> _Work | None:
-    """``work`` with a copy of its model, where the model draws no random numbers
-    in training (see :meth:`LocalTraining.for_thread`)."""
-    if work.model.unbatchable_layers(training=True):
-        return None
-    return replace(work, model=work.model.copy())
+THREADED_BATCH_SIZE = 50
+"""The largest batch of :meth:`LocalTraining.for_thread`: two CPU threads training
+a McMahan CNN client each, one torch thread apiece, took their steps 1.31x (B =
+10), 1.20x (20) and 1.12x (50) as fast as one client at a time on two torch
+threads, and 0.95x for batches of 600 (a 2-core CPU; a one-off script, not kept).
+FedSGD's rounds of full-batch gradients ran 0.89-0.92x as fast so
+(``benchmarks/fedsgd_rounds.py``): they stay in one thread."""
 
 
 EAGER_BATCHED_FROM = 3
@@ -326,10 +324,16 @@ class LocalTraining:
 
     def for_thread(self) -> LocalTraining | None:
         """This training with a model of its own (:meth:`FunctionalModel.copy`),
-        for another thread to train clients at the same time; ``None`` where the
-        model draws random numbers in training (dropout), which would then come
-        from the one global stream in whichever order the threads ran."""
-        return _for_thread(self)
+        for another thread to train clients at the same time, where its batches
+        are at most :data:`THREADED_BATCH_SIZE`; ``None`` for larger ones, which
+        share out among a step's torch threads better, or where the model draws
+        random numbers in training (dropout), which would then come from the one
+        global stream in whichever order the threads ran."""
+        if self.batch_size is None or self.batch_size > THREADED_BATCH_SIZE:
+            return None
+        if self.model.unbatchable_layers(training=True):
+            return None
+        return replace(self, model=self.model.copy())
 
 
 @final
@@ -382,7 +386,3 @@ class FullBatchGradient:
         """Each client's number of examples (a chunk's gradients run over its
         largest's, padded)."""
         return _input_sizes(args)
-
-    def for_thread(self) -> FullBatchGradient | None:
-        """As :meth:`LocalTraining.for_thread`."""
-        return _for_thread(self)
