@@ -280,10 +280,10 @@ class VectorizedRuntime:
         members = list(zip(*map(_members, payloads), strict=True))
         threads = torch.get_num_threads()
         workers = min(threads, len(members))
-        copy = getattr(fn, "for_thread", None)
-        if self.device.type != "cpu" or workers < 2 or copy is None:
+        for_thread = getattr(fn, "for_thread", None)  # optional (CohortFunction)
+        if self.device.type != "cpu" or workers < 2 or for_thread is None:
             return self._in_sequence(cast(Callable[..., Any], fn), payloads)
-        own = [copy() for _ in range(workers)]
+        own = [for_thread() for _ in range(workers)]
         if any(f is None for f in own):
             return self._in_sequence(cast(Callable[..., Any], fn), payloads)
         free: queue.SimpleQueue[Callable[..., Any]] = queue.SimpleQueue()
@@ -302,12 +302,13 @@ class VectorizedRuntime:
         order = longest_first(sizes(payloads)) if sizes else None
         order = order or list(range(len(members)))
         results: list[Any] = [None] * len(members)
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="fedloom")
         try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="fedloom") as pool:
-                done = pool.map(train, [members[i] for i in order])
-                for i, result in zip(order, done, strict=True):
-                    results[i] = result
+            done = pool.map(train, [members[i] for i in order])
+            for i, result in zip(order, done, strict=True):
+                results[i] = result
         finally:
+            pool.shutdown(cancel_futures=True)  # after an error, no client starts
             torch.set_num_threads(threads)  # workers set the default of new threads
         return self.from_members(results)
 
