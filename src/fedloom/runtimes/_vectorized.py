@@ -264,7 +264,9 @@ class VectorizedRuntime:
         members = zip(*map(_members, payloads), strict=True)
         return self.from_members([fn(*args) for args in members])
 
-    def _in_threads(self, fn: CohortFunction, payloads: Sequence[Payload]) -> Payload:
+    def _in_threads(
+        self, fn: CohortFunction, payloads: Sequence[Payload], size: int
+    ) -> Payload:
         """:meth:`_in_sequence`, the clients shared out among as many threads as
         torch has (one torch thread each, the largest clients first), each
         calling a copy of its own of ``fn`` (``fn.for_thread()``); in sequence
@@ -277,15 +279,15 @@ class VectorizedRuntime:
         threads of one torch thread each, against 3.02 s in sequence on two
         torch threads and 4.58-4.69 s on one (a 2-core CPU), as Flower's actors,
         processes of one thread each, train clients side by side."""
-        members = list(zip(*map(_members, payloads), strict=True))
         threads = torch.get_num_threads()
-        workers = min(threads, len(members))
+        workers = min(threads, size)
         for_thread = getattr(fn, "for_thread", None)  # optional (CohortFunction)
-        if self.device.type != "cpu" or workers < 2 or for_thread is None:
+        own = []
+        if self.device.type == "cpu" and workers > 1 and for_thread is not None:
+            own = [for_thread() for _ in range(workers)]
+        if not own or any(f is None for f in own):
             return self._in_sequence(cast(Callable[..., Any], fn), payloads)
-        own = [for_thread() for _ in range(workers)]
-        if any(f is None for f in own):
-            return self._in_sequence(cast(Callable[..., Any], fn), payloads)
+        members = list(zip(*map(_members, payloads), strict=True))
         free: queue.SimpleQueue[Callable[..., Any]] = queue.SimpleQueue()
         for f in own:
             free.put(f)
@@ -320,7 +322,7 @@ class VectorizedRuntime:
             asks = getattr(fn, "clients_at_once", None)  # optional (CohortFunction)
             preferred = asks and asks(payloads, self.device, self.options)
             if preferred == 0:  # fastest unbatched: client by client, by choice
-                return self._in_threads(fn, payloads)
+                return self._in_threads(fn, payloads, size)
             chunk = min(DEFAULT_CHUNK_SIZE, preferred or DEFAULT_CHUNK_SIZE)
         clients = _chunks(fn, payloads, size, chunk)
         results = [
