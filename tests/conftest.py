@@ -1,5 +1,6 @@
 """Fixtures shared by the test suite."""
 
+import contextlib
 import warnings
 
 import pytest
@@ -88,3 +89,20 @@ def dense_steps_taken(monkeypatch):
 
     monkeypatch.setattr(DenseCohortStep, "steps", counted)
     return taken
+
+
+@contextlib.contextmanager
+def _torch_threads(n):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def torch_threads():
+    """``with torch_threads(n):`` runs its block on ``n`` torch threads, then gives
+    back the count there was."""
+    return _torch_threads

@@ -84,7 +84,9 @@ def test_a_cohort_function_may_ask_to_run_client_by_client():
     assert fn.chunks == [4, 3]  # a chunk size given wins
 
 
-def test_eager_cpu_training_of_a_large_model_runs_client_by_client(monkeypatch):
+def test_eager_cpu_training_of_a_large_model_runs_client_by_client(
+    monkeypatch, torch_threads
+):
     # The same results as the local runtime's on one torch thread, to the bit: it
     # is its computation, each client on a thread of its own (test_client_threads).
     monkeypatch.setattr(_cohort_work, "COMPILED_CPU_PARAMETER_BYTES", 1024)
@@ -101,12 +103,8 @@ def test_eager_cpu_training_of_a_large_model_runs_client_by_client(monkeypatch):
     got = runtime.map(training, [params, cohort])
     assert isinstance(got, Stacked) and runtime.fallbacks == 0
     assert training.steps == {}  # no batched step was made
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         want = LocalRuntime().map(training, [[model.init()] * 3, cohort])
-    finally:
-        torch.set_num_threads(threads)
     for g, w in zip(runtime.to_members(got), want, strict=True):
         for name, value in w.update.items():
             torch.testing.assert_close(g.update[name], value, rtol=0, atol=0)

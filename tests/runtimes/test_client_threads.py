@@ -4,7 +4,6 @@ each, every thread with a copy of the client work of its own: each client's resu
 is the local runtime's on one torch thread, bit for bit, whatever thread trained it
 and in whatever order."""
 
-import contextlib
 import threading
 
 import pytest
@@ -24,16 +23,6 @@ from fedloom.learning import (
 )
 from fedloom.learning._client_work import THREADED_BATCH_SIZE
 from fedloom.runtimes import LocalRuntime, VectorizedRuntime
-
-
-@contextlib.contextmanager
-def _torch_threads(n):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture
@@ -70,7 +59,9 @@ def _assert_same_updates(got, want):
         assert float(g.metrics["train_loss"]) == float(w.metrics["train_loss"])
 
 
-def test_each_client_trains_as_on_the_local_runtime_on_one_thread(large, calls):
+def test_each_client_trains_as_on_the_local_runtime_on_one_thread(
+    large, calls, torch_threads
+):
     digits, cohort = _digits_cohort(sigma=1.0)
     assert len({len(c.examples) for c in cohort}) > 1  # unequal: trained largest first
     model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
@@ -79,7 +70,7 @@ def test_each_client_trains_as_on_the_local_runtime_on_one_thread(large, calls):
     runtime = VectorizedRuntime()
     options = CohortOptions()
     assert training.clients_at_once([params, cohort], runtime.device, options) == 0
-    with _torch_threads(3):
+    with torch_threads(3):
         got = runtime.to_members(runtime.map(training, [params, cohort]))
         assert torch.get_num_threads() == 3  # given back
     assert len(calls) == len(cohort) and runtime.fallbacks == 0
@@ -87,12 +78,14 @@ def test_each_client_trains_as_on_the_local_runtime_on_one_thread(large, calls):
     assert len({name for name, _ in calls}) > 1  # the threads shared the clients
     assert training.steps == {}  # no batched step
     calls.clear()
-    with _torch_threads(1):
+    with torch_threads(1):
         want = LocalRuntime().map(training, [[model.init()] * len(cohort), cohort])
     _assert_same_updates(got, want)
 
 
-def test_large_batches_and_fedsgd_gradients_train_in_one_thread(large, monkeypatch):
+def test_large_batches_and_fedsgd_gradients_train_in_one_thread(
+    large, monkeypatch, torch_threads
+):
     # Their operations are large enough to share out among a step's torch threads.
     digits, cohort = _digits_cohort("iid", size=4)
     model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
@@ -109,12 +102,14 @@ def test_large_batches_and_fedsgd_gradients_train_in_one_thread(large, monkeypat
 
     monkeypatch.setattr(FullBatchGradient, "__call__", recorded)
     params = Replicated(model.init(), len(cohort))
-    with _torch_threads(2):
+    with torch_threads(2):
         VectorizedRuntime().map(gradient, [params, cohort])
     assert threads == [threading.current_thread().name] * len(cohort)
 
 
-def test_a_model_that_draws_random_numbers_trains_in_one_thread(large, calls):
+def test_a_model_that_draws_random_numbers_trains_in_one_thread(
+    large, calls, torch_threads
+):
     # Dropout draws from the one global stream: on several threads the draws
     # would go to the clients in whatever order the threads ran.
     _, cohort = _digits_cohort("iid", size=4)
@@ -124,7 +119,7 @@ def test_a_model_that_draws_random_numbers_trains_in_one_thread(large, calls):
     training = LocalTraining(model, sgd(0.1), epochs=1, batch_size=8)
     assert training.for_thread() is None
     params = Replicated(model.init(), len(cohort))
-    with _torch_threads(2):
+    with torch_threads(2):
         torch.manual_seed(0)
         got = VectorizedRuntime().to_members(
             VectorizedRuntime().map(training, [params, cohort])
@@ -147,14 +142,16 @@ def test_a_copy_for_a_thread_trains_a_module_of_its_own():
         assert mine is not theirs and torch.equal(mine, theirs)
 
 
-def test_a_clients_error_reaches_the_caller_and_the_threads_are_given_back(large):
+def test_a_clients_error_reaches_the_caller_and_the_threads_are_given_back(
+    large, torch_threads
+):
     digits, cohort = _digits_cohort("iid", size=4)
     model = build_model("2nn", digits.input_shape, digits.num_classes, seed=0)
     training = LocalTraining(model, sgd(0.1), epochs=1, batch_size=8)
     wrong = Examples(torch.zeros(5, 3), torch.zeros(5, dtype=torch.long))
     cohort[2] = ClientInput(wrong, seed=2)  # 3 features, not 64: fails in its thread
     params = Replicated(model.init(), len(cohort))
-    with _torch_threads(2):
+    with torch_threads(2):
         with pytest.raises(RuntimeError, match="cannot be multiplied"):
             VectorizedRuntime().map(training, [params, cohort])
         assert torch.get_num_threads() == 2
