@@ -1,7 +1,7 @@
 """Claim: eager training steps are faster with the optimizer's update in place.
 
-The vectorized runtime's eager step (``CohortStep`` without ``compile``) writes SGD's
-and momentum's update into the stacked parameters (``Optimizer.update_in_place``)
+The vectorized runtime's eager step (``CohortStep`` without ``compile``) writes SGD's,
+momentum's and Adam's update into the stacked parameters (``Optimizer.update_in_place``)
 instead of into new tensors (``update``), and so does the local runtime's client
 (``LocalTraining``, into a copy of the parameters of its own). This times a step of
 each form, for each model and optimizer, on Fashion-MNIST clients (B = 10, lr 0.05,
@@ -13,7 +13,7 @@ time). It first checks that both leave the same parameters (bit for bit: the sam
 arithmetic).
 
     python benchmarks/eager_update.py [--runtimes cohort local] [--models cnn 2nn]
-        [--optimizers sgd momentum] [--clients 10] [--threads 2] [--steps 10]
+        [--optimizers sgd momentum adam] [--clients 10] [--threads 2] [--steps 10]
         [--repeats 8] [--json benchmarks/results/eager_update.json]
 """
 
@@ -33,13 +33,13 @@ from benchmarks.records import write_record
 from benchmarks.simulation_speed import fashion_mnist_clients
 from benchmarks.turns import best_per_step
 from fedloom.data import ClientData
-from fedloom.learning import ClientInput, build_model, momentum, sgd
+from fedloom.learning import ClientInput, adam, build_model, momentum, sgd
 from fedloom.learning._client_work import LocalTraining
 from fedloom.learning._cohort_work import CohortStep
 from fedloom.runtimes import reuse_cpu_memory
 
 LEARNING_RATE = 0.05
-OPTIMIZERS = {"sgd": sgd, "momentum": momentum}  # momentum: beta 0.9
+OPTIMIZERS = {"sgd": sgd, "momentum": momentum, "adam": adam}  # momentum: beta 0.9
 
 
 def _cohort_forms(

@@ -144,8 +144,8 @@ class LocalTraining:
     The update is the change of the parameters, ``w_local - w``; the weight is the
     number of examples; ``train_loss`` averages the minibatch losses over all examples
     seen. The client trains a copy of the parameters of its own, which an optimizer
-    with ``update_in_place`` (SGD, momentum) updates in place: the same values, bit
-    for bit, as its ``update``.
+    with ``update_in_place`` (SGD, momentum, Adam) updates in place: the same values,
+    bit for bit, as its ``update``.
     """
 
     model: FunctionalModel
@@ -209,7 +209,7 @@ class LocalTraining:
 
         The client trains a copy of the parameters of its own, which sits in the
         module for all its steps (:meth:`FunctionalModel.training`). An optimizer
-        with ``update_in_place`` (SGD, momentum) updates it in place. Another's
+        with ``update_in_place`` (SGD, momentum, Adam) updates it in place. Another's
         ``init`` and ``update`` see the parameters as its pure functions would
         (``params``, then each step's new ones, which it may keep in its state),
         never the leaves; its new parameters are copied into the leaves. The same

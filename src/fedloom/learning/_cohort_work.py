@@ -344,7 +344,7 @@ class CohortStep:
     update of a linear layer straight into its weights (momentum's, into its
     velocity); in :meth:`steps`, SGD's updates of a layer fed by the data are
     first deferred to the end of the call (``_defer_update.py``). Eager, the
-    unmasked steps of SGD and momentum update in place too
+    unmasked steps of SGD, momentum and Adam update in place too
     (``Optimizer.update_in_place``); a masked step returns new tensors. Eager on
     the CPU, the unmasked steps of plain SGD or heavy-ball momentum on a network
     of dense layers run without ``vmap``, their updates (or velocities) folded
@@ -372,10 +372,11 @@ class CohortStep:
         :meth:`steps`)."""
         self.grad = vmap(grad_and_value(masked_loss(model)))
         self.optimizer = optimizer
-        # Elementwise optimizers apply to stacked parameters as they are.
+        # Elementwise optimizers apply to stacked parameters as they are; Adam's
+        # update in place too (its step count one a client).
         self._update = optimizer.update if optimizer.elementwise else None
         self._update_in_place = (
-            optimizer.update_in_place if optimizer.elementwise else None
+            optimizer.update_in_place if optimizer.stacks_in_place else None
         )
         self.compiled = compile
         self._model = model
@@ -432,7 +433,7 @@ class CohortStep:
         The new params and state may be ``params`` and ``state`` themselves, updated
         in place (so they must be the step's own, from :meth:`begin`): compiled,
         always; eager, at unmasked steps of an optimizer with ``update_in_place``
-        (SGD, momentum).
+        (SGD, momentum, Adam).
         """
         if not self.compiled:
             return self.eager(data, params, state, index, batch_mask, masked)
