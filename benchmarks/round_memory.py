@@ -4,15 +4,18 @@ For each population size, in a fresh process: an IID population of that many
 clients, each of ``--examples`` examples of ``--features`` float32 features (10
 classes, generated), then FedAvg on the vectorized runtime (the 2NN, E = 1, B = 2,
 a cohort of ``--cohort`` sampled as ``fedloom run`` samples it): one warm-up round,
-then ``--rounds`` rounds while a thread reads every millisecond how much of the
-heap is in use (glibc's ``mallinfo2``: the bytes of live allocations, PyTorch's CPU
-tensors among them, not memory freed and kept by the allocator, which the
-population's partitioning leaves behind). It reports the heap in use before the
-rounds (the population and its examples included), the peak above it during them,
-and the cohort's share of the examples and its parameters (one model a client). If
-idle clients cost nothing, that peak does not grow with the population. (The first
-round's one-off allocations, thread pools and the like, fall in the warm-up.) Linux
-with glibc 2.33 or later.
+then ``--rounds`` rounds while a thread reads how much of the heap is in use
+(glibc's ``mallinfo2``: the bytes of live allocations, PyTorch's CPU tensors among
+them, not memory freed and kept by the allocator, which the population's
+partitioning leaves behind), every millisecond it gets the interpreter (PyTorch's
+operations let it run), so the peak it reports is a lower bound; and ``tracemalloc``
+traces Python's own allocations, whose small objects ``mallinfo2`` does not see. It
+reports the heap in use before the rounds (the population and its examples
+included), the peak above it during them, the peak of Python's allocations above
+their level before the rounds, and the cohort's share of the examples and its
+parameters (one model a client). If idle clients cost nothing, neither peak grows
+with the population. (The first round's one-off allocations, thread pools and the
+like, fall in the warm-up.) Linux with glibc 2.33 or later.
 
     python benchmarks/round_memory.py [--populations 1000 1000000] [--cohort 100]
         [--rounds 3] [--json benchmarks/results/round_memory.json]
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +119,8 @@ def measure(population: int, args: argparse.Namespace) -> dict[str, Any]:
         return process.next(state, cohort, runtime=VectorizedRuntime())[0]
 
     state = round_(0)  # warm-up
+    tracemalloc.start()
+    python_before = tracemalloc.get_traced_memory()[0]
     before = heap_in_use()
     sampler = PeakSampler()
     sampler.start()
@@ -123,12 +129,15 @@ def measure(population: int, args: argparse.Namespace) -> dict[str, Any]:
         state = round_(r)
     seconds = (time.perf_counter() - started) / args.rounds
     peak = sampler.stop()
+    python_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
     example_bytes = args.features * 4 + 8  # float32 features, an int64 label
     return {
         "population": population,
         "examples_mib": count * example_bytes / MIB,
         "heap_before_rounds_mib": before / MIB,
         "round_peak_above_mib": (peak - before) / MIB,
+        "python_peak_above_mib": (python_peak - python_before) / MIB,
         "cohort_examples_mib": args.cohort * args.examples * example_bytes / MIB,
         "cohort_parameters_mib": args.cohort * parameter_bytes / MIB,
         "seconds_per_round": seconds,
@@ -171,6 +180,7 @@ def main() -> None:
         "examples",
         "heap in use",
         "round peak +",
+        "Python peak +",
         "cohort's data",
         "cohort params",
         "s/round",
@@ -181,6 +191,7 @@ def main() -> None:
             f"{row['population']:>15,}{row['examples_mib']:>15.1f}"
             f"{row['heap_before_rounds_mib']:>15.1f}"
             f"{row['round_peak_above_mib']:>15.1f}"
+            f"{row['python_peak_above_mib']:>15.2f}"
             f"{row['cohort_examples_mib']:>15.3f}{row['cohort_parameters_mib']:>15.1f}"
             f"{row['seconds_per_round']:>15.3f}"
         )

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from torch.func import vmap
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 from fedloom.learning import adam, momentum, sgd
 
@@ -84,6 +84,7 @@ def test_update_in_place_is_update_bit_for_bit(make):
     own = {k: v.clone() for k, v in params.items()}
     own_state = optimizer.init(own)
     memory = {k: v.data_ptr() for k, v in own.items()}
+    state_memory = [t.data_ptr() for t in tree_leaves(own_state)]
     for _ in range(3):
         grads = {k: torch.randn(v.shape, generator=generator) for k, v in own.items()}
         params, state = optimizer.update(grads, state, params)
@@ -92,6 +93,7 @@ def test_update_in_place_is_update_bit_for_bit(make):
     for k, v in params.items():
         assert torch.equal(own[k], v)
         assert own[k].data_ptr() == memory[k]  # written where it was
+    assert [t.data_ptr() for t in tree_leaves(own_state)] == state_memory
     _assert_same_state(own_state, state)
 
 
@@ -102,7 +104,7 @@ def test_update_in_place_of_stacked_clients_is_each_clients_update(make):
     # and client 2 one (Adam's step counts differ, as a narrowed cohort's do); then
     # steps of every client in place against each client's own update.
     optimizer = make()
-    assert optimizer.stacks_in_place
+    assert optimizer.elementwise or optimizer.stacks_in_place
     generator = torch.Generator().manual_seed(1)
 
     def gradients(params):
@@ -120,12 +122,14 @@ def test_update_in_place_of_stacked_clients_is_each_clients_update(make):
     assert tree_map(torch.Tensor.size, state) == tree_map(
         torch.Tensor.size, vmap(optimizer.init)(stacked)
     )
+    memory = [t.data_ptr() for t in tree_leaves((stacked, state))]
     for _ in range(3):
         grads = gradients(stacked)
         optimizer.update_in_place(grads, state, stacked)
         for c in range(3):
             mine = {k: g[c] for k, g in grads.items()}
             clients[c], states[c] = optimizer.update(mine, states[c], clients[c])
+    assert [t.data_ptr() for t in tree_leaves((stacked, state))] == memory
     for c in range(3):
         for k, v in clients[c].items():
             assert torch.equal(stacked[k][c], v)
@@ -151,3 +155,18 @@ def test_adam_without_bias_correction_is_fedadam():
     # m = 0.1 g, v = 0.01 g^2: w - lr * m / (sqrt(v) + eps)
     expected = [1.0 - lr * 0.05 / (0.05 + eps), -2.0 + lr * 0.1 / (0.1 + eps)]
     assert w == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("bias_correction", [True, False])
+def test_adam_moves_float16_parameters_at_a_small_learning_rate(bias_correction):
+    # its 1 / learning_rate would overflow float16: the denominator is float32
+    optimizer = adam(1e-6, bias_correction=bias_correction)
+    params = {"w": torch.full((3,), 1e-3, dtype=torch.float16)}
+    grads = {"w": torch.full((3,), 1e-2, dtype=torch.float16)}
+    new, _ = optimizer.update(grads, optimizer.init(params), params)
+    own = {"w": params["w"].clone()}
+    assert optimizer.update_in_place is not None
+    optimizer.update_in_place(grads, optimizer.init(own), own)
+    assert new["w"].dtype == torch.float16
+    assert torch.equal(own["w"], new["w"])
+    assert (new["w"] < params["w"]).all()

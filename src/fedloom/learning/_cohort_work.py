@@ -375,9 +375,8 @@ class CohortStep:
         # Elementwise optimizers apply to stacked parameters as they are; Adam's
         # update in place too (its step count one a client).
         self._update = optimizer.update if optimizer.elementwise else None
-        self._update_in_place = (
-            optimizer.update_in_place if optimizer.stacks_in_place else None
-        )
+        stacks = optimizer.elementwise or optimizer.stacks_in_place
+        self._update_in_place = optimizer.update_in_place if stacks else None
         self.compiled = compile
         self._model = model
         self.dense = DenseCohortStep.of(model, optimizer)

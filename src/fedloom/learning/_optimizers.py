@@ -7,7 +7,7 @@ into the parameters and state, which the vectorized runtime's eager step and the
 local runtime's clients use: a cohort's stacked weights are tens of MB, and writing
 them in place made that step 1.03-1.09x faster for the McMahan CNN and 1.09-1.15x
 for the 2NN (10 clients, B = 10, SGD and momentum, a 2-core CPU), a local client's
-step 1.03-1.07x; under Adam 1.13x and 1.26x, a local client's 1.07-1.08x
+step 1.03-1.07x; under Adam 1.11x and 1.25x, a local client's 1.10-1.15x
 (``benchmarks/eager_update.py``).
 """
 
@@ -54,11 +54,6 @@ class Optimizer(NamedTuple):
     update_in_place: Callable[[Params, OptState, Params], None] | None = None
     """``update``'s arithmetic written into ``params`` and ``state`` (``None``: the
     optimizer has no such form)."""
-    stacks_in_place: bool = False
-    """Whether ``update_in_place`` also applies as it is to parameters stacked along
-    a leading client axis, with the state ``vmap(init)`` makes for them (as the
-    vectorized runtime's eager step has them): an elementwise optimizer's does, and
-    Adam's, whose step count is then one a client."""
     fold_alpha: float | None = None
     """Where ``update`` is ``w + fold_alpha * g`` and nothing else (plain SGD:
     ``-learning_rate``), so that a linear layer's weight may take its update
@@ -77,6 +72,14 @@ class Optimizer(NamedTuple):
     ``vmap`` step, and must go with any other ``update`` given to a momentum
     optimizer by ``_replace`` (as ``fold_alpha=None`` with SGD's): the dense step
     computes heavy-ball momentum whatever ``update`` says."""
+    stacks_in_place: bool = False
+    """Whether ``update_in_place`` also applies as it is to parameters stacked along
+    a leading client axis, with the state ``vmap(init)`` makes for them copied into
+    memory of its own (``vmap`` gives a state that does not depend on the
+    parameters, as Adam's step count, as one value expanded over the clients), as
+    the vectorized runtime's eager step has them: Adam's, whose step count is then
+    one a client. An elementwise optimizer's ``update_in_place`` applies so
+    anyway."""
 
 
 def positive(name: str, value: float) -> float:
@@ -127,7 +130,6 @@ def sgd(learning_rate: float) -> Optimizer:
         update,
         elementwise=True,
         update_in_place=update_in_place,
-        stacks_in_place=True,
         fold_alpha=-lr,
     )
 
@@ -163,7 +165,6 @@ def momentum(learning_rate: float, beta: float = 0.9) -> Optimizer:
         update,
         elementwise=True,
         update_in_place=update_in_place,
-        stacks_in_place=True,
         heavy_ball=(lr, beta),
     )
 
@@ -198,22 +199,25 @@ def adam(
 
     def corrections(step: torch.Tensor) -> Callable[[torch.Tensor], Scales]:
         """For a tensor ``p`` (a client's, or stacked clients' where ``step`` is one
-        a client), ``(1 - beta1^t) / lr`` and ``1 - beta2^t`` at step count t, in
-        ``p``'s dtype, shaped to broadcast over ``p`` (1 without bias correction)."""
+        a client), ``(1 - beta1^t) / lr`` and ``1 - beta2^t`` at step count t, on
+        ``p``'s device, shaped to broadcast over ``p`` (1 without bias correction),
+        in ``p``'s dtype but at least float32 (in float16 ``1 / lr`` overflows where
+        lr < 1.5e-5): a float16 or bfloat16 tensor's denominator is then float32."""
         t = step.to(torch.float64)
         if bias_correction:
             first, second = (1 - beta1**t) / lr, 1 - beta2**t
         else:
             first, second = torch.ones_like(t) / lr, torch.ones_like(t)
-        made: dict[tuple[torch.dtype, int], Scales] = {}
+        made: dict[tuple[torch.dtype, torch.device, int], Scales] = {}
 
         def like(p: torch.Tensor) -> Scales:
-            key = (p.dtype, p.dim())
+            key = (p.dtype, p.device, p.dim())
             if key not in made:
                 shape = (*t.shape, *[1] * (p.dim() - t.dim()))
+                dtype = torch.promote_types(p.dtype, torch.float32)
                 made[key] = (
-                    first.to(p.dtype).view(shape),
-                    second.to(p.dtype).view(shape),
+                    first.to(p.device, dtype).view(shape),
+                    second.to(p.device, dtype).view(shape),
                 )
             return made[key]
 
@@ -235,7 +239,7 @@ def adam(
             v[k] = torch.addcmul(state["v"][k] * beta2, g, g, value=1 - beta2)
             first, second = scales(p)
             denominator = (v[k] / second).sqrt_().add_(eps).mul_(first)
-            new[k] = torch.addcdiv(p, m[k], denominator, value=-1)
+            new[k] = torch.addcdiv(p, m[k], denominator, value=-1).to(p.dtype)
         return new, {"step": step, "m": m, "v": v}
 
     def update_in_place(grads: Params, state: OptState, params: Params) -> None:
