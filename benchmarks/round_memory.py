@@ -162,8 +162,8 @@ def main() -> None:
         print(json.dumps(measure(args.child, args)))
         return
     rows = []
+    own = sys.argv[1:]  # --child is only ever added below
     for population in args.populations:
-        own = [a for a in sys.argv[1:] if not a.startswith("--child")]
         out = subprocess.run(
             [sys.executable, __file__, *own, "--child", str(population)],
             check=True,
